@@ -1,0 +1,252 @@
+"""Datasets as tensors in memory on the device, seeded splits, batches by slicing.
+
+Each dataset is decoded once into a tensor; a training epoch is a seeded permutation
+sliced into batches, and augmentation is a batched tensor op. No DataLoader, no
+per-sample transform in the training loop.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_VAL_SIZE = 5_000
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+CIFAR10_VAL_SIZE = 5_000
+CIFAR10_JPEG_DIR = "cifar10-jpeg"   # the ImageFolder copy made by ../shared/datasets/install.sh
+CIFAR10_IMAGE_SHAPE = (3, 32, 32)
+CROP_PADDING = 4
+
+SPLIT_SEED = 0  # one validation set shared by every run, whatever its own seed
+
+
+class DataError(Exception):
+    """The data could not be found or read; the message says what and where."""
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, ...) inputs: normalized float (MNIST) or uint8 images (CIFAR-10)
+    y: torch.Tensor  # (N,) int64 labels
+
+    def __len__(self):
+        return self.y.shape[0]
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    source: str       # what the numbers were computed on, e.g. "CIFAR-10 (JPEG copy)"
+    classes: tuple
+
+
+def split_indices(n, n_val, seed=SPLIT_SEED):
+    """A seeded random split of range(n) into (train, val) index tensors."""
+    if not 0 < n_val < n:
+        raise ValueError(f"validation size {n_val} must be between 0 and {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:], perm[:n_val]
+
+
+def _split(x, y, n_val, split_seed):
+    try:
+        train_idx, val_idx = split_indices(len(y), n_val, split_seed)
+    except ValueError as e:
+        raise DataError(str(e))
+    return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
+
+
+def _try_download(make, data_dir):
+    """torchvision's download, or None when the network (or the host) is not reachable."""
+    try:
+        return make(download=True)
+    except Exception:  # no network: urllib, socket and checksum errors all land here
+        return None
+
+
+# ----------------------------------------------------------------------------- MNIST
+
+def load_mnist(data_dir, device, n_val=MNIST_VAL_SIZE, split_seed=SPLIT_SEED):
+    """MNIST as flat normalized float tensors (N, 784) on `device`, with a seeded val split."""
+    from torchvision.datasets import MNIST
+
+    def make(train, download=False):
+        return MNIST(data_dir, train=train, download=download)
+
+    try:
+        train, test = make(True), make(False)
+    except RuntimeError:
+        os.makedirs(data_dir, exist_ok=True)
+        train = _try_download(lambda download: make(True, download), data_dir)
+        test = _try_download(lambda download: make(False, download), data_dir)
+        if train is None or test is None:
+            raw = os.path.join(data_dir, "MNIST", "raw")
+            raise DataError(f"MNIST not found in {raw} (looked for {', '.join(MNIST_FILES)}) "
+                            "and it could not be downloaded; unpack a local copy there, e.g. "
+                            f"../shared/datasets/install.sh {data_dir}")
+
+    def tensors(ds):
+        x = (ds.data.to(device).flatten(1).float() / 255 - MNIST_MEAN) / MNIST_STD
+        return x, ds.targets.to(device)
+
+    x, y = tensors(train)
+    train_split, val_split = _split(x, y, n_val, split_seed)
+    return Dataset(train_split, val_split, Split(*tensors(test)), "MNIST",
+                   tuple(str(i) for i in range(10)))
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+def _cifar_official(data_dir):
+    """(train_x, train_y, test_x, test_y) uint8 NCHW from torchvision's CIFAR10 format, or None."""
+    from torchvision.datasets import CIFAR10
+
+    def make(train, download=False):
+        return CIFAR10(data_dir, train=train, download=download)
+
+    try:
+        train, test = make(True), make(False)
+    except RuntimeError:
+        return None
+    return _cifar_arrays(train) + _cifar_arrays(test)
+
+
+def _cifar_arrays(ds):
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> NCHW
+    return x, torch.tensor(ds.targets, dtype=torch.int64)
+
+
+def _list_image_folder(root):
+    """[(path, label)] of an ImageFolder split whose class folders are CIFAR-10's classes."""
+    if not os.path.isdir(root):
+        raise DataError(f"{root} is not a folder")
+    present = {d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))}
+    missing = [c for c in CIFAR10_CLASSES if c not in present]
+    if missing:
+        raise DataError(f"{root} lacks the class folder(s) {', '.join(missing)}")
+    items = []
+    for label, cls in enumerate(CIFAR10_CLASSES):
+        folder = os.path.join(root, cls)
+        items += [(os.path.join(folder, f), label) for f in sorted(os.listdir(folder))]
+    return items
+
+
+def _decode_images(items, desc):
+    from torchvision.io import ImageReadMode, decode_image, read_file
+    from tqdm import tqdm
+
+    x = torch.empty((len(items),) + CIFAR10_IMAGE_SHAPE, dtype=torch.uint8)
+    for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
+        try:
+            img = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except Exception as e:
+            raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        if tuple(img.shape) != CIFAR10_IMAGE_SHAPE:
+            raise DataError(f"image {path} has shape {tuple(img.shape)}, expected {CIFAR10_IMAGE_SHAPE}")
+        x[i] = img
+    y = torch.tensor([label for _, label in items], dtype=torch.int64)
+    return x, y
+
+
+def _cifar_image_folder(root):
+    """Decode an ImageFolder copy once; later runs read the cached uint8 tensors in seconds."""
+    from utils import save_atomic  # late import keeps data.py importable on its own
+
+    splits = {s: _list_image_folder(os.path.join(root, s)) for s in ("train", "test")}
+    cache = os.path.join(root, "decoded_uint8.pt")
+    key = {s: len(items) for s, items in splits.items()}
+    if os.path.exists(cache):
+        try:
+            cached = torch.load(cache)
+            if cached["key"] == key:
+                return cached["arrays"]
+        except Exception:
+            pass  # an unreadable cache is rebuilt below
+    arrays = (_decode_images(splits["train"], "decoding train")
+              + _decode_images(splits["test"], "decoding test"))
+    try:
+        save_atomic({"key": key, "arrays": arrays}, cache)
+    except OSError:
+        pass  # a read-only data folder just means decoding again next time
+    return arrays
+
+
+def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED):
+    """CIFAR-10 as uint8 NCHW tensors on `device`, with a seeded validation split.
+
+    Looks for torchvision's own files in `data_dir`, then for an ImageFolder copy in
+    `data_dir` itself or in `data_dir/cifar10-jpeg`, then tries torchvision's download.
+    """
+    arrays, source = _cifar_official(data_dir), "CIFAR-10"
+    if arrays is None:
+        for root in (data_dir, os.path.join(data_dir, CIFAR10_JPEG_DIR)):
+            if os.path.isdir(os.path.join(root, "train")):
+                arrays, source = _cifar_image_folder(root), "CIFAR-10 (JPEG copy)"
+                break
+    if arrays is None:
+        from torchvision.datasets import CIFAR10
+        os.makedirs(data_dir, exist_ok=True)
+        if _try_download(lambda download: CIFAR10(data_dir, train=True, download=download), data_dir):
+            arrays, source = _cifar_official(data_dir), "CIFAR-10"
+    if arrays is None:
+        raise DataError(f"CIFAR-10 not found in {data_dir} (looked for cifar-10-batches-py/ and "
+                        f"an ImageFolder copy {os.path.join(data_dir, CIFAR10_JPEG_DIR)}/{{train,test}}/<class>/) "
+                        f"and it could not be downloaded; e.g. ../shared/datasets/install.sh {data_dir}")
+    train_x, train_y, test_x, test_y = (a.to(device) for a in arrays)
+    train_split, val_split = _split(train_x, train_y, n_val, split_seed)
+    return Dataset(train_split, val_split, Split(test_x, test_y), source, CIFAR10_CLASSES)
+
+
+def normalize_images(x, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+    """uint8 (B, C, H, W) -> normalized float (B, C, H, W)."""
+    mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def random_crop_flip(x, generator, padding=CROP_PADDING):
+    """Batched augmentation: a `padding`-pixel padded random crop and a random horizontal flip.
+
+    x: (B, C, H, W) of any dtype -> same shape; each image gets its own shift and flip.
+    """
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    # drawn on the CPU generator, so a seed gives the same augmentation on every device
+    shift = torch.randint(0, 2 * padding + 1, (2, b, 1), generator=generator).to(x.device)
+    rows = torch.arange(h, device=x.device) + shift[0]        # (B, H)
+    cols = torch.arange(w, device=x.device) + shift[1]        # (B, W)
+    flip = (torch.rand(b, 1, generator=generator) < 0.5).to(x.device)
+    cols = torch.where(flip, cols.flip(1), cols)              # a flip is a reversed column order
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------- batches
+
+def epoch_order(n, generator, device):
+    """A seeded permutation of range(n) on `device` (drawn on the CPU, so it is the same everywhere)."""
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def batches(split, batch_size, order=None, transform=None):
+    """Yield (x, y) batches of `split`, in `order` if given (a permutation), else as stored.
+
+    `transform` maps an input batch to what the model takes (augmentation, normalization).
+    """
+    n = len(split)
+    for start in range(0, n, batch_size):
+        if order is None:  # a slice is a view: no copy
+            x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            x, y = split.x[idx], split.y[idx]
+        yield (x if transform is None else transform(x)), y

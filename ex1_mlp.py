@@ -1,0 +1,364 @@
+"""Exercise 1.1-1.2: plain vs residual MLPs of width 16 on MNIST, at depths 2 to 64.
+
+    python ex1_mlp.py --depth 32 --residual      # one run: prints its test accuracy
+    python ex1_mlp.py --sweep                    # the table, curves and gradient figures
+    python ex1_mlp.py --sweep --plot-only        # redraw them from saved runs
+
+Model selection is on a 5,000-image validation split of the training set; the test
+accuracy reported is that of the best-validation epoch, computed once at the end.
+"""
+import os
+
+import torch
+import torch.nn as nn
+
+from data import MNIST_VAL_SIZE, load_mnist
+from models import MLP
+from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, fit,
+                   get_device, hardware, load_runs, mean_std, run_cli, run_jobs,
+                   seed_everything, write_text_atomic)
+
+PROG = "ex1_mlp.py"
+SWEEP_DEPTHS = (2, 8, 32, 64)
+# name -> (residual, layers per block, rezero); the columns of the report's table, then ours
+VARIANTS = {
+    "plain": (False, 1, False),
+    "res1": (True, 1, False),
+    "res2": (True, 2, False),
+    "res1-rezero": (True, 1, True),
+}
+VARIANT_LABELS = {
+    "plain": "plain",
+    "res1": "residual, 1 layer/block",
+    "res2": "residual, 2 layers/block",
+    "res1-rezero": "residual, 1 layer/block + ReZero",
+}
+GRADIENT_DEPTHS = (32, 64)
+GRADIENT_BATCH = 128  # one training batch, as in training
+
+
+def get_args(argv=None):
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--width", type=int, default=16, help="units per hidden layer")
+    p.add_argument("--depth", type=int, default=8, help="hidden width x width layers (stem not counted)")
+    p.add_argument("--residual", action="store_true", help="add identity skips around each block")
+    p.add_argument("--layers-per-block", type=int, default=1, help="Linear+ReLU layers per residual block")
+    p.add_argument("--rezero", action="store_true",
+                   help="scale each residual branch by a learnable scalar initialized to 0 (ReZero)")
+    p.add_argument("--epochs", type=int, default=21)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--data-dir", default="data", help="where MNIST is (or is downloaded to)")
+    p.add_argument("--val-size", type=int, default=MNIST_VAL_SIZE,
+                   help="validation images held out of the training set (seeded split)")
+    p.add_argument("--out-dir", default="runs/ex1_mlp", help="one folder per run below this")
+    p.add_argument("--fig-dir", default="figures", help="where the sweep writes tables and figures")
+    p.add_argument("--sweep", action="store_true",
+                   help="all depths x variants x seeds; resumes, skipping finished runs")
+    p.add_argument("--depths", default=",".join(map(str, SWEEP_DEPTHS)), help="sweep depths")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"sweep variants, of {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", type=int, default=3, help="sweep seeds: 0..N-1")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="sweep processes (one single-threaded process per core is fastest)")
+    p.add_argument("--plot-only", action="store_true", help="with --sweep: redraw from saved runs")
+    args = p.parse_args(argv)
+    check_positive(p, args, "width", "depth", "layers_per_block", "epochs", "lr", "batch_size",
+                   "seeds", "workers", "val_size")
+    try:
+        args.depths = [int(d) for d in args.depths.split(",")]
+    except ValueError:
+        p.error(f"--depths takes comma-separated integers, got {args.depths!r}")
+    args.variants = args.variants.split(",")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if any(d < 1 for d in args.depths):
+        p.error("--depths must be positive")
+    if args.depth % args.layers_per_block:
+        p.error(f"--depth {args.depth} is not a multiple of --layers-per-block {args.layers_per_block}")
+    if args.rezero and not args.residual:
+        p.error("--rezero gates residual branches: add --residual")
+    return args
+
+
+def run_config(args, depth, seed, residual, layers_per_block, rezero):
+    """What defines a run (and must match for a saved run to count as this one)."""
+    return {"width": args.width, "depth": depth, "residual": residual,
+            "layers_per_block": layers_per_block, "rezero": rezero, "epochs": args.epochs,
+            "lr": args.lr, "batch_size": args.batch_size, "val_size": args.val_size, "seed": seed}
+
+
+def variant_of(residual, layers_per_block, rezero):
+    for name, spec in VARIANTS.items():
+        if spec == (residual, layers_per_block, rezero):
+            return name
+    return f"res{layers_per_block}{'-rezero' if rezero else ''}" if residual else "plain"
+
+
+def run_name(config):
+    variant = variant_of(config["residual"], config["layers_per_block"], config["rezero"])
+    return f"{variant}_d{config['depth']}_s{config['seed']}"
+
+
+def build_model(config, in_features, num_classes):
+    return MLP(config["width"], config["depth"], in_features=in_features, num_classes=num_classes,
+               layers_per_block=config["layers_per_block"], residual=config["residual"],
+               rezero=config["rezero"])
+
+
+def train(config, data, device, out_dir, progress=True):
+    """Train one configuration; returns its run record (metrics.json)."""
+    generator = seed_everything(config["seed"])
+    model = build_model(config, data.train.x.shape[1], len(data.classes)).to(device)
+    # fused Adam: one kernel for all parameters instead of several per tensor per step
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
+    meta = {"data": data.source, "hardware": hardware(device)}
+    run = Run(os.path.join(out_dir, run_name(config)), config, meta)
+    return fit(model, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
+               generator=generator, progress=progress, desc=run_name(config))
+
+
+# ----------------------------------------------------------------------------- sweep
+
+def _sweep_setup(job_args):
+    args, device = job_args
+    return load_mnist(args.data_dir, device, args.val_size)
+
+
+def _sweep_run(job, data):
+    (args, device), config = job
+    train(config, data, device, args.out_dir, progress=False)
+
+
+def sweep_configs(args):
+    return [run_config(args, d, s, *VARIANTS[v]) for v in args.variants for d in args.depths
+            for s in range(args.seeds)]
+
+
+def sweep(args, device):
+    configs = sweep_configs(args)
+    todo = [c for c in configs
+            if not Run.finished(os.path.join(args.out_dir, run_name(c)), c)]
+    print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
+    if todo:
+        load_mnist(args.data_dir, device, args.val_size)  # fail here, in one line, rather than in every worker
+        costs = [c["depth"] + 2 for c in todo]  # per-step time grows with the number of layers
+        wall = run_jobs(_sweep_run, [((args, device), c) for c in todo], costs, args.workers,
+                        desc="sweep", setup=_sweep_setup, setup_args=(args, device))
+        print(f"sweep: trained {len(todo)} runs in {wall / 60:.1f} min wall time "
+              f"({args.workers} workers, {hardware(device)})")
+    make_figures(args, configs, device)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _collect(args, configs):
+    runs = load_runs(args.out_dir)
+    found = {}
+    for c in configs:
+        record = runs.get(run_name(c))
+        if record is not None and record["config"] == c:
+            found.setdefault((variant_of(c["residual"], c["layers_per_block"], c["rezero"]),
+                              c["depth"]), []).append(record)
+    if not found:
+        raise UserError(f"no finished runs in {args.out_dir} for these settings; "
+                        f"run `python {PROG} --sweep` first")
+    return found
+
+
+def _caption(found, args):
+    record = next(iter(found.values()))[0]
+    return (f"{record['meta']['data']}, width {args.width}, Adam lr {args.lr:g}, batch {args.batch_size}, "
+            f"{args.epochs} epochs; {record['meta']['hardware']}")
+
+
+def make_table(found, args):
+    """Markdown: test accuracy (mean ± std over seeds) per depth and variant."""
+    variants = [v for v in args.variants if any((v, d) in found for d in args.depths)]
+    lines = ["| depth | " + " | ".join(VARIANT_LABELS[v] for v in variants) + " |",
+             "|---:|" + "---:|" * len(variants)]
+    for d in args.depths:
+        cells = []
+        for v in variants:
+            records = found.get((v, d), [])
+            accs = [r["test_acc"] for r in records if r.get("test_acc") is not None]
+            if not accs:
+                cells.append("-")
+                continue
+            m, s = mean_std(accs)
+            n_div = sum(r["status"] == "diverged" for r in records)
+            cells.append(f"{m:.3f} ± {s:.3f}" + (f" ({n_div} diverged)" if n_div else ""))
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    n_seeds = max(len(r) for r in found.values())
+    lines += ["", f"Test accuracy of the best-validation epoch, mean ± std over {n_seeds} seeds. "
+                  f"{_caption(found, args)}. Made by `python {PROG} --sweep`."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_depth(found, args, path):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v in args.variants:
+        depths = [d for d in args.depths if (v, d) in found]
+        stats = [mean_std([r.get("test_acc") or 0.0 for r in found[(v, d)]]) for d in depths]
+        if depths:
+            ax.errorbar(depths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
+                        capsize=3, label=VARIANT_LABELS[v])
+    ax.set(xscale="log", xlabel="depth (hidden layers)", ylabel="test accuracy",
+           title="MLP on MNIST: test accuracy vs depth (mean ± std)")
+    ax.set_xticks(args.depths, [str(d) for d in args.depths])
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.text(0.01, 0.01, _caption(found, args), fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(found, args, path):
+    """Training loss and validation accuracy per epoch, mean over seeds, a panel per variant."""
+    import matplotlib.pyplot as plt
+    variants = [v for v in args.variants if any((v, d) in found for d in args.depths)]
+    fig, axes = plt.subplots(2, len(variants), figsize=(3.2 * len(variants), 5.5), squeeze=False,
+                             sharey="row")
+    colors = plt.cm.viridis(torch.linspace(0, 0.9, len(args.depths)).tolist())
+    for col, v in enumerate(variants):
+        for d, color in zip(args.depths, colors):
+            for row, key in enumerate(("train_loss", "val_acc")):
+                series = [[e.get(key, float("nan")) for e in r["epochs"]] for r in found.get((v, d), [])]
+                n = min((len(s) for s in series), default=0)
+                if n:
+                    mean = torch.tensor([s[:n] for s in series]).mean(0)
+                    axes[row, col].plot(range(1, n + 1), mean, color=color, label=f"depth {d}")
+        axes[0, col].set_title(VARIANT_LABELS[v], fontsize=9)
+        axes[0, col].set_yscale("log")
+        axes[1, col].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("training loss")
+    axes[1, 0].set_ylabel("validation accuracy")
+    axes[1, 0].legend(fontsize=7)
+    fig.text(0.01, 0.005, _caption(found, args) + "; mean over seeds", fontsize=6)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def layer_stats(model, x, y):
+    """Per Linear layer, input to output: gradient norms of weight and bias on one batch,
+    and the RMS of the hidden state after the stem and after every block."""
+    activations = [model.stem(x)]
+    for block in model.blocks:
+        activations.append(block(activations[-1]))
+    loss = nn.functional.cross_entropy(model.classifier(activations[-1]), y)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return {"weight": [m.weight.grad.norm().item() for m in linears],
+            "bias": [m.bias.grad.norm().item() for m in linears],
+            "activation_rms": [a.detach().pow(2).mean().sqrt().item() for a in activations]}
+
+
+def gradient_stats(args, device, data):
+    """{(variant, depth): {'init': stats, 'trained': stats}} for seed 0's runs."""
+    x, y = data.train.x[:GRADIENT_BATCH], data.train.y[:GRADIENT_BATCH]
+    out = {}
+    for v in args.variants:
+        for d in [d for d in args.depths if d in GRADIENT_DEPTHS] or [max(args.depths)]:
+            config = run_config(args, d, 0, *VARIANTS[v])
+            path = os.path.join(args.out_dir, run_name(config), CHECKPOINT_FILE)
+            if not os.path.exists(path):
+                continue
+            seed_everything(0)  # the same initialization the run started from
+            model = build_model(config, x.shape[1], len(data.classes)).to(device)
+            stats = {"init": layer_stats(model, x, y)}
+            model.load_state_dict(torch.load(path, map_location=device)["model"])
+            stats["trained"] = layer_stats(model, x, y)
+            out[(v, d)] = stats
+    return out
+
+
+def plot_gradients(stats, caption, path):
+    import matplotlib.pyplot as plt
+    depths = sorted({d for _, d in stats})
+    fig, axes = plt.subplots(len(depths), 2, figsize=(11, 3.6 * len(depths)), squeeze=False)
+    colors = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for row, d in enumerate(depths):
+        for col, when in enumerate(("init", "trained")):
+            ax = axes[row, col]
+            for (v, dd), s in stats.items():
+                if dd != d:
+                    continue
+                layers = range(1, len(s[when]["weight"]) + 1)
+                ax.plot(layers, s[when]["weight"], color=colors[v], label=f"{VARIANT_LABELS[v]}: weights")
+                ax.plot(layers, s[when]["bias"], color=colors[v], ls="--", label=f"{VARIANT_LABELS[v]}: biases")
+            ax.set(yscale="log", xlabel="linear layer (1 = input projection, last = classifier)",
+                   ylabel="gradient norm", title=f"depth {d}, {'at initialization' if when == 'init' else 'after training'}")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=6)
+    fig.text(0.01, 0.005, caption + "; one training batch of 128, seed 0", fontsize=6)
+    fig.tight_layout(rect=(0, 0.015, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_activations(stats, caption, path):
+    import matplotlib.pyplot as plt
+    depths = sorted({d for _, d in stats})
+    fig, axes = plt.subplots(1, len(depths), figsize=(5.5 * len(depths), 3.8), squeeze=False)
+    colors = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for col, d in enumerate(depths):
+        ax = axes[0, col]
+        for (v, dd), s in stats.items():
+            if dd == d:
+                for when, ls in (("init", "-"), ("trained", ":")):
+                    rms = s[when]["activation_rms"]
+                    ax.plot(range(len(rms)), rms, color=colors[v], ls=ls,
+                            label=f"{VARIANT_LABELS[v]} ({'init' if when == 'init' else 'trained'})")
+        ax.set(yscale="log", xlabel="block (0 = after the input projection)",
+               ylabel="RMS of the hidden state", title=f"depth {d}: forward signal")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=6)
+    fig.text(0.01, 0.005, caption + "; one training batch of 128, seed 0", fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def make_figures(args, configs, device):
+    found = _collect(args, configs)
+    os.makedirs(args.fig_dir, exist_ok=True)
+    table = make_table(found, args)
+    write_text_atomic(table, os.path.join(args.fig_dir, "ex1_mlp_table.md"))
+    plot_depth(found, args, os.path.join(args.fig_dir, "ex1_mlp_depth.png"))
+    plot_curves(found, args, os.path.join(args.fig_dir, "ex1_mlp_curves.png"))
+    stats = gradient_stats(args, device, load_mnist(args.data_dir, device, args.val_size))
+    if stats:
+        plot_gradients(stats, _caption(found, args), os.path.join(args.fig_dir, "ex1_mlp_gradients.png"))
+        plot_activations(stats, _caption(found, args), os.path.join(args.fig_dir, "ex1_mlp_activations.png"))
+    print(table)
+    print(f"figures written to {args.fig_dir}/")
+
+
+def main(args):
+    device = get_device(args.device)
+    if args.sweep:
+        if args.plot_only:
+            return make_figures(args, sweep_configs(args), device)
+        return sweep(args, device)
+    if args.plot_only:
+        raise UserError("--plot-only goes with --sweep")
+    data = load_mnist(args.data_dir, device, args.val_size)
+    config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
+    print(f"{run_name(config)}: {data.source}, {hardware(device)}")
+    record = train(config, data, device, args.out_dir)
+    if record["status"] == "diverged":
+        print(f"diverged (non-finite training loss) at epoch {len(record['epochs'])}")
+    if record.get("test_acc") is not None:
+        print(f"best validation accuracy {record['best_val_acc']:.4f} at epoch {record['best_epoch']}; "
+              f"test accuracy {record['test_acc']:.4f}")
+    return record
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args(), PROG)

@@ -1,0 +1,118 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ex1_mlp
+import utils
+from conftest import ROOT
+
+TINY = ["--width", "8", "--epochs", "1", "--val-size", "50", "--batch-size", "32", "--device", "cpu"]
+
+
+def run_main(argv):
+    return ex1_mlp.main(ex1_mlp.get_args(argv))
+
+
+def test_main_trains_one_epoch_and_writes_its_run(mnist_dir, tmp_path):
+    out = tmp_path / "runs"
+    record = run_main(TINY + ["--depth", "4", "--residual", "--layers-per-block", "2",
+                              "--data-dir", mnist_dir, "--out-dir", str(out)])
+    assert record["status"] == "complete" and len(record["epochs"]) == 1
+    assert 0.0 <= record["test_acc"] <= 1.0 and record["best_epoch"] == 1
+    saved = json.loads((out / "res2_d4_s0" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert (out / "res2_d4_s0" / "best.pt").exists()
+    assert not (out / "res2_d4_s0" / "last.pt").exists()  # only kept while a run is unfinished
+
+
+def test_learns_the_synthetic_task(mnist_dir, tmp_path):
+    record = run_main(TINY[:2] + ["--epochs", "5", "--val-size", "50", "--batch-size", "16", "--lr", "3e-3",
+                                  "--depth", "2", "--residual", "--data-dir", mnist_dir, "--out-dir", str(tmp_path)])
+    assert record["best_val_acc"] > 0.5  # chance is 0.1
+
+
+def test_divergence_is_recorded_not_raised(mnist_dir, tmp_path):
+    record = run_main(TINY + ["--depth", "2", "--lr", "1e30", "--data-dir", mnist_dir,
+                              "--out-dir", str(tmp_path)])
+    assert record["status"] == "diverged"
+
+
+def sweep_argv(mnist_dir, tmp_path):
+    return TINY + ["--sweep", "--depths", "2,4", "--variants", "plain,res2", "--seeds", "2",
+                   "--workers", "1", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
+                   "--fig-dir", str(tmp_path / "fig")]
+
+
+def test_sweep_writes_table_and_figures_and_resumes(mnist_dir, tmp_path, monkeypatch):
+    run_main(sweep_argv(mnist_dir, tmp_path))
+    table = (tmp_path / "fig" / "ex1_mlp_table.md").read_text()
+    assert "residual, 2 layers/block" in table and "±" in table
+    assert len([line for line in table.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]) == 2
+    for name in ("depth", "curves", "gradients", "activations"):
+        assert (tmp_path / "fig" / f"ex1_mlp_{name}.png").stat().st_size > 0
+
+    # a kill -9 mid-run leaves a run with status 'running' and no best.pt: only it is redone
+    victim = tmp_path / "runs" / "plain_d4_s1"
+    record = json.loads((victim / "metrics.json").read_text())
+    record.update(status="running", epochs=[])
+    (victim / "metrics.json").write_text(json.dumps(record))
+    trained = []
+    real_train = ex1_mlp.train
+    monkeypatch.setattr(ex1_mlp, "train", lambda config, *a, **k: trained.append(config) or real_train(config, *a, **k))
+    run_main(sweep_argv(mnist_dir, tmp_path))
+    assert [ex1_mlp.run_name(c) for c in trained] == ["plain_d4_s1"]
+
+
+def test_sweep_refuses_runs_made_with_other_settings(mnist_dir, tmp_path):
+    run_main(sweep_argv(mnist_dir, tmp_path) + ["--seeds", "1", "--depths", "2", "--variants", "plain"])
+    with pytest.raises(utils.UserError, match="other settings"):
+        run_main(sweep_argv(mnist_dir, tmp_path) + ["--seeds", "1", "--depths", "2", "--variants", "plain",
+                                                     "--lr", "0.5"])
+
+
+def test_interrupted_run_resumes_from_its_last_epoch(mnist_dir, tmp_path, monkeypatch):
+    argv = TINY + ["--epochs", "3", "--depth", "2", "--data-dir", mnist_dir]
+    whole = run_main(argv + ["--out-dir", str(tmp_path / "whole")])
+
+    real_epoch, calls = utils.train_one_epoch, []
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # stands for kill -9: nothing after this point runs
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(utils, "train_one_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(argv + ["--out-dir", str(tmp_path / "cut")])
+    saved = json.loads((tmp_path / "cut" / "plain_d2_s0" / "metrics.json").read_text())
+    assert saved["status"] == "running" and len(saved["epochs"]) == 2
+
+    calls.clear()
+    resumed = run_main(argv + ["--out-dir", str(tmp_path / "cut")])
+    assert len(calls) == 1  # only epoch 3 was trained again
+    assert resumed["epochs"] == whole["epochs"]  # model, optimizer and RNG state all restored
+    assert resumed["test_acc"] == whole["test_acc"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--depth", "0"], "--depth must be positive"),
+    (["--depth", "7", "--residual", "--layers-per-block", "2"], "not a multiple"),
+    (["--width", "-3"], "--width must be positive"),
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--device", "tpu"], "invalid choice"),
+    (["--data-dir", "{tmp}/missing"], "MNIST not found"),
+])
+def test_bad_input_is_one_line_exit_2_no_traceback(argv, message, tmp_path):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    env = dict(os.environ, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "ex1_mlp.py"), *argv, "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

@@ -140,15 +140,17 @@ def _list_image_folder(root):
 
 
 def _decode_images(items, desc):
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    import numpy as np
+    from PIL import Image
     from tqdm import tqdm
 
     x = torch.empty((len(items),) + CIFAR10_IMAGE_SHAPE, dtype=torch.uint8)
     for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
         try:
-            img = decode_image(read_file(path), mode=ImageReadMode.RGB)
+            with Image.open(path) as im:
+                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
         except Exception as e:
-            raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            raise DataError(f"cannot read image {path}: {type(e).__name__}")
         if tuple(img.shape) != CIFAR10_IMAGE_SHAPE:
             raise DataError(f"image {path} has shape {tuple(img.shape)}, expected {CIFAR10_IMAGE_SHAPE}")
         x[i] = img

@@ -16,7 +16,7 @@ from data import MNIST_VAL_SIZE, load_mnist
 from models import MLP
 from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, fit,
                    get_device, hardware, load_runs, mean_std, run_cli, run_jobs,
-                   seed_everything, write_text_atomic)
+                   seed_everything, update_readme, write_text_atomic)
 
 PROG = "ex1_mlp.py"
 SWEEP_DEPTHS = (2, 8, 32, 64)
@@ -38,7 +38,7 @@ GRADIENT_BATCH = 128  # one training batch, as in training
 
 
 def get_args(argv=None):
-    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--width", type=int, default=16, help="units per hidden layer")
     p.add_argument("--depth", type=int, default=8, help="hidden width x width layers (stem not counted)")
     p.add_argument("--residual", action="store_true", help="add identity skips around each block")
@@ -129,7 +129,7 @@ def _sweep_setup(job_args):
 
 def _sweep_run(job, data):
     (args, device), config = job
-    train(config, data, device, args.out_dir, progress=False)
+    train(config, data, device, args.out_dir, progress=args.workers == 1)
 
 
 def sweep_configs(args):
@@ -290,8 +290,11 @@ def plot_gradients(stats, caption, path):
                 if dd != d:
                     continue
                 layers = range(1, len(s[when]["weight"]) + 1)
-                ax.plot(layers, s[when]["weight"], color=colors[v], label=f"{VARIANT_LABELS[v]}: weights")
-                ax.plot(layers, s[when]["bias"], color=colors[v], ls="--", label=f"{VARIANT_LABELS[v]}: biases")
+                # a zero gradient (ReZero's gated layers at initialization, underflow in plain
+                # nets) has no logarithm: leave a gap rather than a line to the axis
+                weight, bias = ([g if g > 0 else float("nan") for g in s[when][k]] for k in ("weight", "bias"))
+                ax.plot(layers, weight, color=colors[v], label=f"{VARIANT_LABELS[v]}: weights")
+                ax.plot(layers, bias, color=colors[v], ls="--", label=f"{VARIANT_LABELS[v]}: biases")
             ax.set(yscale="log", xlabel="linear layer (1 = input projection, last = classifier)",
                    ylabel="gradient norm", title=f"depth {d}, {'at initialization' if when == 'init' else 'after training'}")
             ax.grid(alpha=0.3)
@@ -313,9 +316,10 @@ def plot_activations(stats, caption, path):
             if dd == d:
                 for when, ls in (("init", "-"), ("trained", ":")):
                     rms = s[when]["activation_rms"]
-                    ax.plot(range(len(rms)), rms, color=colors[v], ls=ls,
+                    layers_per_block = VARIANTS[v][1]
+                    ax.plot(range(0, len(rms) * layers_per_block, layers_per_block), rms, color=colors[v], ls=ls,
                             label=f"{VARIANT_LABELS[v]} ({'init' if when == 'init' else 'trained'})")
-        ax.set(yscale="log", xlabel="block (0 = after the input projection)",
+        ax.set(yscale="log", xlabel="hidden layers passed (0 = after the input projection)",
                ylabel="RMS of the hidden state", title=f"depth {d}: forward signal")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=6)
@@ -330,6 +334,7 @@ def make_figures(args, configs, device):
     os.makedirs(args.fig_dir, exist_ok=True)
     table = make_table(found, args)
     write_text_atomic(table, os.path.join(args.fig_dir, "ex1_mlp_table.md"))
+    update_readme(args.fig_dir, "ex1_mlp_table", table)
     plot_depth(found, args, os.path.join(args.fig_dir, "ex1_mlp_depth.png"))
     plot_curves(found, args, os.path.join(args.fig_dir, "ex1_mlp_curves.png"))
     stats = gradient_stats(args, device, load_mnist(args.data_dir, device, args.val_size))

@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -19,12 +20,20 @@ class UserError(Exception):
     """A problem the user can fix (bad flag, missing file): reported in one line, exit code 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows every default and keeps the usage examples of a script's docstring as written."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: `prog: error: message`, exit code 2."""
+    """argparse with one-line errors (`prog: error: message`, exit code 2) and defaults in --help."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        kwargs.setdefault("help", "(default: %(default)s)")  # no help would hide the default
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -66,7 +75,8 @@ def hardware(device):
     """A short description of what ran the code, for figure captions and results."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {threads} thread{'s' if threads > 1 else ''} per process)"
 
 
 def seed_everything(seed):
@@ -210,6 +220,7 @@ def _atomic(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -227,6 +238,24 @@ def write_text_atomic(text, path):
 
 def save_atomic(obj, path):
     _atomic(path, lambda f: torch.save(obj, f))
+
+
+def update_readme(fig_dir, name, text):
+    """Put `text` between `<!-- name -->` and `<!-- /name -->` in the README beside `fig_dir`.
+
+    The README shows the tables the code wrote, never numbers typed by hand; a README
+    without the markers (or none at all, as in tests) is left alone.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(fig_dir)), "README.md")
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    try:
+        with open(path) as f:
+            readme = f.read()
+    except OSError:
+        return
+    if begin in readme and end in readme:
+        head, rest = readme.split(begin, 1)
+        write_text_atomic(head + begin + "\n" + text + rest[rest.index(end):], path)
 
 
 def read_json(path):
@@ -298,7 +327,15 @@ def mean_std(values):
 
 # ----------------------------------------------------------------------------- sweeps
 
-def _sweep_worker(fn, jobs, done, threads, setup, setup_args):
+def _exit_with_parent(parent_pid):
+    """Poll the parent: a killed sweep must not leave workers writing its run folders."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _sweep_worker(fn, jobs, done, threads, setup, setup_args, parent_pid):
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     torch.set_num_threads(threads)
     context = setup(setup_args)
     for job in jobs:
@@ -333,7 +370,7 @@ def run_jobs(fn, jobs, costs, workers, desc, setup, setup_args):
     ctx = mp.get_context("spawn")  # a clean interpreter per worker: no inherited threads or state
     done = ctx.Queue()
     threads = max(1, torch.get_num_threads() // workers)
-    procs = [ctx.Process(target=_sweep_worker, args=(fn, shard, done, threads, setup, setup_args),
+    procs = [ctx.Process(target=_sweep_worker, args=(fn, shard, done, threads, setup, setup_args, os.getpid()),
                          daemon=True)
              for shard in shards]
     for p in procs:

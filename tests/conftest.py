@@ -12,6 +12,15 @@ sys.path.insert(0, ROOT)
 MNIST_SIZES = {"train": 300, "t10k": 100}  # tests pass --val-size 50
 
 
+def assert_one_line_error(proc, message):
+    """Exit code 2, the error in one line (the last; progress bars may come before), no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert proc.stderr.rstrip().endswith(errors[0])
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 def write_idx(path, array):
     """Write a uint8 array in the idx format of the MNIST files (magic 0x08 = ubyte)."""
     with open(path, "wb") as f:
@@ -38,3 +47,52 @@ def make_mnist(root, seed=0):
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
     return make_mnist(str(tmp_path_factory.mktemp("mnist")))
+
+
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                 "dog", "frog", "horse", "ship", "truck")
+CIFAR_PER_CLASS = {"train": 4, "test": 2}
+
+
+def cifar_images(n, seed):
+    """n learnable 32x32 RGB images and labels: class c is a bright band at rows 3c..3c+2."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 80, (n, 32, 32, 3), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 3 * c:3 * c + 3] = 250
+    return images, labels
+
+
+def make_cifar_folder(root, ext="png"):
+    """A tiny CIFAR-10 copy in ImageFolder layout: root/{train,test}/<class>/<n>.<ext>."""
+    from PIL import Image
+    for split, per_class in CIFAR_PER_CLASS.items():
+        images, labels = cifar_images(10 * per_class, seed=len(split))
+        for i, (img, c) in enumerate(zip(images, labels)):
+            folder = os.path.join(root, split, CIFAR_CLASSES[c])
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(img).save(os.path.join(folder, f"{i:04d}.{ext}"))
+    return root
+
+
+def make_cifar_official(root):
+    """A tiny CIFAR-10 in torchvision's own format (cifar-10-batches-py pickles)."""
+    import pickle
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(names):
+        images, labels = cifar_images(20, seed=i)
+        entry = {"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+                 "labels": labels.tolist()}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(entry, f)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": list(CIFAR_CLASSES)}, f)
+    return root
+
+
+@pytest.fixture
+def cifar_folder(tmp_path):
+    return make_cifar_folder(str(tmp_path / "cifar"))

@@ -7,7 +7,7 @@ import pytest
 
 import ex1_mlp
 import utils
-from conftest import ROOT
+from conftest import assert_one_line_error, ROOT
 
 TINY = ["--width", "8", "--epochs", "1", "--val-size", "50", "--batch-size", "32", "--device", "cpu"]
 
@@ -112,7 +112,5 @@ def test_bad_input_is_one_line_exit_2_no_traceback(argv, message, tmp_path):
     env = dict(os.environ, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "ex1_mlp.py"), *argv, "--out-dir", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert_one_line_error(proc, message)
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -1,0 +1,338 @@
+"""Exercise 2.3: Class Activation Maps of the CIFAR-10 CNN and of a pretrained ResNet-18.
+
+    python ex2_cam.py cifar10                          # CAMs of the best residual ex1_cnn.py run
+    python ex2_cam.py cifar10 --checkpoint runs/ex1_cnn/res_n3_s0/best.pt --num-images 12
+    python ex2_cam.py cifar10 --evaluate               # faithfulness: CAM vs Grad-CAM vs random
+    python ex2_cam.py imagenette                       # torchvision's ResNet-18 on Imagenette val
+    python ex2_cam.py imagenette --weights resnet18.pth --data-dir data   # offline
+
+CAM (Zhou et al. 2016) needs features -> global average pooling -> one linear layer:
+the map of class c is sum_k w[c, k] A_k over the last feature maps A.
+"""
+import glob
+import os
+
+import torch
+
+from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
+from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
+from utils import (ArgumentParser, UserError, get_device, hardware, mean_std, run_cli,
+                   update_readme, write_text_atomic)
+
+PROG = "ex2_cam.py"
+CNN_RUNS = os.path.join("runs", "ex1_cnn")
+MAKE_CHECKPOINT = "python ex1_cnn.py --blocks 3 --residual --cpu"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Imagenette's ten WordNet ids, in torchvision's (sorted) label order, and their ImageNet-1k index
+IMAGENETTE_TO_IMAGENET = {
+    "n01440764": ("tench", 0), "n02102040": ("English springer", 217),
+    "n02979186": ("cassette player", 482), "n03000684": ("chain saw", 491),
+    "n03028079": ("church", 497), "n03394916": ("French horn", 566),
+    "n03417042": ("garbage truck", 569), "n03425413": ("gas pump", 571),
+    "n03445777": ("golf ball", 574), "n03888257": ("parachute", 701),
+}
+IMAGENETTE_SIZE = "160px"
+METHODS = ("CAM", "Grad-CAM", "random")
+
+
+def get_args(argv=None):
+    p = ArgumentParser(prog=PROG, description=__doc__)
+    sub = p.add_subparsers(dest="dataset", metavar="{cifar10,imagenette}", required=True,
+                           parser_class=ArgumentParser)
+    common = ArgumentParser(add_help=False)
+    common.add_argument("--num-images", type=int, default=8, help="images in the figure")
+    common.add_argument("--seed", type=int, default=0, help="picks the images")
+    common.add_argument("--class-index", type=int, default=None,
+                        help="explain this class for every image (default: the predicted class)")
+    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    common.add_argument("--data-dir", default="data")
+    common.add_argument("--fig-dir", default="figures")
+    c = sub.add_parser("cifar10", parents=[common], help="the CNN trained by ex1_cnn.py on CIFAR-10")
+    c.add_argument("--checkpoint", default=None,
+                   help=f"a best.pt of ex1_cnn.py (default: the best residual run in {CNN_RUNS})")
+    c.add_argument("--evaluate", action="store_true",
+                   help="deletion/insertion AUC, Average Drop, Increase in Confidence")
+    c.add_argument("--eval-images", type=int, default=1000, help="test images for --evaluate")
+    c.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
+    i = sub.add_parser("imagenette", parents=[common], help="torchvision's ImageNet ResNet-18")
+    i.add_argument("--weights", default=None,
+                   help="a local ResNet-18 state dict (default: torchvision's IMAGENET1K_V1, hub cache)")
+    i.add_argument("--max-eval", type=int, default=0,
+                   help="images for the top-1 accuracy (0: all of Imagenette val)")
+    args = p.parse_args(argv)
+    if args.num_images < 1:
+        p.error(f"--num-images must be positive, got {args.num_images}")
+    if args.dataset == "cifar10" and (args.eval_images < 1 or args.steps < 1):
+        p.error("--eval-images and --steps must be positive")
+    return args
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+def find_checkpoint(runs=CNN_RUNS):
+    """The residual ex1_cnn.py run with the best validation accuracy."""
+    best = None
+    for path in glob.glob(os.path.join(runs, "res_*", "best.pt")):
+        val = torch.load(path, map_location="cpu")["val_acc"]
+        if best is None or val > best[0]:
+            best = (val, path)
+    if best is None:
+        raise UserError(f"no checkpoint in {runs}; make one with `{MAKE_CHECKPOINT}` or pass --checkpoint")
+    return best[1]
+
+
+def load_cnn(path, device):
+    from ex1_cnn import build_model
+    if not os.path.exists(path):
+        raise UserError(f"checkpoint {path} not found; make one with `{MAKE_CHECKPOINT}`")
+    try:
+        ckpt = torch.load(path, map_location=device)
+        model = build_model(ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+    except Exception as e:
+        raise UserError(f"{path} is not a checkpoint of ex1_cnn.py's network "
+                        f"({type(e).__name__}); make one with `{MAKE_CHECKPOINT}`")
+    return model.to(device).eval(), ckpt
+
+
+def denormalize(x, mean, std):
+    """Normalized (B, 3, H, W) -> displayable (B, H, W, 3) in [0, 1]."""
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+
+def plot_cams(images, maps, true, pred, names, true_maps, title, caption, path):
+    """A column per image: the image (true/predicted class), its CAM, and the true class's
+    CAM when the prediction is wrong."""
+    import matplotlib.pyplot as plt
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 6.4), squeeze=False)
+    for j in range(n):
+        ok = true[j] == pred[j]
+        axes[0, j].imshow(images[j])
+        axes[0, j].set_title(f"true: {names[true[j]]}\npred: {names[pred[j]]}", fontsize=7,
+                             color="green" if ok else "red")
+        axes[1, j].imshow(images[j])
+        axes[1, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        axes[1, j].set_title(f"CAM: {names[pred[j]]}", fontsize=7)
+        if not ok and true_maps is not None:
+            axes[2, j].imshow(images[j])
+            axes[2, j].imshow(true_maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[2, j].set_title(f"CAM: {names[true[j]]} (true)", fontsize=7)
+        for ax in axes[:, j]:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.text(0.01, 0.01, caption, fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def explain(model, x, y, class_index):
+    """CAMs for the predicted (or chosen) class, and for the true class of each image."""
+    with CAM(model, model.features, model.classifier) as cam:
+        maps, logits, classes = cam(x, class_index)
+        true_maps, _, _ = cam(x, y)
+    return maps.cpu(), logits.argmax(1).cpu(), classes.cpu(), true_maps.cpu()
+
+
+def check_class_index(args, num_classes):
+    if args.class_index is not None and not 0 <= args.class_index < num_classes:
+        raise UserError(f"--class-index {args.class_index} is out of range 0..{num_classes - 1}")
+
+
+def cifar_figure(args, device):
+    path = args.checkpoint or find_checkpoint()
+    model, ckpt = load_cnn(path, device)
+    data = load_cifar10(args.data_dir, device)
+    check_class_index(args, len(data.classes))
+    if args.num_images > len(data.test):
+        raise UserError(f"--num-images {args.num_images} exceeds the {len(data.test)} test images")
+    idx = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(args.seed))[:args.num_images]
+    x = normalize_images(data.test.x[idx.to(device)])
+    y = data.test.y[idx.to(device)]
+    maps, pred, classes, true_maps = explain(model, x, y, args.class_index)
+    config = ckpt["config"]
+    name = f"{'residual' if config['residual'] else 'plain'}-{6 * config['blocks'] + 2}"
+    out = os.path.join(args.fig_dir, "ex2_cam_cifar10.png")
+    plot_cams(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps, y.cpu().tolist(), pred.tolist(), data.classes,
+              true_maps, f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images",
+              f"{data.source} test images (seed {args.seed}); checkpoint {path}; {hardware(device)}", out)
+    print(f"{len(idx)} images, {int((pred == y.cpu()).sum())} correctly classified; figure {out}")
+    return out
+
+
+@torch.no_grad()
+def _method_maps(method, model, x, classes, generator):
+    if method == "CAM":
+        with CAM(model, model.features, model.classifier) as cam:
+            return cam(x, classes)[0]
+    if method == "Grad-CAM":
+        with GradCAM(model, model.features) as gradcam:
+            return gradcam(x, classes)[0]
+    h, w = model.features(x[:1]).shape[-2:]
+    return random_maps(x, (h, w), generator)
+
+
+def faithfulness(model, data, args, device, batch_size=250):
+    """Mean (and std over images) of each measure for each method on the first test images."""
+    n = min(args.eval_images, len(data.test))
+    generator = torch.Generator().manual_seed(args.seed)
+    per_image = {m: {k: [] for k in ("deletion", "insertion", "drop", "increase")} for m in METHODS}
+    curves = {m: {"deletion": [], "insertion": []} for m in METHODS}
+    from tqdm import tqdm
+    for start in tqdm(range(0, n, batch_size), desc="faithfulness", unit="batch"):
+        x = normalize_images(data.test.x[start:min(n, start + batch_size)])
+        with torch.no_grad():
+            classes = model(x).argmax(1) if args.class_index is None else \
+                torch.full((x.shape[0],), args.class_index, device=device)
+        for m in METHODS:
+            maps = _method_maps(m, model, x, classes, generator)
+            c = deletion_insertion(model, x, classes, maps, args.steps)
+            drop, inc = drop_and_increase(model, x, classes, maps)
+            for k in ("deletion", "insertion"):
+                per_image[m][k].append(auc(c[k]).cpu())
+                curves[m][k].append(c[k].cpu())
+            per_image[m]["drop"].append(drop.cpu())
+            per_image[m]["increase"].append(inc.cpu())
+    stats = {m: {k: torch.cat(v) for k, v in d.items()} for m, d in per_image.items()}
+    curves = {m: {k: torch.cat(v).mean(0) for k, v in d.items()} for m, d in curves.items()}
+    return n, stats, curves
+
+
+def faithfulness_table(n, stats, caption):
+    lines = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) "
+             "| Average Drop % (lower) | Increase in Confidence % (higher) |",
+             "|---|---:|---:|---:|---:|"]
+    for m, s in stats.items():
+        d, i = mean_std(s["deletion"].tolist()), mean_std(s["insertion"].tolist())
+        lines.append(f"| {m} | {d[0]:.3f} ± {d[1]:.3f} | {i[0]:.3f} ± {i[1]:.3f} "
+                     f"| {100 * s['drop'].mean():.1f} | {100 * s['increase'].mean():.1f} |")
+    lines += ["", f"Mean ± std over {n} CIFAR-10 test images, explaining the predicted class. {caption}. "
+                  f"Made by `python {PROG} cifar10 --evaluate`."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_faithfulness(curves, caption, path):
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, k in zip(axes, ("deletion", "insertion")):
+        for m, c in curves.items():
+            ax.plot(torch.linspace(0, 1, len(c[k])), c[k], label=m)
+        ax.set(xlabel=f"fraction of pixels {'removed' if k == 'deletion' else 'revealed'}",
+               ylabel="probability of the class", title=k)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.text(0.01, 0.01, caption, fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cifar_evaluate(args, device):
+    import time
+    path = args.checkpoint or find_checkpoint()
+    model, ckpt = load_cnn(path, device)
+    data = load_cifar10(args.data_dir, device)
+    check_class_index(args, len(data.classes))
+    start = time.perf_counter()
+    n, stats, curves = faithfulness(model, data, args, device)
+    caption = f"{data.source}, checkpoint {path}, {args.steps} steps; {hardware(device)}"
+    table = faithfulness_table(n, stats, caption)
+    os.makedirs(args.fig_dir, exist_ok=True)
+    write_text_atomic(table, os.path.join(args.fig_dir, "ex2_cam_faithfulness.md"))
+    update_readme(args.fig_dir, "ex2_cam_faithfulness", table)
+    plot_faithfulness(curves, caption, os.path.join(args.fig_dir, "ex2_cam_faithfulness.png"))
+    print(table)
+    print(f"evaluated {n} images in {time.perf_counter() - start:.0f} s")
+    return stats
+
+
+# ----------------------------------------------------------------------------- Imagenette
+
+def load_resnet18(weights_path, device):
+    """torchvision's ResNet-18: from a local state dict, or the IMAGENET1K_V1 weights (hub cache first)."""
+    from torchvision.models import ResNet18_Weights, resnet18
+    if weights_path:
+        if not os.path.exists(weights_path):
+            raise UserError(f"--weights {weights_path} not found")
+        model = resnet18(weights=None)
+        try:
+            model.load_state_dict(torch.load(weights_path, map_location="cpu"))
+        except Exception as e:
+            raise UserError(f"{weights_path} is not a ResNet-18 state dict ({type(e).__name__})")
+    else:
+        try:
+            model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)  # uses the torch hub cache if present
+        except Exception:
+            raise UserError("the ImageNet weights of ResNet-18 are not in the torch hub cache and cannot be "
+                            "downloaded; pass a local state dict with --weights PATH")
+    return model.to(device).eval()
+
+
+def load_imagenette(data_dir):
+    """Imagenette val (160px) through torchvision, from `data_dir`, downloading if possible."""
+    from torchvision.datasets import Imagenette
+    from torchvision.transforms import Compose, Normalize, Resize, CenterCrop, ToTensor
+    from torchvision.models import ResNet18_Weights
+    crop = ResNet18_Weights.IMAGENET1K_V1.transforms().crop_size[0]
+    transform = Compose([Resize(crop), CenterCrop(crop), ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    try:
+        return Imagenette(data_dir, split="val", size=IMAGENETTE_SIZE, transform=transform)
+    except RuntimeError:
+        pass
+    try:
+        return Imagenette(data_dir, split="val", size=IMAGENETTE_SIZE, download=True, transform=transform)
+    except Exception:
+        raise UserError(f"Imagenette ({IMAGENETTE_SIZE}) not found in {data_dir}/imagenette2-160/val/<wnid>/ "
+                        "and it cannot be downloaded; put torchvision's Imagenette folder under --data-dir")
+
+
+def imagenette(args, device):
+    from tqdm import tqdm
+    model = load_resnet18(args.weights, device)  # weights first: the cheaper check
+    ds = load_imagenette(args.data_dir)
+    check_class_index(args, model.fc.out_features)
+    to_imagenet = torch.tensor([IMAGENETTE_TO_IMAGENET[w][1] for w in ds.wnids], device=device)
+    names = {i: name for name, i in IMAGENETTE_TO_IMAGENET.values()}
+    # top-1 accuracy over the 1000 ImageNet classes on Imagenette val
+    n_eval = min(args.max_eval or len(ds), len(ds))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n_eval)), batch_size=64)
+    correct = 0
+    with torch.no_grad():
+        for x, y in tqdm(loader, desc="top-1 on Imagenette val", unit="batch"):
+            correct += int((model(x.to(device)).argmax(1) == to_imagenet[y.to(device)]).sum())
+    acc = correct / n_eval
+    # the figure: layer4's output (after the last residual addition and ReLU), then avgpool + fc
+    if args.num_images > len(ds):
+        raise UserError(f"--num-images {args.num_images} exceeds the {len(ds)} images")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:args.num_images]
+    x = torch.stack([ds[i][0] for i in idx.tolist()]).to(device)
+    y = to_imagenet[torch.tensor([ds[i][1] for i in idx.tolist()], device=device)]
+    with CAM(model, model.layer4, model.fc) as cam:
+        maps, logits, _ = cam(x, args.class_index)
+        true_maps, _, _ = cam(x, y)
+    pred = logits.argmax(1).cpu().tolist()
+    labels = {i: names.get(i, f"ImageNet {i}") for i in set(pred) | set(y.cpu().tolist())}
+    out = os.path.join(args.fig_dir, "ex2_cam_imagenette.png")
+    source = f"weights {args.weights}" if args.weights else "torchvision IMAGENET1K_V1 weights"
+    plot_cams(denormalize(x, IMAGENET_MEAN, IMAGENET_STD), maps.cpu(), y.cpu().tolist(), pred, labels,
+              true_maps.cpu(), f"CAM of ResNet-18 (layer4) on Imagenette val; top-1 accuracy {acc:.3f} "
+              f"on {n_eval} images", f"Imagenette val {IMAGENETTE_SIZE}; {source}; {hardware(device)}", out)
+    print(f"top-1 accuracy of ResNet-18 on Imagenette val ({n_eval} images): {acc:.4f}; figure {out}")
+    return acc
+
+
+def main(args):
+    device = get_device(args.device)
+    if args.dataset == "imagenette":
+        return imagenette(args, device)
+    return cifar_evaluate(args, device) if args.evaluate else cifar_figure(args, device)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args(), PROG)

@@ -1,0 +1,189 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ex2_cam
+from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, upsample_and_scale
+from conftest import assert_one_line_error, ROOT
+from models import CifarResNet
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    model = CifarResNet(1, width=4, residual=True).eval()
+    for m in model.modules():  # non-trivial BN statistics so eval mode is not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_cam_spatial_mean_plus_bias_is_the_logit(net):
+    x = torch.randn(6, 3, 32, 32)
+    with CAM(net, net.features, net.classifier) as cam:
+        raw, logits, classes = cam(x, raw=True)
+    assert raw.shape == (6, 8, 8)
+    torch.testing.assert_close(raw.mean(dim=(1, 2)) + net.classifier.bias[classes],
+                               logits.gather(1, classes[:, None])[:, 0])
+    torch.testing.assert_close(classes, logits.argmax(1))  # default: the predicted class
+
+
+def test_cam_is_the_formula_by_hand(net):
+    x = torch.randn(2, 3, 32, 32)
+    A = net.features(x)
+    with CAM(net, net.features, net.classifier) as cam:
+        raw, _, _ = cam(x, classes=[3, 7], raw=True)
+        maps, _, _ = cam(x, classes=[3, 7])
+    for i, c in enumerate([3, 7]):
+        by_hand = sum(net.classifier.weight[c, k] * A[i, k] for k in range(A.shape[1]))
+        torch.testing.assert_close(raw[i], by_hand)
+    assert maps.shape == (2, 32, 32)
+    assert maps.amin(dim=(1, 2)).abs().max() < 1e-6 and (maps.amax(dim=(1, 2)) - 1).abs().max() < 1e-6
+
+
+def test_each_image_gets_the_map_of_its_own_class(net):
+    x = torch.randn(4, 3, 32, 32)
+    classes = torch.tensor([0, 5, 5, 9])
+    with CAM(net, net.features, net.classifier) as cam:
+        batch, _, _ = cam(x, classes, raw=True)
+        for i in range(4):
+            alone, _, _ = cam(x[i:i + 1], classes[i:i + 1], raw=True)
+            torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=1e-5)
+        other, _, _ = cam(x, torch.tensor([1, 1, 1, 1]), raw=True)
+    assert not torch.allclose(batch[0], other[0])
+
+
+def test_gradcam_on_the_last_layer_is_relu_cam_up_to_a_positive_factor(net):
+    x = torch.randn(5, 3, 32, 32)
+    with CAM(net, net.features, net.classifier) as cam:
+        raw_cam, _, classes = cam(x, raw=True)
+    with GradCAM(net, net.features) as gradcam:
+        raw_grad, _, same = gradcam(x, raw=True)
+        scaled, _, _ = gradcam(x)
+    assert torch.equal(classes, same)
+    hw = raw_cam.shape[1] * raw_cam.shape[2]  # the factor is 1 / (h w) from the average pooling
+    torch.testing.assert_close(raw_grad * hw, torch.relu(raw_cam))
+    torch.testing.assert_close(scaled, upsample_and_scale(torch.relu(raw_cam), (32, 32)), atol=1e-5, rtol=1e-4)
+
+
+def test_hooks_are_gone_after_the_context_manager(net):
+    def hooks():
+        return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in net.modules())
+    with CAM(net, net.features, net.classifier) as cam:
+        assert hooks() == 1
+        cam(torch.randn(1, 3, 32, 32))
+    with GradCAM(net, net.features[-1]) as gradcam:
+        gradcam(torch.randn(1, 3, 32, 32))
+    assert hooks() == 0
+    with pytest.raises(ValueError, match="out of range"):
+        with CAM(net, net.features, net.classifier) as cam:
+            cam(torch.randn(1, 3, 32, 32), classes=10)
+    assert hooks() == 0  # also after an error inside the block
+
+
+def test_deletion_insertion_endpoints_and_auc(net):
+    x = torch.randn(3, 3, 32, 32)
+    classes = net(x).argmax(1)
+    maps = torch.rand(3, 32, 32)
+    curves = deletion_insertion(net, x, classes, maps, steps=4)
+    full = net(x).softmax(1).gather(1, classes[:, None])[:, 0]
+    gone = net(torch.zeros_like(x)).softmax(1).gather(1, classes[:, None])[:, 0]
+    torch.testing.assert_close(curves["deletion"][:, 0], full)
+    torch.testing.assert_close(curves["deletion"][:, -1], gone)
+    torch.testing.assert_close(curves["insertion"][:, -1], full)
+    torch.testing.assert_close(auc(torch.tensor([[0.0, 1.0, 1.0]])), torch.tensor([0.75]))
+    drop, inc = drop_and_increase(net, x, classes, torch.ones(3, 32, 32))
+    assert torch.all(drop.abs() < 1e-5) and torch.all(inc == 0)  # an all-ones map changes nothing
+
+
+# ----------------------------------------------------------------------------- the script
+
+def save_checkpoint(path, residual=True, blocks=1, width=4):
+    import ex1_cnn
+    args = ex1_cnn.get_args(["--blocks", str(blocks), "--width", str(width)])
+    config = ex1_cnn.run_config(args, blocks, residual, 0)
+    torch.manual_seed(0)
+    model = ex1_cnn.build_model(config)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"model": model.state_dict(), "config": config, "epoch": 1, "val_acc": 0.5}, path)
+    return path
+
+
+def test_cifar_figure_and_evaluation(cifar_folder, tmp_path):
+    ckpt = save_checkpoint(str(tmp_path / "runs" / "res_n1_s0" / "best.pt"))
+    common = ["--data-dir", cifar_folder, "--fig-dir", str(tmp_path / "fig"), "--device", "cpu"]
+    out = ex2_cam.main(ex2_cam.get_args(["cifar10", "--checkpoint", ckpt, "--num-images", "4"] + common))
+    assert os.path.getsize(out) > 0
+    stats = ex2_cam.main(ex2_cam.get_args(["cifar10", "--evaluate", "--checkpoint", ckpt, "--eval-images", "20",
+                                           "--steps", "4"] + common))
+    assert set(stats) == {"CAM", "Grad-CAM", "random"} and len(stats["CAM"]["deletion"]) == 20
+    table = (tmp_path / "fig" / "ex2_cam_faithfulness.md").read_text()
+    assert "| CAM |" in table and "| random |" in table and "20 CIFAR-10 test images" in table
+    assert ex2_cam.find_checkpoint(str(tmp_path / "runs")) == ckpt
+
+
+def make_imagenette(root, per_class=2):
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for wnid in ex2_cam.IMAGENETTE_TO_IMAGENET:
+        folder = os.path.join(root, "imagenette2-160", "val", wnid)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            img = torch.randint(0, 256, (160, 213, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(img).save(os.path.join(folder, f"{wnid}_{i}.JPEG"))
+    return root
+
+
+def test_imagenette_path_offline_with_local_weights(tmp_path):
+    from torchvision.models import resnet18
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), weights)
+    root = make_imagenette(str(tmp_path / "data"))
+    acc = ex2_cam.main(ex2_cam.get_args(["imagenette", "--weights", str(weights), "--data-dir", root,
+                                         "--fig-dir", str(tmp_path / "fig"), "--num-images", "3",
+                                         "--max-eval", "6", "--device", "cpu"]))
+    assert 0.0 <= acc <= 1.0
+    assert (tmp_path / "fig" / "ex2_cam_imagenette.png").stat().st_size > 0
+
+
+def test_imagenette_class_order_matches_torchvision(tmp_path):
+    root = make_imagenette(str(tmp_path / "data"), per_class=1)
+    from torchvision.datasets import Imagenette
+    ds = Imagenette(root, split="val", size="160px")
+    assert list(ds.wnids) == list(ex2_cam.IMAGENETTE_TO_IMAGENET)
+    names = [ex2_cam.IMAGENETTE_TO_IMAGENET[w][0] for w in ds.wnids]
+    assert names == [c[0] for c in ds.classes]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["cifar10", "--checkpoint", "{tmp}/none.pt"], "not found"),
+    (["cifar10", "--checkpoint", "{mismatch}"], "not a checkpoint"),
+    (["cifar100"], "invalid choice"),
+    (["cifar10", "--num-images", "0"], "--num-images must be positive"),
+    (["cifar10", "--checkpoint", "{ckpt}", "--class-index", "10", "--data-dir", "{cifar}"], "out of range"),
+    (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{tmp}/none.pth"], "--weights"),
+    (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{resnet}"], "Imagenette"),
+])
+def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder):
+    ckpt = save_checkpoint(str(tmp_path / "ok" / "best.pt"))
+    mismatch = tmp_path / "mismatch.pt"
+    torch.save({"model": CifarResNet(2, 4).state_dict(), "config": torch.load(ckpt)["config"]}, mismatch)
+    resnet = tmp_path / "r.pth"
+    if "{resnet}" in argv:
+        from torchvision.models import resnet18
+        torch.save(resnet18(weights=None).state_dict(), resnet)
+    subs = {"{tmp}": str(tmp_path), "{mismatch}": str(mismatch), "{ckpt}": ckpt, "{cifar}": cifar_folder,
+            "{resnet}": str(resnet)}
+    for k, v in subs.items():
+        argv = [a.replace(k, v) for a in argv]
+    env = dict(os.environ, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "ex2_cam.py"), *argv, "--fig-dir", str(tmp_path)]
+                          if argv[0] != "cifar100" else [sys.executable, os.path.join(ROOT, "ex2_cam.py"), *argv],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_error(proc, message)
+    assert "Traceback" not in proc.stderr + proc.stdout

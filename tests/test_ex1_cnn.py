@@ -1,0 +1,113 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import ex1_cnn
+from conftest import assert_one_line_error, CIFAR_CLASSES, CIFAR_PER_CLASS, ROOT, cifar_images, make_cifar_official
+from data import DataError, load_cifar10
+
+CPU = torch.device("cpu")
+TINY = ["--blocks", "1", "--width", "4", "--epochs", "1", "--val-size", "10", "--batch-size", "8",
+        "--device", "cpu"]
+
+
+def test_image_folder_copy_goes_through_the_real_loader_and_is_cached(cifar_folder, monkeypatch):
+    ds = load_cifar10(cifar_folder, CPU, n_val=10)
+    assert ds.source == "CIFAR-10 (JPEG copy)"
+    n_train = 10 * CIFAR_PER_CLASS["train"]
+    assert len(ds.train) + len(ds.val) == n_train and len(ds.test) == 10 * CIFAR_PER_CLASS["test"]
+    assert ds.train.x.shape[1:] == (3, 32, 32) and ds.train.x.dtype == torch.uint8
+    # PNG is lossless: every decoded image is the one written, with its label
+    images, labels = cifar_images(n_train, seed=len("train"))
+    written = {bytes(torch.from_numpy(img).permute(2, 0, 1).contiguous().numpy()): c
+               for img, c in zip(images, labels)}
+    for x, y in zip(ds.train.x, ds.train.y):
+        assert written[bytes(x.numpy())] == y
+    monkeypatch.setattr(data, "_decode_images", lambda *a: pytest.fail("decoded again"))
+    again = load_cifar10(cifar_folder, CPU, n_val=10)
+    assert torch.equal(again.train.x, ds.train.x)
+
+
+def test_torchvision_format_goes_through_the_real_loader(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args: True)  # our files, not the real md5s
+    ds = load_cifar10(make_cifar_official(str(tmp_path)), CPU, n_val=10)
+    assert ds.source == "CIFAR-10"
+    assert len(ds.train) + len(ds.val) == 100 and len(ds.test) == 20
+    images, labels = cifar_images(20, seed=5)
+    assert torch.equal(ds.test.x[3], torch.from_numpy(images[3]).permute(2, 0, 1))
+    assert ds.test.y[3] == labels[3]
+
+
+def test_missing_class_folder_and_unreadable_image(cifar_folder):
+    os.rename(os.path.join(cifar_folder, "test", "cat"), os.path.join(cifar_folder, "test", "kat"))
+    with pytest.raises(DataError, match="cat"):
+        load_cifar10(cifar_folder, CPU, n_val=10)
+    os.rename(os.path.join(cifar_folder, "test", "kat"), os.path.join(cifar_folder, "test", "cat"))
+    bad = os.path.join(cifar_folder, "train", "dog", "0005.png")
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    with pytest.raises(DataError, match="0005.png"):
+        load_cifar10(cifar_folder, CPU, n_val=10)
+
+
+def test_warmup_cosine_schedule():
+    f = ex1_cnn.warmup_cosine(total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+
+
+def test_main_one_epoch_end_to_end(cifar_folder, tmp_path):
+    out = tmp_path / "runs"
+    record = ex1_cnn.main(ex1_cnn.get_args(TINY + ["--residual", "--data-dir", cifar_folder,
+                                                   "--out-dir", str(out)]))
+    assert record["status"] == "complete" and 0 <= record["test_acc"] <= 1
+    ckpt = torch.load(out / "res_n1_s0" / "best.pt")
+    assert ckpt["config"]["residual"] and ckpt["epoch"] == 1 and "val_acc" in ckpt
+    model = ex1_cnn.build_model(ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+
+
+def test_sweep_then_plot_only(cifar_folder, tmp_path):
+    argv = TINY + ["--sweep", "--blocks-list", "1,2", "--seeds", "1", "--data-dir", cifar_folder,
+                   "--out-dir", str(tmp_path / "runs"), "--fig-dir", str(tmp_path / "fig")]
+    ex1_cnn.main(ex1_cnn.get_args(argv))
+    table = (tmp_path / "fig" / "ex1_cnn_table.md").read_text()
+    assert "| 8 | plain |" in table and "| 14 | residual |" in table and "JPEG copy" in table
+    os.remove(tmp_path / "fig" / "ex1_cnn_curves.png")
+    ex1_cnn.main(ex1_cnn.get_args(argv + ["--plot-only"]))
+    assert (tmp_path / "fig" / "ex1_cnn_curves.png").stat().st_size > 0
+
+
+def _cli(argv, tmp_path):
+    env = dict(os.environ, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "ex1_cnn.py"), *argv,
+                           "--out-dir", str(tmp_path / "runs"), "--fig-dir", str(tmp_path / "fig")],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--blocks", "0"], "--blocks must be positive"),
+    (["--width", "0"], "--width must be positive"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--data-dir", "{tmp}/none"], "CIFAR-10 not found"),
+    (["--sweep", "--plot-only"], "no finished runs"),
+    (["--data-dir", "{cifar}", "--val-size", "10", "--train-subset", "1000"], "exceeds"),
+])
+def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{cifar}", cifar_folder) for a in argv]
+    proc = _cli(argv, tmp_path)
+    assert_one_line_error(proc, message)
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_broken_folder_errors_through_the_cli(cifar_folder, tmp_path):
+    shutil.rmtree(os.path.join(cifar_folder, "train", "frog"))
+    proc = _cli(["--data-dir", cifar_folder], tmp_path)
+    assert_one_line_error(proc, "frog")

@@ -101,7 +101,7 @@ def denormalize(x, mean, std):
     """Normalized (B, 3, H, W) -> displayable (B, H, W, 3) in [0, 1]."""
     mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+    return (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def plot_cams(images, maps, true, pred, names, true_maps, title, caption, path):
@@ -148,7 +148,7 @@ def check_class_index(args, num_classes):
 def cifar_figure(args, device):
     path = args.checkpoint or find_checkpoint()
     model, ckpt = load_cnn(path, device)
-    data = load_cifar10(args.data_dir, device)
+    data = load_cifar10(args.data_dir, device, ckpt["config"]["val_size"])  # the split it trained with
     check_class_index(args, len(data.classes))
     if args.num_images > len(data.test):
         raise UserError(f"--num-images {args.num_images} exceeds the {len(data.test)} test images")
@@ -159,8 +159,8 @@ def cifar_figure(args, device):
     config = ckpt["config"]
     name = f"{'residual' if config['residual'] else 'plain'}-{6 * config['blocks'] + 2}"
     out = os.path.join(args.fig_dir, "ex2_cam_cifar10.png")
-    plot_cams(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps, y.cpu().tolist(), pred.tolist(), data.classes,
-              true_maps, f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images",
+    plot_cams(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps.numpy(), y.cpu().tolist(), pred.tolist(), data.classes,
+              true_maps.numpy(), f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images",
               f"{data.source} test images (seed {args.seed}); checkpoint {path}; {hardware(device)}", out)
     print(f"{len(idx)} images, {int((pred == y.cpu()).sum())} correctly classified; figure {out}")
     return out
@@ -237,7 +237,7 @@ def cifar_evaluate(args, device):
     import time
     path = args.checkpoint or find_checkpoint()
     model, ckpt = load_cnn(path, device)
-    data = load_cifar10(args.data_dir, device)
+    data = load_cifar10(args.data_dir, device, ckpt["config"]["val_size"])  # the split it trained with
     check_class_index(args, len(data.classes))
     start = time.perf_counter()
     n, stats, curves = faithfulness(model, data, args, device)
@@ -320,8 +320,8 @@ def imagenette(args, device):
     labels = {i: names.get(i, f"ImageNet {i}") for i in set(pred) | set(y.cpu().tolist())}
     out = os.path.join(args.fig_dir, "ex2_cam_imagenette.png")
     source = f"weights {args.weights}" if args.weights else "torchvision IMAGENET1K_V1 weights"
-    plot_cams(denormalize(x, IMAGENET_MEAN, IMAGENET_STD), maps.cpu(), y.cpu().tolist(), pred, labels,
-              true_maps.cpu(), f"CAM of ResNet-18 (layer4) on Imagenette val; top-1 accuracy {acc:.3f} "
+    plot_cams(denormalize(x, IMAGENET_MEAN, IMAGENET_STD), maps.cpu().numpy(), y.cpu().tolist(), pred, labels,
+              true_maps.cpu().numpy(), f"CAM of ResNet-18 (layer4) on Imagenette val; top-1 accuracy {acc:.3f} "
               f"on {n_eval} images", f"Imagenette val {IMAGENETTE_SIZE}; {source}; {hardware(device)}", out)
     print(f"top-1 accuracy of ResNet-18 on Imagenette val ({n_eval} images): {acc:.4f}; figure {out}")
     return acc

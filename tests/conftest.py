@@ -12,13 +12,33 @@ sys.path.insert(0, ROOT)
 MNIST_SIZES = {"train": 300, "t10k": 100}  # tests pass --val-size 50
 
 
-def assert_one_line_error(proc, message):
+def assert_one_line_error(code, stderr, message):
     """Exit code 2, the error in one line (the last; progress bars may come before), no traceback."""
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and message in errors[0], proc.stderr
-    assert proc.stderr.rstrip().endswith(errors[0])
-    assert "Traceback" not in proc.stderr + proc.stdout
+    assert code == 2, stderr
+    errors = [line for line in stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and message in errors[0], stderr
+    assert stderr.rstrip().endswith(errors[0])
+    assert "Traceback" not in stderr
+
+
+def cli_in_process(module, argv, capsys):
+    """What `python <script> argv` does, without starting an interpreter: (exit code, stderr).
+
+    An exception that is not turned into a one-line error propagates and fails the test.
+    """
+    from utils import run_cli
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(module.main, module.get_args(argv), module.PROG)
+    return exit_.value.code, capsys.readouterr().err
+
+
+def cli_subprocess(script, argv):
+    """The real thing, once per script: (exit code, stderr); downloads fail fast, as offline."""
+    import subprocess
+    env = dict(os.environ, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv],
+                          capture_output=True, text=True, env=env, timeout=120)
+    return proc.returncode, proc.stderr + proc.stdout
 
 
 def write_idx(path, array):

@@ -1,13 +1,11 @@
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import ex2_cam
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, upsample_and_scale
-from conftest import assert_one_line_error, ROOT
+from conftest import assert_one_line_error, cli_in_process, cli_subprocess
 from models import CifarResNet
 
 
@@ -104,7 +102,7 @@ def test_deletion_insertion_endpoints_and_auc(net):
 
 def save_checkpoint(path, residual=True, blocks=1, width=4):
     import ex1_cnn
-    args = ex1_cnn.get_args(["--blocks", str(blocks), "--width", str(width)])
+    args = ex1_cnn.get_args(["--blocks", str(blocks), "--width", str(width), "--val-size", "10"])
     config = ex1_cnn.run_config(args, blocks, residual, 0)
     torch.manual_seed(0)
     model = ex1_cnn.build_model(config)
@@ -163,27 +161,34 @@ def test_imagenette_class_order_matches_torchvision(tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["cifar10", "--checkpoint", "{tmp}/none.pt"], "not found"),
     (["cifar10", "--checkpoint", "{mismatch}"], "not a checkpoint"),
-    (["cifar100"], "invalid choice"),
     (["cifar10", "--num-images", "0"], "--num-images must be positive"),
     (["cifar10", "--checkpoint", "{ckpt}", "--class-index", "10", "--data-dir", "{cifar}"], "out of range"),
+    (["cifar10", "--data-dir", "{tmp}"], "no checkpoint"),
     (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{tmp}/none.pth"], "--weights"),
-    (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{resnet}"], "Imagenette"),
+    (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{ckpt}"], "not a ResNet-18"),
 ])
-def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder):
+def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder, capsys, monkeypatch):
+    monkeypatch.setattr(ex2_cam, "CNN_RUNS", str(tmp_path / "no-runs"))
     ckpt = save_checkpoint(str(tmp_path / "ok" / "best.pt"))
     mismatch = tmp_path / "mismatch.pt"
     torch.save({"model": CifarResNet(2, 4).state_dict(), "config": torch.load(ckpt)["config"]}, mismatch)
-    resnet = tmp_path / "r.pth"
-    if "{resnet}" in argv:
-        from torchvision.models import resnet18
-        torch.save(resnet18(weights=None).state_dict(), resnet)
-    subs = {"{tmp}": str(tmp_path), "{mismatch}": str(mismatch), "{ckpt}": ckpt, "{cifar}": cifar_folder,
-            "{resnet}": str(resnet)}
+    subs = {"{tmp}": str(tmp_path), "{mismatch}": str(mismatch), "{ckpt}": ckpt, "{cifar}": cifar_folder}
     for k, v in subs.items():
         argv = [a.replace(k, v) for a in argv]
-    env = dict(os.environ, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "ex2_cam.py"), *argv, "--fig-dir", str(tmp_path)]
-                          if argv[0] != "cifar100" else [sys.executable, os.path.join(ROOT, "ex2_cam.py"), *argv],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert_one_line_error(proc, message)
-    assert "Traceback" not in proc.stderr + proc.stdout
+    assert_one_line_error(*cli_in_process(ex2_cam, argv + ["--fig-dir", str(tmp_path)], capsys), message)
+
+
+def test_no_imagenette_offline_is_one_line_error(tmp_path, capsys, monkeypatch):
+    from torchvision.models import resnet18
+    import torchvision.datasets.imagenette as imagenette
+    monkeypatch.setattr(imagenette, "download_and_extract_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("no network")))
+    weights = tmp_path / "r.pth"
+    torch.save(resnet18(weights=None).state_dict(), weights)
+    argv = ["imagenette", "--data-dir", str(tmp_path / "none"), "--weights", str(weights)]
+    assert_one_line_error(*cli_in_process(ex2_cam, argv, capsys), "Imagenette")
+
+
+def test_unknown_dataset_from_a_real_process():
+    code, stderr = cli_subprocess("ex2_cam.py", ["cifar100"])
+    assert_one_line_error(code, stderr, "invalid choice")

@@ -1,15 +1,13 @@
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import data
 import ex1_cnn
-from conftest import assert_one_line_error, CIFAR_CLASSES, CIFAR_PER_CLASS, ROOT, cifar_images, make_cifar_official
+from conftest import (CIFAR_PER_CLASS, assert_one_line_error, cifar_images, cli_in_process,
+                      cli_subprocess, make_cifar_official)
 from data import DataError, load_cifar10
 
 CPU = torch.device("cpu")
@@ -85,13 +83,6 @@ def test_sweep_then_plot_only(cifar_folder, tmp_path):
     assert (tmp_path / "fig" / "ex1_cnn_curves.png").stat().st_size > 0
 
 
-def _cli(argv, tmp_path):
-    env = dict(os.environ, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "ex1_cnn.py"), *argv,
-                           "--out-dir", str(tmp_path / "runs"), "--fig-dir", str(tmp_path / "fig")],
-                          capture_output=True, text=True, env=env, timeout=120)
-
-
 @pytest.mark.parametrize("argv,message", [
     (["--blocks", "0"], "--blocks must be positive"),
     (["--width", "0"], "--width must be positive"),
@@ -100,14 +91,14 @@ def _cli(argv, tmp_path):
     (["--sweep", "--plot-only"], "no finished runs"),
     (["--data-dir", "{cifar}", "--val-size", "10", "--train-subset", "1000"], "exceeds"),
 ])
-def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder):
+def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder, capsys, monkeypatch):
+    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)  # offline
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{cifar}", cifar_folder) for a in argv]
-    proc = _cli(argv, tmp_path)
-    assert_one_line_error(proc, message)
-    assert "Traceback" not in proc.stderr + proc.stdout
+    argv += ["--out-dir", str(tmp_path / "runs"), "--fig-dir", str(tmp_path / "fig")]
+    assert_one_line_error(*cli_in_process(ex1_cnn, argv, capsys), message)
 
 
-def test_broken_folder_errors_through_the_cli(cifar_folder, tmp_path):
+def test_broken_folder_errors_through_a_real_process(cifar_folder, tmp_path):
     shutil.rmtree(os.path.join(cifar_folder, "train", "frog"))
-    proc = _cli(["--data-dir", cifar_folder], tmp_path)
-    assert_one_line_error(proc, "frog")
+    code, stderr = cli_subprocess("ex1_cnn.py", ["--data-dir", cifar_folder, "--out-dir", str(tmp_path)])
+    assert_one_line_error(code, stderr, "frog")

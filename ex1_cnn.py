@@ -17,7 +17,8 @@ import torch
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import CifarResNet
 from utils import (ArgumentParser, Run, UserError, check_positive, fit, get_device, hardware,
-                   load_runs, mean_std, run_cli, run_jobs, seed_everything, update_readme, write_text_atomic)
+                   load_runs, mean_std, pending_runs, print_result, run_cli, run_jobs, save_figure,
+                   seed_everything, update_readme, write_text_atomic)
 
 PROG = "ex1_cnn.py"
 SWEEP_BLOCKS = (1, 3, 5)
@@ -153,8 +154,7 @@ def _sweep_run(job, data):
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    todo = [c for c in configs if not Run.finished(os.path.join(args.out_dir, run_name(c)), c)]
-    print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
+    todo = pending_runs(configs, args.out_dir, run_name)
     if todo:
         load_data(args, device)  # fail here, in one line; this also builds the decoded cache
         wall = run_jobs(_sweep_run, [((args, device), c) for c in todo], [c["blocks"] for c in todo],
@@ -221,10 +221,7 @@ def plot_curves(found, args, path):
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.text(0.01, 0.01, _caption(found, args) + "; solid: residual, dashed: plain", fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, _caption(found, args) + "; solid: residual, dashed: plain", path, caption_height=0.04)
 
 
 def make_figures(args, configs):
@@ -249,11 +246,7 @@ def main(args):
     print(f"{run_name(config)} (depth {6 * args.blocks + 2}): {data.source}, "
           f"{len(data.train)} training images, {hardware(device)}")
     record = train(config, data, device, args.out_dir)
-    if record["status"] == "diverged":
-        print(f"diverged (non-finite training loss) at epoch {len(record['epochs'])}")
-    if record.get("test_acc") is not None:
-        print(f"best validation accuracy {record['best_val_acc']:.4f} at epoch {record['best_epoch']}; "
-              f"test accuracy {record['test_acc']:.4f}; checkpoint {os.path.join(args.out_dir, run_name(config), 'best.pt')}")
+    print_result(record, os.path.join(args.out_dir, run_name(config)))
     return record
 
 

@@ -15,8 +15,9 @@ import torch.nn as nn
 from data import MNIST_VAL_SIZE, load_mnist
 from models import MLP
 from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, fit,
-                   get_device, hardware, load_runs, mean_std, run_cli, run_jobs,
-                   seed_everything, update_readme, write_text_atomic)
+                   get_device, hardware, load_runs, mean_std, pending_runs, print_result,
+                   run_cli, run_jobs, save_figure, seed_everything, update_readme,
+                   write_text_atomic)
 
 PROG = "ex1_mlp.py"
 SWEEP_DEPTHS = (2, 8, 32, 64)
@@ -139,9 +140,7 @@ def sweep_configs(args):
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    todo = [c for c in configs
-            if not Run.finished(os.path.join(args.out_dir, run_name(c)), c)]
-    print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
+    todo = pending_runs(configs, args.out_dir, run_name)
     if todo:
         load_mnist(args.data_dir, device, args.val_size)  # fail here, in one line, rather than in every worker
         costs = [c["depth"] + 2 for c in todo]  # per-step time grows with the number of layers
@@ -211,10 +210,7 @@ def plot_depth(found, args, path):
     ax.set_xticks(args.depths, [str(d) for d in args.depths])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.text(0.01, 0.01, _caption(found, args), fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, _caption(found, args), path)
 
 
 def plot_curves(found, args, path):
@@ -238,10 +234,7 @@ def plot_curves(found, args, path):
     axes[0, 0].set_ylabel("training loss")
     axes[1, 0].set_ylabel("validation accuracy")
     axes[1, 0].legend(fontsize=7)
-    fig.text(0.01, 0.005, _caption(found, args) + "; mean over seeds", fontsize=6)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, _caption(found, args) + "; mean over seeds", path, caption_height=0.02)
 
 
 def layer_stats(model, x, y):
@@ -299,10 +292,7 @@ def plot_gradients(stats, caption, path):
                    ylabel="gradient norm", title=f"depth {d}, {'at initialization' if when == 'init' else 'after training'}")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=6)
-    fig.text(0.01, 0.005, caption + "; one training batch of 128, seed 0", fontsize=6)
-    fig.tight_layout(rect=(0, 0.015, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}, seed 0", path, caption_height=0.015)
 
 
 def plot_activations(stats, caption, path):
@@ -323,10 +313,7 @@ def plot_activations(stats, caption, path):
                ylabel="RMS of the hidden state", title=f"depth {d}: forward signal")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=6)
-    fig.text(0.01, 0.005, caption + "; one training batch of 128, seed 0", fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}, seed 0", path)
 
 
 def make_figures(args, configs, device):
@@ -357,11 +344,7 @@ def main(args):
     config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
     print(f"{run_name(config)}: {data.source}, {hardware(device)}")
     record = train(config, data, device, args.out_dir)
-    if record["status"] == "diverged":
-        print(f"diverged (non-finite training loss) at epoch {len(record['epochs'])}")
-    if record.get("test_acc") is not None:
-        print(f"best validation accuracy {record['best_val_acc']:.4f} at epoch {record['best_epoch']}; "
-              f"test accuracy {record['test_acc']:.4f}")
+    print_result(record, os.path.join(args.out_dir, run_name(config)))
     return record
 
 

@@ -17,7 +17,7 @@ import torch
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
 from utils import (ArgumentParser, UserError, get_device, hardware, mean_std, run_cli,
-                   update_readme, write_text_atomic)
+                   save_figure, update_readme, write_text_atomic)
 
 PROG = "ex2_cam.py"
 CNN_RUNS = os.path.join("runs", "ex1_cnn")
@@ -71,8 +71,9 @@ def get_args(argv=None):
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
-def find_checkpoint(runs=CNN_RUNS):
+def find_checkpoint(runs=None):
     """The residual ex1_cnn.py run with the best validation accuracy."""
+    runs = runs or CNN_RUNS
     best = None
     for path in glob.glob(os.path.join(runs, "res_*", "best.pt")):
         val = torch.load(path, map_location="cpu")["val_acc"]
@@ -125,11 +126,7 @@ def plot_cams(images, maps, true, pred, names, true_maps, title, caption, path):
         for ax in axes[:, j]:
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.text(0.01, 0.01, caption, fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, caption, path)
 
 
 def explain(model, x, y, class_index):
@@ -227,10 +224,7 @@ def plot_faithfulness(curves, caption, path):
                ylabel="probability of the class", title=k)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.text(0.01, 0.01, caption, fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, caption, path, caption_height=0.04)
 
 
 def cifar_evaluate(args, device):

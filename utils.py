@@ -319,6 +319,32 @@ def load_runs(root):
     return runs
 
 
+def pending_runs(configs, out_dir, run_name):
+    """The configs with no finished run in `out_dir` (an error if one ran with other settings)."""
+    todo = [c for c in configs if not Run.finished(os.path.join(out_dir, run_name(c)), c)]
+    print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
+    return todo
+
+
+def print_result(record, run_dir):
+    """The end of a single run: what it reached and where its checkpoint is."""
+    if record["status"] == "diverged":
+        print(f"diverged (non-finite training loss) at epoch {len(record['epochs'])}")
+    if record.get("test_acc") is not None:
+        print(f"best validation accuracy {record['best_val_acc']:.4f} at epoch {record['best_epoch']}; "
+              f"test accuracy {record['test_acc']:.4f}; checkpoint {os.path.join(run_dir, CHECKPOINT_FILE)}")
+
+
+def save_figure(fig, caption, path, caption_height=0.03):
+    """Every figure says what made it: the caption goes at the bottom, then the file is written."""
+    import matplotlib.pyplot as plt
+    fig.text(0.01, 0.005, caption, fontsize=6)
+    fig.tight_layout(rect=(0, caption_height, 1, 1))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def mean_std(values):
     """(mean, std) with the sample std (n-1); std is 0 for a single value."""
     t = torch.tensor(values, dtype=torch.float64)

@@ -151,6 +151,8 @@ def fit(model, data, optimizer, run, *, epochs, batch_size, generator, scheduler
     device = data.train.y.device
     best_path, last_path = os.path.join(run.path, CHECKPOINT_FILE), os.path.join(run.path, LAST_FILE)
     start_epoch, best_val = _resume(last_path, run, model, optimizer, scheduler, generator)
+    if start_epoch == 0 and os.path.exists(best_path):
+        os.remove(best_path)  # a checkpoint of an earlier run must never stand for this one
     steps = math.ceil(len(data.train) / batch_size)
     status = "complete"
     bar = tqdm(total=epochs * steps, initial=start_epoch * steps, desc=desc, unit="step",

@@ -33,9 +33,11 @@ def test_learns_the_synthetic_task(mnist_dir, tmp_path):
 
 
 def test_divergence_is_recorded_not_raised(mnist_dir, tmp_path):
-    record = run_main(TINY + ["--depth", "2", "--lr", "1e30", "--data-dir", mnist_dir,
-                              "--out-dir", str(tmp_path)])
+    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path)]
+    assert run_main(argv)["status"] == "complete"
+    record = run_main(argv + ["--lr", "1e30"])  # the same folder: the earlier best.pt must not count
     assert record["status"] == "diverged"
+    assert record.get("test_acc") is None and not (tmp_path / "plain_d2_s0" / "best.pt").exists()
 
 
 def sweep_argv(mnist_dir, tmp_path):

@@ -147,7 +147,7 @@ def sweep(args, device):
         wall = run_jobs(_sweep_run, [((args, device), c) for c in todo], costs, args.workers,
                         desc="sweep", setup=_sweep_setup, setup_args=(args, device))
         print(f"sweep: trained {len(todo)} runs in {wall / 60:.1f} min wall time "
-              f"({args.workers} workers, {hardware(device)})")
+              f"({args.workers} single-threaded worker processes, {os.cpu_count()} cores)")
     make_figures(args, configs, device)
 
 

@@ -324,7 +324,9 @@ def load_runs(root):
 def pending_runs(configs, out_dir, run_name):
     """The configs with no finished run in `out_dir` (an error if one ran with other settings)."""
     todo = [c for c in configs if not Run.finished(os.path.join(out_dir, run_name(c)), c)]
-    print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
+    resuming = sum(os.path.exists(os.path.join(out_dir, run_name(c), LAST_FILE)) for c in todo)
+    print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train"
+          + (f" ({resuming} resume from their last finished epoch)" if resuming else ""))
     return todo
 
 

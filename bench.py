@@ -6,6 +6,7 @@
 Each line prints a ratio against a baseline measured in the same run, so the numbers
 compare like with like on whatever machine runs it.
 """
+import os
 import time
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from data import (CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, MNIST_MEAN, MNIST_STD, batches,
                   epoch_order, load_cifar10, load_mnist, normalize_images, random_crop_flip)
 from models import MLP
-from utils import ArgumentParser, UserError, get_device, hardware, run_cli
+from utils import ArgumentParser, get_device, hardware, run_cli, update_readme, write_text_atomic
 
 PROG = "bench.py"
 MLP_DEPTHS = (2, 32)
@@ -30,6 +31,8 @@ def get_args(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--data-dir", default="data")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--val-size", type=int, default=5000, help="held out as in training, so the epoch is the same")
+    p.add_argument("--fig-dir", default="figures", help="where the printed results are also written")
     p.add_argument("--max-steps", type=int, default=0,
                    help="time at most this many steps per measurement (0: a whole epoch)")
     return p.parse_args(argv)
@@ -60,12 +63,12 @@ def bench_mlp(args, device):
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    data = load_mnist(args.data_dir, device)
+    data = load_mnist(args.data_dir, device, args.val_size)
     usual = datasets.MNIST(args.data_dir, train=True, transform=transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]))
     n_epoch = len(data.train)
-    print(f"MNIST MLP, width 16, batch {args.batch_size}, {hardware(device)}; "
-          f"times scaled to one epoch of {n_epoch} images")
+    lines = [f"MNIST MLP, width 16, batch {args.batch_size}, {hardware(device)}; "
+             f"times scaled to one epoch of {n_epoch} images"]
     for depth in MLP_DEPTHS:
         results = {}
         for name in ("DataLoader", "in-memory"):
@@ -82,9 +85,10 @@ def bench_mlp(args, device):
                 seconds, n = timed_steps(model, optimizer, batches(data.train, args.batch_size, order),
                                          args.max_steps)
             results[name] = seconds / n * n_epoch
-        print(f"depth {depth:>2}: DataLoader {results['DataLoader']:6.2f} s/epoch, "
-              f"in-memory {results['in-memory']:6.2f} s/epoch, "
-              f"ratio {results['DataLoader'] / results['in-memory']:5.1f}x")
+        lines.append(f"depth {depth:>2}: DataLoader {results['DataLoader']:6.2f} s/epoch, "
+                     f"in-memory {results['in-memory']:6.2f} s/epoch, "
+                     f"ratio {results['DataLoader'] / results['in-memory']:5.1f}x")
+    return lines
 
 
 def conv_linear_macs(model, x):
@@ -142,7 +146,7 @@ def bench_cnn(args, device):
     from torchvision import transforms
     from ex1_cnn import get_args as cnn_args, run_config, build_model
 
-    data = load_cifar10(args.data_dir, device)
+    data = load_cifar10(args.data_dir, device, args.val_size)
     config = run_config(cnn_args([]), CNN_BLOCKS, True, 0)
     steps = args.max_steps or CNN_STEPS
     usual = PILImages(data.train.x.cpu(), data.train.y.cpu(), transforms.Compose([
@@ -151,8 +155,8 @@ def bench_cnn(args, device):
     generator = torch.Generator().manual_seed(0)
     ours = (lambda x: normalize_images(random_crop_flip(x, generator)))
     macs = conv_linear_macs(build_model(config).to(device), normalize_images(data.train.x[:1]))
-    print(f"CIFAR-10 ResNet-20 (residual, n={CNN_BLOCKS}) training, batch {args.batch_size}, {steps} steps "
-          f"per measurement, {hardware(device)}; {macs / 1e6:.1f} M multiply-accumulates per image")
+    lines = [f"CIFAR-10 ResNet-20 (residual, n={CNN_BLOCKS}) training, batch {args.batch_size}, {steps} steps "
+             f"per measurement, {hardware(device)}; {macs / 1e6:.1f} M multiply-accumulates per image"]
     rates = {}
     for name in ("DataLoader (PIL, 0 workers)", f"DataLoader (PIL, {LOADER_WORKERS} workers)", "in-memory tensors"):
         torch.manual_seed(0)
@@ -169,18 +173,22 @@ def bench_cnn(args, device):
         rates[name] = n / seconds
     base = rates["DataLoader (PIL, 0 workers)"]
     for name, rate in rates.items():
-        print(f"{name:>28}: {rate:7.0f} images/s, {6 * macs * rate / 1e9:5.1f} GFLOP/s of model arithmetic, "
-              f"{rate / base:4.2f}x the 0-worker DataLoader")
-    print(f"{'torch.mm ' + str(MATMUL_SIZE) + 'x' + str(MATMUL_SIZE):>28}: {matmul_gflops(device):5.1f} GFLOP/s "
-          "(float32; training counts 6 FLOPs per multiply-accumulate, forward and backward)")
+        lines.append(f"{name:>28}: {rate:7.0f} images/s, {6 * macs * rate / 1e9:5.1f} GFLOP/s of model "
+                     f"arithmetic, {rate / base:4.2f}x the 0-worker DataLoader")
+    lines.append(f"{'torch.mm ' + str(MATMUL_SIZE) + 'x' + str(MATMUL_SIZE):>28}: {matmul_gflops(device):5.1f} "
+                 "GFLOP/s (float32; training counts 6 FLOPs per multiply-accumulate, forward and backward)")
+    return lines
 
 
 def main(args):
     device = get_device(args.device)
-    if args.what == "mlp":
-        bench_mlp(args, device)
-    else:
-        bench_cnn(args, device)
+    lines = bench_mlp(args, device) if args.what == "mlp" else bench_cnn(args, device)
+    text = "\n".join(lines)
+    print(text)
+    # the README shows the last measurement, as printed, never numbers typed by hand
+    block = f"```\n$ python bench.py {args.what}\n{text}\n```\n"
+    write_text_atomic(block, os.path.join(args.fig_dir, f"bench_{args.what}.md"))
+    update_readme(args.fig_dir, f"bench_{args.what}", block)
 
 
 if __name__ == "__main__":

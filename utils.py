@@ -47,6 +47,9 @@ def run_cli(main, args, prog):
     except (UserError, DataError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a folder that cannot be written, a full disk: the user's to fix
+        print(f"{prog}: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; completed runs are saved, rerun to resume", file=sys.stderr)
         sys.exit(130)

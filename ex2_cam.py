@@ -34,6 +34,7 @@ IMAGENETTE_TO_IMAGENET = {
     "n03445777": ("golf ball", 574), "n03888257": ("parachute", 701),
 }
 IMAGENETTE_SIZE = "160px"
+IMAGENETTE_BATCH = 64
 METHODS = ("CAM", "Grad-CAM", "random")
 
 
@@ -106,9 +107,9 @@ def denormalize(x, mean, std):
     return (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def plot_cams(images, maps, true, pred, names, true_maps, title, caption, path):
-    """A column per image: the image (true/predicted class), its CAM, and the true class's
-    CAM when the prediction is wrong."""
+def plot_cams(images, maps, true, pred, explained, names, true_maps, title, caption, path):
+    """A column per image: the image (true/predicted class), the CAM of the explained class,
+    and the true class's CAM when the prediction is wrong."""
     import matplotlib.pyplot as plt
     n = len(images)
     fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 6.4), squeeze=False)
@@ -119,7 +120,7 @@ def plot_cams(images, maps, true, pred, names, true_maps, title, caption, path):
                              color="green" if ok else "red")
         axes[1, j].imshow(images[j])
         axes[1, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        axes[1, j].set_title(f"CAM: {names[pred[j]]}", fontsize=7)
+        axes[1, j].set_title(f"CAM: {names[explained[j]]}", fontsize=7)
         if not ok and true_maps is not None:
             axes[2, j].imshow(images[j])
             axes[2, j].imshow(true_maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
@@ -157,7 +158,8 @@ def cifar_figure(args, device):
     config = ckpt["config"]
     name = f"{'residual' if config['residual'] else 'plain'}-{6 * config['blocks'] + 2}"
     out = os.path.join(args.fig_dir, "ex2_cam_cifar10.png")
-    plot_cams(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps.numpy(), y.cpu().tolist(), pred.tolist(), data.classes,
+    plot_cams(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps.numpy(), y.cpu().tolist(), pred.tolist(),
+              classes.tolist(), data.classes,
               true_maps.numpy(), f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images",
               f"{data.source} test images (seed {args.seed}); checkpoint {path}; {hardware(device)}", out)
     print(f"{len(idx)} images, {int((pred == y.cpu()).sum())} correctly classified; figure {out}")
@@ -177,14 +179,16 @@ def _method_maps(method, model, x, classes, generator):
 
 
 def faithfulness(model, data, args, device, batch_size=250):
-    """Mean (and std over images) of each measure for each method on the first test images."""
+    """Each measure, per image, for each method, on `args.eval_images` seeded test images."""
     n = min(args.eval_images, len(data.test))
     generator = torch.Generator().manual_seed(args.seed)
+    # a seeded sample: an ImageFolder copy stores the test set sorted by class
+    idx = torch.randperm(len(data.test), generator=generator)[:n].to(device)
     per_image = {m: {k: [] for k in ("deletion", "insertion", "drop", "increase")} for m in METHODS}
     curves = {m: {"deletion": [], "insertion": []} for m in METHODS}
     from tqdm import tqdm
     for start in tqdm(range(0, n, batch_size), desc="faithfulness", unit="batch"):
-        x = normalize_images(data.test.x[start:min(n, start + batch_size)])
+        x = normalize_images(data.test.x[idx[start:start + batch_size]])
         with torch.no_grad():
             classes = model(x).argmax(1) if args.class_index is None else \
                 torch.full((x.shape[0],), args.class_index, device=device)
@@ -202,7 +206,7 @@ def faithfulness(model, data, args, device, batch_size=250):
     return n, stats, curves
 
 
-def faithfulness_table(n, stats, caption):
+def faithfulness_table(n, stats, caption, target="the predicted class"):
     lines = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) "
              "| Average Drop % (lower) | Increase in Confidence % (higher) |",
              "|---|---:|---:|---:|---:|"]
@@ -210,7 +214,7 @@ def faithfulness_table(n, stats, caption):
         d, i = mean_std(s["deletion"].tolist()), mean_std(s["insertion"].tolist())
         lines.append(f"| {m} | {d[0]:.3f} ± {d[1]:.3f} | {i[0]:.3f} ± {i[1]:.3f} "
                      f"| {100 * s['drop'].mean():.1f} | {100 * s['increase'].mean():.1f} |")
-    lines += ["", f"Mean ± std over {n} CIFAR-10 test images, explaining the predicted class. {caption}. "
+    lines += ["", f"Mean ± std over {n} CIFAR-10 test images (a seeded sample), explaining {target}. {caption}. "
                   f"Made by `python {PROG} cifar10 --evaluate`."]
     return "\n".join(lines) + "\n"
 
@@ -237,7 +241,8 @@ def cifar_evaluate(args, device):
     start = time.perf_counter()
     n, stats, curves = faithfulness(model, data, args, device)
     caption = f"{data.source}, checkpoint {path}, {args.steps} steps; {hardware(device)}"
-    table = faithfulness_table(n, stats, caption)
+    target = "the predicted class" if args.class_index is None else f"class {args.class_index}"
+    table = faithfulness_table(n, stats, caption, target)
     os.makedirs(args.fig_dir, exist_ok=True)
     write_text_atomic(table, os.path.join(args.fig_dir, "ex2_cam_faithfulness.md"))
     update_readme(args.fig_dir, "ex2_cam_faithfulness", table)
@@ -296,7 +301,9 @@ def imagenette(args, device):
     names = {i: name for name, i in IMAGENETTE_TO_IMAGENET.values()}
     # top-1 accuracy over the 1000 ImageNet classes on Imagenette val
     n_eval = min(args.max_eval or len(ds), len(ds))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n_eval)), batch_size=64)
+    # a seeded sample when not all: the folder is sorted by class
+    subset = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:n_eval].tolist()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, subset), batch_size=IMAGENETTE_BATCH)
     correct = 0
     with torch.no_grad():
         for x, y in tqdm(loader, desc="top-1 on Imagenette val", unit="batch"):
@@ -309,13 +316,15 @@ def imagenette(args, device):
     x = torch.stack([ds[i][0] for i in idx.tolist()]).to(device)
     y = to_imagenet[torch.tensor([ds[i][1] for i in idx.tolist()], device=device)]
     with CAM(model, model.layer4, model.fc) as cam:
-        maps, logits, _ = cam(x, args.class_index)
+        maps, logits, explained = cam(x, args.class_index)
         true_maps, _, _ = cam(x, y)
     pred = logits.argmax(1).cpu().tolist()
-    labels = {i: names.get(i, f"ImageNet {i}") for i in set(pred) | set(y.cpu().tolist())}
+    explained = explained.cpu().tolist()
+    labels = {i: names.get(i, f"ImageNet {i}") for i in set(pred) | set(y.cpu().tolist()) | set(explained)}
     out = os.path.join(args.fig_dir, "ex2_cam_imagenette.png")
     source = f"weights {args.weights}" if args.weights else "torchvision IMAGENET1K_V1 weights"
-    plot_cams(denormalize(x, IMAGENET_MEAN, IMAGENET_STD), maps.cpu().numpy(), y.cpu().tolist(), pred, labels,
+    plot_cams(denormalize(x, IMAGENET_MEAN, IMAGENET_STD), maps.cpu().numpy(), y.cpu().tolist(), pred, explained,
+              labels,
               true_maps.cpu().numpy(), f"CAM of ResNet-18 (layer4) on Imagenette val; top-1 accuracy {acc:.3f} "
               f"on {n_eval} images", f"Imagenette val {IMAGENETTE_SIZE}; {source}; {hardware(device)}", out)
     print(f"top-1 accuracy of ResNet-18 on Imagenette val ({n_eval} images): {acc:.4f}; figure {out}")

@@ -3,7 +3,7 @@
     python ex1_cnn.py --blocks 3 --residual            # ResNet-20; best-validation checkpoint saved
     python ex1_cnn.py --blocks 3 --residual --cpu      # the same with the CPU preset
     python ex1_cnn.py --sweep [--cpu]                  # plain vs residual at depths 8, 20, 32
-    python ex1_cnn.py --sweep --plot-only              # redraw the figure and table from saved runs
+    python ex1_cnn.py --sweep --cpu --plot-only        # redraw the figure and table from saved runs
 
 Deeper plain networks train worse than shallower ones; residual networks of the same
 depth and parameter count do not. The checkpoint of each run (runs/ex1_cnn/<run>/best.pt)

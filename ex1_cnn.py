@@ -16,8 +16,8 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import CifarResNet
-from utils import (ArgumentParser, Run, UserError, check_positive, fit, get_device, hardware,
-                   load_runs, mean_std, pending_runs, print_result, run_cli, run_jobs, save_figure,
+from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, fit, get_device,
+                   hardware, mean_std, pending_runs, print_result, run_cli, run_jobs, save_figure,
                    seed_everything, update_readme, write_text_atomic)
 
 PROG = "ex1_cnn.py"
@@ -166,16 +166,8 @@ def sweep(args, device):
 # ----------------------------------------------------------------------------- figures
 
 def _collect(args, configs):
-    runs = load_runs(args.out_dir)
-    found = {}
-    for c in configs:
-        record = runs.get(run_name(c))
-        if record is not None and record["config"] == c:
-            found.setdefault((c["residual"], c["blocks"]), []).append(record)
-    if not found:
-        raise UserError(f"no finished runs in {args.out_dir} for these settings; "
-                        f"run `python {PROG} --sweep{' --cpu' if args.cpu else ''}` first")
-    return found
+    return collect_runs(args.out_dir, configs, run_name, lambda c: (c["residual"], c["blocks"]),
+                        f"python {PROG} --sweep{' --cpu' if args.cpu else ''}")
 
 
 def _caption(found, args):

@@ -14,8 +14,8 @@ import torch.nn as nn
 
 from data import MNIST_VAL_SIZE, load_mnist
 from models import MLP
-from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, fit,
-                   get_device, hardware, load_runs, mean_std, pending_runs, print_result,
+from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, collect_runs,
+                   fit, get_device, hardware, mean_std, pending_runs, print_result,
                    run_cli, run_jobs, save_figure, seed_everything, update_readme,
                    write_text_atomic)
 
@@ -154,17 +154,9 @@ def sweep(args, device):
 # ----------------------------------------------------------------------------- figures
 
 def _collect(args, configs):
-    runs = load_runs(args.out_dir)
-    found = {}
-    for c in configs:
-        record = runs.get(run_name(c))
-        if record is not None and record["config"] == c:
-            found.setdefault((variant_of(c["residual"], c["layers_per_block"], c["rezero"]),
-                              c["depth"]), []).append(record)
-    if not found:
-        raise UserError(f"no finished runs in {args.out_dir} for these settings; "
-                        f"run `python {PROG} --sweep` first")
-    return found
+    def key(c):
+        return variant_of(c["residual"], c["layers_per_block"], c["rezero"]), c["depth"]
+    return collect_runs(args.out_dir, configs, run_name, key, f"python {PROG} --sweep")
 
 
 def _caption(found, args):

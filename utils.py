@@ -324,6 +324,19 @@ def load_runs(root):
     return runs
 
 
+def collect_runs(out_dir, configs, run_name, key, command):
+    """{key(config): [records]} of the finished runs of `configs` in `out_dir`, for tables and figures."""
+    runs = load_runs(out_dir)
+    found = {}
+    for c in configs:
+        record = runs.get(run_name(c))
+        if record is not None and record["config"] == c:
+            found.setdefault(key(c), []).append(record)
+    if not found:
+        raise UserError(f"no finished runs in {out_dir} for these settings; run `{command}` first")
+    return found
+
+
 def pending_runs(configs, out_dir, run_name):
     """The configs with no finished run in `out_dir` (an error if one ran with other settings)."""
     todo = [c for c in configs if not Run.finished(os.path.join(out_dir, run_name(c)), c)]

@@ -16,8 +16,9 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import CifarResNet
-from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, fit, get_device,
-                   hardware, mean_std, pending_runs, print_result, run_cli, run_jobs, save_figure,
+from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, fit,
+                   format_mean_std, get_device,
+                   hardware, pending_runs, print_result, run_cli, run_jobs, save_figure,
                    seed_everything, update_readme, write_text_atomic)
 
 PROG = "ex1_cnn.py"
@@ -178,7 +179,7 @@ def _caption(found, args):
 
 
 def _final(records, key):
-    return mean_std([r["epochs"][-1].get(key, float("nan")) for r in records])
+    return [r["epochs"][-1].get(key, float("nan")) for r in records]
 
 
 def make_table(found, args):
@@ -189,8 +190,8 @@ def make_table(found, args):
             records = found.get((residual, b))
             if not records:
                 continue
-            cells = [f"{m:.3f} ± {s:.3f}" for m, s in (_final(records, "val_acc"), _final(records, "train_loss"),
-                                                      mean_std([r.get("test_acc") or 0.0 for r in records]))]
+            cells = [format_mean_std(values) for values in (_final(records, "val_acc"), _final(records, "train_loss"),
+                                                            [r.get("test_acc") or 0.0 for r in records])]
             lines.append(f"| {6 * b + 2} | {'residual' if residual else 'plain'} | " + " | ".join(cells) + " |")
     n_seeds = max(len(r) for r in found.values())
     lines += ["", f"Mean ± std over {n_seeds} seed(s) (std 0 with one seed). {_caption(found, args)}. "

@@ -15,7 +15,7 @@ import torch.nn as nn
 from data import MNIST_VAL_SIZE, load_mnist
 from models import MLP
 from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, collect_runs,
-                   fit, get_device, hardware, mean_std, pending_runs, print_result,
+                   fit, format_mean_std, get_device, hardware, mean_std, pending_runs, print_result,
                    run_cli, run_jobs, save_figure, seed_everything, update_readme,
                    write_text_atomic)
 
@@ -178,9 +178,8 @@ def make_table(found, args):
             if not accs:
                 cells.append("-")
                 continue
-            m, s = mean_std(accs)
             n_div = sum(r["status"] == "diverged" for r in records)
-            cells.append(f"{m:.3f} ± {s:.3f}" + (f" ({n_div} diverged)" if n_div else ""))
+            cells.append(format_mean_std(accs) + (f" ({n_div} diverged)" if n_div else ""))
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     n_seeds = max(len(r) for r in found.values())
     lines += ["", f"Test accuracy of the best-validation epoch, mean ± std over {n_seeds} seeds. "

@@ -16,7 +16,7 @@ import torch
 
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
-from utils import (ArgumentParser, UserError, get_device, hardware, mean_std, run_cli,
+from utils import (ArgumentParser, UserError, format_mean_std, get_device, hardware, run_cli,
                    save_figure, update_readme, write_text_atomic)
 
 PROG = "ex2_cam.py"
@@ -211,8 +211,7 @@ def faithfulness_table(n, stats, caption, target="the predicted class"):
              "| Average Drop % (lower) | Increase in Confidence % (higher) |",
              "|---|---:|---:|---:|---:|"]
     for m, s in stats.items():
-        d, i = mean_std(s["deletion"].tolist()), mean_std(s["insertion"].tolist())
-        lines.append(f"| {m} | {d[0]:.3f} ± {d[1]:.3f} | {i[0]:.3f} ± {i[1]:.3f} "
+        lines.append(f"| {m} | {format_mean_std(s['deletion'].tolist())} | {format_mean_std(s['insertion'].tolist())} "
                      f"| {100 * s['drop'].mean():.1f} | {100 * s['increase'].mean():.1f} |")
     lines += ["", f"Mean ± std over {n} CIFAR-10 test images (a seeded sample), explaining {target}. {caption}. "
                   f"Made by `python {PROG} cifar10 --evaluate`."]

@@ -365,6 +365,12 @@ def save_figure(fig, caption, path, caption_height=0.03):
     plt.close(fig)
 
 
+def format_mean_std(values, digits=3):
+    """'mean ± std' of `values`, as every table of the repository shows a result."""
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
 def mean_std(values):
     """(mean, std) with the sample std (n-1); std is 0 for a single value."""
     t = torch.tensor(values, dtype=torch.float64)

@@ -16,9 +16,8 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import CifarResNet
-from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, fit,
-                   format_mean_std, get_device,
-                   hardware, pending_runs, print_result, run_cli, run_jobs, save_figure,
+from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, fit, format_result,
+                   get_device, hardware, pending_runs, print_result, run_cli, run_jobs, save_figure,
                    seed_everything, update_readme, write_text_atomic)
 
 PROG = "ex1_cnn.py"
@@ -178,8 +177,9 @@ def _caption(found, args):
             f"batch {args.batch_size}; {record['meta']['hardware']}")
 
 
-def _final(records, key):
-    return [r["epochs"][-1].get(key, float("nan")) for r in records]
+def _final(name):
+    """The value of `name` at a run's last epoch (None if that epoch has none: it diverged)."""
+    return lambda record: record["epochs"][-1].get(name)
 
 
 def make_table(found, args):
@@ -190,8 +190,8 @@ def make_table(found, args):
             records = found.get((residual, b))
             if not records:
                 continue
-            cells = [format_mean_std(values) for values in (_final(records, "val_acc"), _final(records, "train_loss"),
-                                                            [r.get("test_acc") or 0.0 for r in records])]
+            cells = [format_result(records, key) for key in (_final("val_acc"), _final("train_loss"),
+                                                             lambda r: r.get("test_acc"))]
             lines.append(f"| {6 * b + 2} | {'residual' if residual else 'plain'} | " + " | ".join(cells) + " |")
     n_seeds = max(len(r) for r in found.values())
     lines += ["", f"Mean ± std over {n_seeds} seed(s) (std 0 with one seed). {_caption(found, args)}. "

@@ -15,7 +15,7 @@ import torch.nn as nn
 from data import MNIST_VAL_SIZE, load_mnist
 from models import MLP
 from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, collect_runs,
-                   fit, format_mean_std, get_device, hardware, mean_std, pending_runs, print_result,
+                   finished_results, fit, format_result, get_device, hardware, mean_std, pending_runs, print_result,
                    run_cli, run_jobs, save_figure, seed_everything, update_readme,
                    write_text_atomic)
 
@@ -173,13 +173,7 @@ def make_table(found, args):
     for d in args.depths:
         cells = []
         for v in variants:
-            records = found.get((v, d), [])
-            accs = [r["test_acc"] for r in records if r.get("test_acc") is not None]
-            if not accs:
-                cells.append("-")
-                continue
-            n_div = sum(r["status"] == "diverged" for r in records)
-            cells.append(format_mean_std(accs) + (f" ({n_div} diverged)" if n_div else ""))
+            cells.append(format_result(found.get((v, d), [])))
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     n_seeds = max(len(r) for r in found.values())
     lines += ["", f"Test accuracy of the best-validation epoch, mean ± std over {n_seeds} seeds. "
@@ -191,8 +185,9 @@ def plot_depth(found, args, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for v in args.variants:
-        depths = [d for d in args.depths if (v, d) in found]
-        stats = [mean_std([r.get("test_acc") or 0.0 for r in found[(v, d)]]) for d in depths]
+        results = {d: finished_results(found.get((v, d), []))[0] for d in args.depths}
+        depths = [d for d in args.depths if results[d]]
+        stats = [mean_std(results[d]) for d in depths]
         if depths:
             ax.errorbar(depths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
                         capsize=3, label=VARIANT_LABELS[v])

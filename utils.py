@@ -365,6 +365,25 @@ def save_figure(fig, caption, path, caption_height=0.03):
     plt.close(fig)
 
 
+def finished_results(records, key=lambda r: r.get("test_acc")):
+    """(values, number diverged): the one rule every table and figure uses for diverged runs.
+
+    A run that diverged keeps the result of its best-validation checkpoint if it had one;
+    a run with no result (diverged before its first validation) is left out of the mean,
+    and the caller shows how many runs diverged next to it.
+    """
+    values = [key(r) for r in records]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return values, sum(r["status"] == "diverged" for r in records)
+
+
+def format_result(records, key=lambda r: r.get("test_acc"), digits=3):
+    """A table cell: 'mean ± std' over the runs with a result, '(n diverged)' when some diverged."""
+    values, n_diverged = finished_results(records, key)
+    cell = format_mean_std(values, digits) if values else "-"
+    return cell + (f" ({n_diverged} diverged)" if n_diverged else "")
+
+
 def format_mean_std(values, digits=3):
     """'mean ± std' of `values`, as every table of the repository shows a result."""
     m, s = mean_std(values)

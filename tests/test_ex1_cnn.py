@@ -102,3 +102,18 @@ def test_broken_folder_errors_through_a_real_process(cifar_folder, tmp_path):
     shutil.rmtree(os.path.join(cifar_folder, "train", "frog"))
     code, stderr = cli_subprocess("ex1_cnn.py", ["--data-dir", cifar_folder, "--out-dir", str(tmp_path)])
     assert_one_line_error(code, stderr, "frog")
+
+
+def _record(status, test_acc, last_epoch):
+    return {"status": status, "test_acc": test_acc, "epochs": [last_epoch],
+            "meta": {"data": "CIFAR-10", "hardware": "CPU"}}
+
+
+def test_diverged_runs_are_left_out_of_the_means_and_counted():
+    found = {(True, 1): [_record("complete", 0.8, {"train_loss": 0.5, "val_acc": 0.7}),
+                         _record("complete", 0.6, {"train_loss": 0.7, "val_acc": 0.5}),
+                         _record("diverged", None, {"train_loss": float("nan")})]}
+    table = ex1_cnn.make_table(found, ex1_cnn.get_args(["--blocks-list", "1"]))
+    # means of the two runs with a result, never a diverged run counted as accuracy 0 or NaN
+    assert ("| 8 | residual | 0.600 ± 0.141 (1 diverged) | 0.600 ± 0.141 (1 diverged) "
+            "| 0.700 ± 0.141 (1 diverged) |") in table

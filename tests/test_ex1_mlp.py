@@ -116,3 +116,12 @@ def test_bad_input_is_one_line_exit_2_no_traceback(argv, message, tmp_path, caps
 def test_cli_error_from_a_real_process(tmp_path):
     code, stderr = cli_subprocess("ex1_mlp.py", ["--data-dir", str(tmp_path / "none")])
     assert_one_line_error(code, stderr, "MNIST not found")
+
+
+def test_table_keeps_the_result_of_a_run_that_diverged_after_validating():
+    meta = {"data": "MNIST", "hardware": "CPU"}
+    found = {("plain", 2): [{"status": "complete", "test_acc": 0.9, "meta": meta},
+                            {"status": "diverged", "test_acc": 0.5, "meta": meta}],
+             ("plain", 8): [{"status": "diverged", "meta": meta}]}
+    table = ex1_mlp.make_table(found, ex1_mlp.get_args(["--depths", "2,8", "--variants", "plain"]))
+    assert "| 2 | 0.700 ± 0.283 (1 diverged) |" in table and "| 8 | - (1 diverged) |" in table

@@ -23,8 +23,9 @@ from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs,
 PROG = "ex1_cnn.py"
 SWEEP_BLOCKS = (1, 3, 5)
 # The CPU preset: what a 2-core machine affords for the default sweep (six runs) in about
-# 1.5 hours: fewer epochs and one seed. On a GPU use the defaults.
-CPU_PRESET = {"epochs": 6, "seeds": 1}
+# 2 hours: fewer epochs and one seed. With 6 epochs ResNet-20 stopped at 0.787 test
+# accuracy on the JPEG copy; 8 take it past 0.80 (README). On a GPU use the defaults.
+CPU_PRESET = {"epochs": 8, "seeds": 1}
 
 
 def get_args(argv=None):

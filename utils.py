@@ -161,6 +161,7 @@ def fit(model, data, optimizer, run, *, epochs, batch_size, generator, scheduler
     bar = tqdm(total=epochs * steps, initial=start_epoch * steps, desc=desc, unit="step",
                disable=not progress, dynamic_ncols=True)
     for epoch in range(start_epoch + 1, epochs + 1):
+        started = time.perf_counter()
         order = epoch_order(len(data.train), generator, device)
         train = train_one_epoch(model, batches(data.train, batch_size, order, train_transform),
                                 optimizer, scheduler, bar)
@@ -170,7 +171,7 @@ def fit(model, data, optimizer, run, *, epochs, batch_size, generator, scheduler
             break
         val = evaluate(model, batches(data.val, EVAL_BATCH_SIZE, transform=eval_transform))
         run.log_epoch(epoch=epoch, train_loss=train["loss"], train_acc=train["acc"],
-                      val_loss=val["loss"], val_acc=val["acc"])
+                      val_loss=val["loss"], val_acc=val["acc"], seconds=time.perf_counter() - started)
         bar.set_postfix(train_loss=f"{train['loss']:.3f}", val_acc=f"{val['acc']:.4f}")
         if val["acc"] > best_val:
             best_val = val["acc"]
@@ -353,6 +354,9 @@ def print_result(record, run_dir):
     if record.get("test_acc") is not None:
         print(f"best validation accuracy {record['best_val_acc']:.4f} at epoch {record['best_epoch']}; "
               f"test accuracy {record['test_acc']:.4f}; checkpoint {os.path.join(run_dir, CHECKPOINT_FILE)}")
+    seconds = [e["seconds"] for e in record["epochs"] if "seconds" in e]
+    if seconds:
+        print(f"{sum(seconds) / len(seconds):.3g} s per epoch (training and validation)")
 
 
 def save_figure(fig, caption, path, caption_height=0.03):

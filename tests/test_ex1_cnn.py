@@ -66,6 +66,7 @@ def test_main_one_epoch_end_to_end(cifar_folder, tmp_path):
     record = ex1_cnn.main(ex1_cnn.get_args(TINY + ["--residual", "--data-dir", cifar_folder,
                                                    "--out-dir", str(out)]))
     assert record["status"] == "complete" and 0 <= record["test_acc"] <= 1
+    assert record["epochs"][0]["seconds"] > 0  # the time per epoch is part of the record
     ckpt = torch.load(out / "res_n1_s0" / "best.pt")
     assert ckpt["config"]["residual"] and ckpt["epoch"] == 1 and "val_acc" in ckpt
     model = ex1_cnn.build_model(ckpt["config"])

@@ -4,6 +4,7 @@ Each dataset is decoded once into a tensor; a training epoch is a seeded permuta
 sliced into batches, and augmentation is a batched tensor op. No DataLoader, no
 per-sample transform in the training loop.
 """
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -158,13 +159,23 @@ def _decode_images(items, desc):
     return x, y
 
 
+def _folder_signature(items):
+    """A digest of every file's name, label, size and modification time: the decoded cache is
+    used only if no image was added, removed, replaced or edited since it was written."""
+    digest = hashlib.sha256()
+    for path, label in items:
+        st = os.stat(path)
+        digest.update(f"{os.path.basename(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def _cifar_image_folder(root):
     """Decode an ImageFolder copy once; later runs read the cached uint8 tensors in seconds."""
     from utils import save_atomic  # late import keeps data.py importable on its own
 
     splits = {s: _list_image_folder(os.path.join(root, s)) for s in ("train", "test")}
     cache = os.path.join(root, "decoded_uint8.pt")
-    key = {s: len(items) for s, items in splits.items()}
+    key = {s: _folder_signature(items) for s, items in splits.items()}
     if os.path.exists(cache):
         try:
             cached = torch.load(cache)

@@ -55,6 +55,16 @@ def test_missing_class_folder_and_unreadable_image(cifar_folder):
         load_cifar10(cifar_folder, CPU, n_val=10)
 
 
+def test_cache_is_not_used_once_an_image_has_changed(cifar_folder):
+    load_cifar10(cifar_folder, CPU, n_val=10)  # builds the decoded cache
+    folder = os.path.join(cifar_folder, "test", "cat")
+    name = sorted(os.listdir(folder))[0]
+    with open(os.path.join(folder, name), "wb") as f:  # same files, so a count cannot tell
+        f.write(b"not an image")
+    with pytest.raises(DataError, match=name):
+        load_cifar10(cifar_folder, CPU, n_val=10)
+
+
 def test_warmup_cosine_schedule():
     f = ex1_cnn.warmup_cosine(total_steps=100, warmup_steps=10)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)

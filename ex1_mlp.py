@@ -194,6 +194,7 @@ def plot_depth(found, args, path):
     ax.set(xscale="log", xlabel="depth (hidden layers)", ylabel="test accuracy",
            title="MLP on MNIST: test accuracy vs depth (mean ± std)")
     ax.set_xticks(args.depths, [str(d) for d in args.depths])
+    ax.minorticks_off()  # log-scale minor labels (3x10^0 ...) would overprint the depths
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, _caption(found, args), path)

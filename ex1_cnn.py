@@ -16,7 +16,7 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import CifarResNet
-from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, fit, format_result,
+from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, count, fit, format_result,
                    get_device, hardware, pending_runs, print_result, run_cli, run_jobs, save_figure,
                    seed_everything, update_readme, write_text_atomic)
 
@@ -160,7 +160,7 @@ def sweep(args, device):
         load_data(args, device)  # fail here, in one line; this also builds the decoded cache
         wall = run_jobs(_sweep_run, [((args, device), c) for c in todo], [c["blocks"] for c in todo],
                         args.workers, desc="sweep", setup=_sweep_setup, setup_args=(args, device))
-        print(f"sweep: trained {len(todo)} runs in {wall / 60:.1f} min wall time ({hardware(device)})")
+        print(f"sweep: trained {count(len(todo), 'run')} in {wall / 60:.1f} min wall time ({hardware(device)})")
     make_figures(args, configs)
 
 

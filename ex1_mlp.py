@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from data import MNIST_VAL_SIZE, load_mnist
 from models import MLP
-from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, collect_runs,
+from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, collect_runs, count,
                    finished_results, fit, format_result, get_device, hardware, mean_std, pending_runs, print_result,
                    run_cli, run_jobs, save_figure, seed_everything, update_readme,
                    write_text_atomic)
@@ -146,8 +146,9 @@ def sweep(args, device):
         costs = [c["depth"] + 2 for c in todo]  # per-step time grows with the number of layers
         wall = run_jobs(_sweep_run, [((args, device), c) for c in todo], costs, args.workers,
                         desc="sweep", setup=_sweep_setup, setup_args=(args, device))
-        print(f"sweep: trained {len(todo)} runs in {wall / 60:.1f} min wall time "
-              f"({args.workers} single-threaded worker processes, {os.cpu_count()} cores)")
+        print(f"sweep: trained {count(len(todo), 'run')} in {wall / 60:.1f} min wall time "
+              f"({count(args.workers, 'worker process', 'worker processes')} of one thread each, "
+              f"{count(os.cpu_count(), 'core')})")
     make_figures(args, configs, device)
 
 

@@ -79,7 +79,7 @@ def hardware(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {threads} thread{'s' if threads > 1 else ''} per process)"
+    return f"CPU ({platform.machine()}, {count(os.cpu_count(), 'core')}, {count(threads, 'thread')} per process)"
 
 
 def seed_everything(seed):
@@ -338,12 +338,18 @@ def collect_runs(out_dir, configs, run_name, key, command):
     return found
 
 
+def count(n, noun, plural=None):
+    """'1 run', '2 runs': numbers the user reads, in words that agree with them."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def pending_runs(configs, out_dir, run_name):
     """The configs with no finished run in `out_dir` (an error if one ran with other settings)."""
     todo = [c for c in configs if not Run.finished(os.path.join(out_dir, run_name(c)), c)]
     resuming = sum(os.path.exists(os.path.join(out_dir, run_name(c), LAST_FILE)) for c in todo)
-    print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train"
-          + (f" ({resuming} resume from their last finished epoch)" if resuming else ""))
+    print(f"sweep: {count(len(configs), 'run')}, {len(configs) - len(todo)} already finished, "
+          f"{len(todo)} to train" + (f" ({resuming} of them resume from the last epoch they finished)"
+                                     if resuming else ""))
     return todo
 
 

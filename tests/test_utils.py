@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from utils import save_atomic
+from utils import count, save_atomic
 
 
 class KilledWhileWriting:
@@ -19,3 +19,8 @@ def test_checkpoint_interrupted_mid_write_leaves_the_previous_one_whole(tmp_path
     saved = torch.load(path)
     assert saved["epoch"] == 1 and torch.equal(saved["weights"], torch.arange(1000.0))
     assert os.listdir(tmp_path) == ["best.pt"]  # no temporary file left behind
+
+
+def test_counts_agree_with_their_nouns():
+    assert count(1, "run") == "1 run" and count(0, "run") == "0 runs"
+    assert count(2, "worker process", "worker processes") == "2 worker processes"

@@ -16,9 +16,9 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import CifarResNet
-from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, count, fit, format_result,
-                   get_device, hardware, pending_runs, print_result, run_cli, run_jobs, save_figure,
-                   seed_everything, update_readme, write_text_atomic)
+from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, count, fit,
+                   format_result, get_device, hardware, pending_runs, print_result, run_cli,
+                   run_jobs, save_figure, seed_everything, update_readme, write_text_atomic)
 
 PROG = "ex1_cnn.py"
 SWEEP_BLOCKS = (1, 3, 5)

@@ -14,10 +14,10 @@ import torch.nn as nn
 
 from data import MNIST_VAL_SIZE, load_mnist
 from models import MLP
-from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, collect_runs, count,
-                   finished_results, fit, format_result, get_device, hardware, mean_std, pending_runs, print_result,
-                   run_cli, run_jobs, save_figure, seed_everything, update_readme,
-                   write_text_atomic)
+from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, collect_runs,
+                   count, finished_results, fit, format_result, get_device, hardware, mean_std,
+                   pending_runs, print_result, run_cli, run_jobs, save_figure, seed_everything,
+                   update_readme, write_text_atomic)
 
 PROG = "ex1_mlp.py"
 SWEEP_DEPTHS = (2, 8, 32, 64)

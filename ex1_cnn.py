@@ -16,9 +16,10 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import CifarResNet
-from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, count, fit,
-                   format_result, get_device, hardware, pending_runs, print_result, run_cli,
-                   run_jobs, save_figure, seed_everything, update_readme, write_text_atomic)
+from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, count,
+                   epoch_seconds, fit, format_result, get_device, hardware, pending_runs,
+                   print_result, run_cli, run_jobs, run_result, save_figure, seed_everything,
+                   update_readme, write_text_atomic)
 
 PROG = "ex1_cnn.py"
 SWEEP_BLOCKS = (1, 3, 5)
@@ -184,18 +185,22 @@ def _final(name):
 
 
 def make_table(found, args):
-    lines = ["| depth | network | final val. accuracy | final train loss | test accuracy (best val.) |",
-             "|---:|---|---:|---:|---:|"]
+    lines = ["| depth | network | final val. accuracy | final train loss | test accuracy (best val.) "
+             "| s per epoch |", "|---:|---|---:|---:|---:|---:|"]
     for b in sorted(args.blocks_list):
         for residual in (False, True):
             records = found.get((residual, b))
             if not records:
                 continue
             cells = [format_result(records, key) for key in (_final("val_acc"), _final("train_loss"),
-                                                             lambda r: r.get("test_acc"))]
+                                                             run_result)]
+            cells.append(format_result(records, epoch_seconds, digits=0))
             lines.append(f"| {6 * b + 2} | {'residual' if residual else 'plain'} | " + " | ".join(cells) + " |")
     n_seeds = max(len(r) for r in found.values())
-    lines += ["", f"Mean ± std over {n_seeds} seed(s) (std 0 with one seed). {_caption(found, args)}. "
+    timed = [epoch_seconds(r) * len(r["epochs"]) for rs in found.values() for r in rs if epoch_seconds(r)]
+    total = f" The runs' epochs took {sum(timed) / 60:.0f} min in all." if timed else ""
+    lines += ["", f"Mean ± std over {n_seeds} seed(s) (std 0 with one seed); s per epoch is the wall "
+                  f"time of training plus validation.{total} {_caption(found, args)}. "
                   f"Made by `python {PROG} --sweep{' --cpu' if args.cpu else ''}`."]
     return "\n".join(lines) + "\n"
 

@@ -360,9 +360,9 @@ def print_result(record, run_dir):
     if record.get("test_acc") is not None:
         print(f"best validation accuracy {record['best_val_acc']:.4f} at epoch {record['best_epoch']}; "
               f"test accuracy {record['test_acc']:.4f}; checkpoint {os.path.join(run_dir, CHECKPOINT_FILE)}")
-    seconds = [e["seconds"] for e in record["epochs"] if "seconds" in e]
-    if seconds:
-        print(f"{sum(seconds) / len(seconds):.3g} s per epoch (training and validation)")
+    seconds = epoch_seconds(record)
+    if seconds is not None:
+        print(f"{seconds:.3g} s per epoch (training and validation)")
 
 
 def save_figure(fig, caption, path, caption_height=0.03):
@@ -375,7 +375,18 @@ def save_figure(fig, caption, path, caption_height=0.03):
     plt.close(fig)
 
 
-def finished_results(records, key=lambda r: r.get("test_acc")):
+def run_result(record):
+    """A run's result: the test accuracy of its best-validation checkpoint (None if it has none)."""
+    return record.get("test_acc")
+
+
+def epoch_seconds(record):
+    """A run's mean wall time per epoch (training and validation), None if it was not recorded."""
+    seconds = [e["seconds"] for e in record["epochs"] if "seconds" in e]
+    return sum(seconds) / len(seconds) if seconds else None
+
+
+def finished_results(records, key=run_result):
     """(values, number diverged): the one rule every table and figure uses for diverged runs.
 
     A run that diverged keeps the result of its best-validation checkpoint if it had one;
@@ -387,7 +398,7 @@ def finished_results(records, key=lambda r: r.get("test_acc")):
     return values, sum(r["status"] == "diverged" for r in records)
 
 
-def format_result(records, key=lambda r: r.get("test_acc"), digits=3):
+def format_result(records, key=run_result, digits=3):
     """A table cell: 'mean ± std' over the runs with a result, '(n diverged)' when some diverged."""
     values, n_diverged = finished_results(records, key)
     cell = format_mean_std(values, digits) if values else "-"

@@ -128,3 +128,12 @@ def test_diverged_runs_are_left_out_of_the_means_and_counted():
     # means of the two runs with a result, never a diverged run counted as accuracy 0 or NaN
     assert ("| 8 | residual | 0.600 ± 0.141 (1 diverged) | 0.600 ± 0.141 (1 diverged) "
             "| 0.700 ± 0.141 (1 diverged) |") in table
+
+
+def test_table_reports_the_saved_time_per_epoch_and_in_all():
+    def timed(seconds):
+        return {"status": "complete", "test_acc": 0.5, "meta": {"data": "CIFAR-10", "hardware": "CPU"},
+                "epochs": [{"train_loss": 1.0, "val_acc": 0.5, "seconds": seconds}] * 2}
+    found = {(False, 1): [timed(600), timed(1200)]}
+    table = ex1_cnn.make_table(found, ex1_cnn.get_args(["--blocks-list", "1"]))
+    assert "| 900 ± 424 |" in table and "took 60 min in all" in table

@@ -1,7 +1,7 @@
 """Speed of this repository's data pipeline against the usual DataLoader one, same process.
 
-    python bench.py mlp      # epoch time, MNIST MLP at depths 2 and 32
-    python bench.py cnn      # images/s of ResNet-20 training on CIFAR-10, and GFLOP/s vs torch.mm
+    python bench.py mlp      # epoch time, MNIST MLP at depths 2 and 32: pipelines and threads
+    python bench.py cnn      # ResNet-20 training images/s: pipelines, layouts, GFLOP/s vs torch.mm
 
 Each line prints a ratio against a baseline measured in the same run, so the numbers
 compare like with like on whatever machine runs it.
@@ -14,11 +14,14 @@ import torch.nn.functional as F
 
 from data import (CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, MNIST_MEAN, MNIST_STD, batches,
                   epoch_order, load_cifar10, load_mnist, normalize_images, random_crop_flip)
-from models import MLP
-from utils import ArgumentParser, get_device, hardware, run_cli, update_readme, write_text_atomic
+from models import MLP, CifarResNet
+from report import output_dir, write_table
+from utils import ArgumentParser, UserError, check_positive, check_writable, get_device, hardware, run_cli
 
 PROG = "bench.py"
+SCRATCH_DIR = os.path.join("runs", "bench")  # results of non-default flags: never the README's
 MLP_DEPTHS = (2, 32)
+MLP_WIDTH = 16
 CNN_BLOCKS = 3          # ResNet-20
 CNN_STEPS = 60          # per measurement: enough to average out, short enough to run often
 LOADER_WORKERS = 2
@@ -27,21 +30,27 @@ MATMUL_SIZE = 2048
 
 def get_args(argv=None):
     p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("what", choices=["mlp", "cnn"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("what", choices=["mlp", "cnn"], help="which training to time")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA if available, else the CPU")
+    p.add_argument("--data-dir", default="data", help="where MNIST / CIFAR-10 are")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--val-size", type=int, default=5000, help="held out as in training, so the epoch is the same")
-    p.add_argument("--fig-dir", default="figures", help="where the printed results are also written")
-    p.add_argument("--max-steps", type=int, default=0,
-                   help="time at most this many steps per measurement (0: a whole epoch)")
-    return p.parse_args(argv)
+    p.add_argument("--fig-dir", default=None,
+                   help=f"where the printed results are also written (default: figures/ and the README "
+                        f"with the default flags, else {SCRATCH_DIR})")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="time at most this many steps per measurement (default: a whole epoch for mlp, "
+                        f"{CNN_STEPS} for cnn)")
+    args = p.parse_args(argv)
+    check_positive(p, args, "batch_size", "val_size", "max_steps")
+    return args
 
 
 def timed_steps(model, optimizer, loader, max_steps, prepare=lambda x, y: (x, y)):
     """Train over `loader`; returns (seconds, images). The first step is a warm-up, not timed."""
-    model.train()
     n, start = 0, None
+    model.train()
     for step, (x, y) in enumerate(loader):
         x, y = prepare(x, y)
         loss = F.cross_entropy(model(x), y)
@@ -54,12 +63,16 @@ def timed_steps(model, optimizer, loader, max_steps, prepare=lambda x, y: (x, y)
         n += y.shape[0]
         if max_steps and step >= max_steps:
             break
+    if start is None or n == 0:
+        raise UserError("too few batches to time: lower --batch-size or raise --max-steps")
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start, n
 
 
 def bench_mlp(args, device):
+    """Seconds per epoch: the usual DataLoader pipeline against ours, and ours on 1 thread
+    against all threads (width-16 products are too small to share between threads)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -67,14 +80,17 @@ def bench_mlp(args, device):
     usual = datasets.MNIST(args.data_dir, train=True, transform=transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]))
     n_epoch = len(data.train)
-    lines = [f"MNIST MLP, width 16, batch {args.batch_size}, {hardware(device)}; "
-             f"times scaled to one epoch of {n_epoch} images"]
+    all_threads = os.cpu_count() or 1
+    setups = [("DataLoader", 1), ("in-memory", all_threads), ("in-memory", 1)]
+    lines = [f"MNIST MLP, width {MLP_WIDTH}, batch {args.batch_size}, fused Adam, {hardware(device).split(',')[0]}, "
+             f"{os.cpu_count()} cores; times scaled to one epoch of {n_epoch} images"]
     for depth in MLP_DEPTHS:
         results = {}
-        for name in ("DataLoader", "in-memory"):
+        for name, threads in setups:
+            torch.set_num_threads(threads)
             torch.manual_seed(0)
-            model = MLP(16, depth).to(device)
-            # the same fused Adam in both, so the ratio is the data pipeline's alone
+            model = MLP(MLP_WIDTH, depth).to(device)
+            # the same fused Adam in all, so a ratio is the pipeline's or the threads' alone
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
             if name == "DataLoader":  # the usual pipeline: PIL image -> ToTensor -> Normalize per sample
                 loader = DataLoader(usual, batch_size=args.batch_size, shuffle=True)
@@ -84,10 +100,13 @@ def bench_mlp(args, device):
                 order = epoch_order(n_epoch, torch.Generator().manual_seed(0), device)
                 seconds, n = timed_steps(model, optimizer, batches(data.train, args.batch_size, order),
                                          args.max_steps)
-            results[name] = seconds / n * n_epoch
-        lines.append(f"depth {depth:>2}: DataLoader {results['DataLoader']:6.2f} s/epoch, "
-                     f"in-memory {results['in-memory']:6.2f} s/epoch, "
-                     f"ratio {results['DataLoader'] / results['in-memory']:5.1f}x")
+            results[(name, threads)] = seconds / n * n_epoch
+        loader, many, one = (results[k] for k in setups)
+        lines.append(f"depth {depth:>2}: DataLoader {loader:6.2f} s/epoch (1 thread); in-memory "
+                     f"{many:6.2f} s/epoch on {all_threads} threads, {one:6.2f} on 1 thread; "
+                     f"in-memory 1 thread is {loader / one:4.1f}x the DataLoader, {many / one:4.1f}x "
+                     f"{all_threads} threads")
+    torch.set_num_threads(all_threads)
     return lines
 
 
@@ -141,54 +160,86 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
+def _cnn_rate(data, device, batch_size, steps, threads, memory_format, seed=0):
+    """Training images/s of ResNet-20 on our in-memory pipeline with this thread count and layout."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = CifarResNet(CNN_BLOCKS).to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    generator = torch.Generator().manual_seed(seed)
+    order = epoch_order(len(data.train), generator, device)
+    seconds, n = timed_steps(model, optimizer, batches(
+        data.train, batch_size, order,
+        lambda x: normalize_images(random_crop_flip(x, generator)).contiguous(memory_format=memory_format)), steps)
+    return n / seconds
+
+
+def _side_by_side(args_tuple):
+    """One of several single-thread processes timing at once (what a CNN sweep worker does)."""
+    data_dir, val_size, batch_size, steps, seed = args_tuple
+    device = torch.device("cpu")
+    data = load_cifar10(data_dir, device, val_size)
+    return _cnn_rate(data, device, batch_size, steps, 1, torch.channels_last, seed)
+
+
 def bench_cnn(args, device):
     from torch.utils.data import DataLoader
     from torchvision import transforms
-    from ex1_cnn import get_args as cnn_args, run_config, build_model
 
     data = load_cifar10(args.data_dir, device, args.val_size)
-    config = run_config(cnn_args([]), CNN_BLOCKS, True, 0)
     steps = args.max_steps or CNN_STEPS
+    cores = os.cpu_count() or 1
     usual = PILImages(data.train.x.cpu(), data.train.y.cpu(), transforms.Compose([
         transforms.RandomCrop(32, padding=CROP_PADDING), transforms.RandomHorizontalFlip(),
         transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)]))
-    generator = torch.Generator().manual_seed(0)
-    ours = (lambda x: normalize_images(random_crop_flip(x, generator)))
-    macs = conv_linear_macs(build_model(config).to(device), normalize_images(data.train.x[:1]))
+    macs = conv_linear_macs(CifarResNet(CNN_BLOCKS).to(device), normalize_images(data.train.x[:1]))
+    mm = matmul_gflops(device)
     lines = [f"CIFAR-10 ResNet-20 (residual, n={CNN_BLOCKS}) training, batch {args.batch_size}, {steps} steps "
-             f"per measurement, {hardware(device)}; {macs / 1e6:.1f} M multiply-accumulates per image"]
+             f"per measurement, {hardware(device).split(',')[0]}, {cores} cores; "
+             f"{macs / 1e6:.1f} M multiply-accumulates per image; torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} "
+             f"{mm:.1f} GFLOP/s (float32, all threads); training counts 6 FLOPs per multiply-accumulate"]
     rates = {}
-    for name in ("DataLoader (PIL, 0 workers)", f"DataLoader (PIL, {LOADER_WORKERS} workers)", "in-memory tensors"):
+    for workers in (0, LOADER_WORKERS):
+        torch.set_num_threads(cores)
         torch.manual_seed(0)
-        model = build_model(config).to(device)
+        model = CifarResNet(CNN_BLOCKS).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        if name.startswith("DataLoader"):
-            workers = 0 if "0 workers" in name else LOADER_WORKERS
-            loader = DataLoader(usual, batch_size=args.batch_size, shuffle=True, num_workers=workers)
-            prepare = lambda x, y: (x.to(device), y.to(device))  # noqa: E731
-            seconds, n = timed_steps(model, optimizer, loader, steps, prepare)
-        else:
-            order = epoch_order(len(data.train), torch.Generator().manual_seed(0), device)
-            seconds, n = timed_steps(model, optimizer, batches(data.train, args.batch_size, order, ours), steps)
-        rates[name] = n / seconds
-    base = rates["DataLoader (PIL, 0 workers)"]
+        loader = DataLoader(usual, batch_size=args.batch_size, shuffle=True, num_workers=workers)
+        seconds, n = timed_steps(model, optimizer, loader, steps, lambda x, y: (x.to(device), y.to(device)))
+        rates[f"DataLoader (PIL, {workers} workers), {cores} threads, contiguous"] = n / seconds
+    for threads in sorted({cores, 1}, reverse=True):
+        for fmt, label in ((torch.contiguous_format, "contiguous"), (torch.channels_last, "channels_last")):
+            rate = _cnn_rate(data, device, args.batch_size, steps, threads, fmt)
+            rates[f"in-memory, {threads} thread{'s' if threads > 1 else ''}, {label}"] = rate
+    if device.type == "cpu" and cores > 1:  # the CNN sweep's layout: one single-thread process per core
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(cores) as pool:
+            side = pool.map(_side_by_side, [(args.data_dir, args.val_size, args.batch_size, steps, i)
+                                            for i in range(cores)])
+        rates[f"in-memory, {cores} processes of 1 thread, channels_last (sum)"] = sum(side)
+    torch.set_num_threads(cores)
+    base = next(iter(rates.values()))
     for name, rate in rates.items():
-        lines.append(f"{name:>28}: {rate:7.0f} images/s, {6 * macs * rate / 1e9:5.1f} GFLOP/s of model "
-                     f"arithmetic, {rate / base:4.2f}x the 0-worker DataLoader")
-    lines.append(f"{'torch.mm ' + str(MATMUL_SIZE) + 'x' + str(MATMUL_SIZE):>28}: {matmul_gflops(device):5.1f} "
-                 "GFLOP/s (float32; training counts 6 FLOPs per multiply-accumulate, forward and backward)")
+        gflops = 6 * macs * rate / 1e9
+        lines.append(f"{name:>62}: {rate:6.0f} images/s, {gflops:5.1f} GFLOP/s = {100 * gflops / mm:3.0f}% "
+                     f"of torch.mm, {rate / base:4.2f}x the first")
     return lines
 
 
 def main(args):
     device = get_device(args.device)
+    defaults = get_args([args.what])
+    publish = args == defaults  # only the README's command may replace its numbers
+    fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
+    check_writable(fig_dir)
     lines = bench_mlp(args, device) if args.what == "mlp" else bench_cnn(args, device)
     text = "\n".join(lines)
     print(text)
-    # the README shows the last measurement, as printed, never numbers typed by hand
-    block = f"```\n$ python bench.py {args.what}\n{text}\n```\n"
-    write_text_atomic(block, os.path.join(args.fig_dir, f"bench_{args.what}.md"))
-    update_readme(args.fig_dir, f"bench_{args.what}", block)
+    # the README shows the last measurement of its command, as printed, never numbers typed by hand
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v != getattr(defaults, k)]
+    command = " ".join([f"python {PROG} {args.what}"] + flags)
+    path = write_table(f"```\n$ {command}\n{text}\n```\n", f"bench_{args.what}", fig_dir, publish)
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def deletion_insertion(model, x, classes, maps, steps):
     insertion starts from a blurred copy. Returns two (B, steps + 1) curves.
     """
     b, _, h, w = x.shape
-    order = maps.flatten(1).argsort(1, descending=True)               # (B, H*W), most salient first
+    # stable: upsampled maps have many ties, and an unstable order would change AUCs run to run
+    order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)  # (B, H*W), most salient first
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=x.device).expand(b, -1))
     rank = rank.view(b, 1, h, w)
     blurred, zeros = blur(x), torch.zeros_like(x)

@@ -5,7 +5,10 @@ sliced into batches, and augmentation is a batched tensor op. No DataLoader, no
 per-sample transform in the training loop.
 """
 import hashlib
+import math
 import os
+import shutil
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +78,23 @@ def _try_download(make, data_dir):
 
 # ----------------------------------------------------------------------------- MNIST
 
+IDX_UBYTE = 0x08  # the idx format's type code of unsigned bytes
+
+
+def check_idx(path):
+    """Raise DataError naming `path` unless it is a whole idx file of unsigned bytes."""
+    remedy = "re-unpack MNIST, e.g. ../shared/datasets/install.sh <data-dir>, or delete it to download again"
+    with open(path, "rb") as f:
+        header = f.read(4)
+        if len(header) < 4 or header[:3] != bytes([0, 0, IDX_UBYTE]) or header[3] not in (1, 3):
+            raise DataError(f"{path} is not an MNIST idx file (empty or wrong header); {remedy}")
+        dims = struct.unpack(f">{header[3]}I", f.read(4 * header[3]).ljust(4 * header[3], b"\0"))
+    expected = 4 + 4 * len(dims) + math.prod(dims)
+    if os.path.getsize(path) != expected:
+        raise DataError(f"{path} has {os.path.getsize(path)} bytes where its header says {expected} "
+                        f"(truncated?); {remedy}")
+
+
 def load_mnist(data_dir, device, n_val=MNIST_VAL_SIZE, split_seed=SPLIT_SEED):
     """MNIST as flat normalized float tensors (N, 784) on `device`, with a seeded val split."""
     from torchvision.datasets import MNIST
@@ -82,14 +102,19 @@ def load_mnist(data_dir, device, n_val=MNIST_VAL_SIZE, split_seed=SPLIT_SEED):
     def make(train, download=False):
         return MNIST(data_dir, train=train, download=download)
 
-    try:
+    raw = os.path.join(data_dir, "MNIST", "raw")
+    present = [os.path.join(raw, f) for f in MNIST_FILES if os.path.exists(os.path.join(raw, f))]
+    for path in present:  # files that are there but broken: say which, never "not found"
+        check_idx(path)
+    if len(present) == len(MNIST_FILES):
         train, test = make(True), make(False)
-    except RuntimeError:
-        os.makedirs(data_dir, exist_ok=True)
+    else:
+        existed = os.path.isdir(data_dir)
         train = _try_download(lambda download: make(True, download), data_dir)
         test = _try_download(lambda download: make(False, download), data_dir)
         if train is None or test is None:
-            raw = os.path.join(data_dir, "MNIST", "raw")
+            if not existed:  # a failed download leaves no empty MNIST/raw tree behind
+                shutil.rmtree(data_dir, ignore_errors=True)
             raise DataError(f"MNIST not found in {raw} (looked for {', '.join(MNIST_FILES)}) "
                             "and it could not be downloaded; unpack a local copy there, e.g. "
                             f"../shared/datasets/install.sh {data_dir}")
@@ -136,7 +161,9 @@ def _list_image_folder(root):
     items = []
     for label, cls in enumerate(CIFAR10_CLASSES):
         folder = os.path.join(root, cls)
-        items += [(os.path.join(folder, f), label) for f in sorted(os.listdir(folder))]
+        # hidden files (.DS_Store, ._* of macOS, editors' backups) are not images of the set
+        items += [(os.path.join(folder, f), label) for f in sorted(os.listdir(folder))
+                  if not f.startswith(".")]
     return items
 
 
@@ -171,24 +198,27 @@ def _folder_signature(items):
 
 def _cifar_image_folder(root):
     """Decode an ImageFolder copy once; later runs read the cached uint8 tensors in seconds."""
-    from utils import save_atomic  # late import keeps data.py importable on its own
-
     splits = {s: _list_image_folder(os.path.join(root, s)) for s in ("train", "test")}
     cache = os.path.join(root, "decoded_uint8.pt")
     key = {s: _folder_signature(items) for s, items in splits.items()}
     if os.path.exists(cache):
         try:
-            cached = torch.load(cache)
+            cached = torch.load(cache, weights_only=True)
             if cached["key"] == key:
                 return cached["arrays"]
         except Exception:
-            pass  # an unreadable cache is rebuilt below
+            pass  # an unreadable or foreign cache is rebuilt below
     arrays = (_decode_images(splits["train"], "decoding train")
               + _decode_images(splits["test"], "decoding test"))
-    try:
-        save_atomic({"key": key, "arrays": arrays}, cache)
+    tmp = f"{cache}.{os.getpid()}.tmp"
+    try:  # written whole, then renamed: a reader never sees half a cache
+        torch.save({"key": key, "arrays": arrays}, tmp)
+        os.replace(tmp, cache)
     except OSError:
         pass  # a read-only data folder just means decoding again next time
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return arrays
 
 
@@ -206,9 +236,12 @@ def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED
                 break
     if arrays is None:
         from torchvision.datasets import CIFAR10
+        existed = os.path.isdir(data_dir)
         os.makedirs(data_dir, exist_ok=True)
         if _try_download(lambda download: CIFAR10(data_dir, train=True, download=download), data_dir):
             arrays, source = _cifar_official(data_dir), "CIFAR-10"
+        elif not existed:  # a failed download leaves no empty folder behind
+            shutil.rmtree(data_dir, ignore_errors=True)
     if arrays is None:
         raise DataError(f"CIFAR-10 not found in {data_dir} (looked for cifar-10-batches-py/ and "
                         f"an ImageFolder copy {os.path.join(data_dir, CIFAR10_JPEG_DIR)}/{{train,test}}/<class>/) "

@@ -1,13 +1,14 @@
 """Exercise 1.3: plain vs residual CNNs on CIFAR-10 (He et al. 2016, Fig. 6 and Table 6).
 
     python ex1_cnn.py --blocks 3 --residual            # ResNet-20; best-validation checkpoint saved
-    python ex1_cnn.py --blocks 3 --residual --cpu      # the same with the CPU preset
-    python ex1_cnn.py --sweep [--cpu]                  # plain vs residual at depths 8, 20, 32
-    python ex1_cnn.py --sweep --cpu --plot-only        # redraw the figure and table from saved runs
+    python ex1_cnn.py --blocks 3 --residual --cpu      # the same with the CPU preset (8 epochs)
+    python ex1_cnn.py --sweep --cpu                    # plain vs residual at depths 8, 20, 32, 3 seeds
+    python ex1_cnn.py --sweep --cpu --plot-only        # redraw the README's table and figure
+    python ex1_cnn.py --sweep --shard 0/4              # a quarter of a sweep (e.g. a SLURM array task)
 
 Deeper plain networks train worse than shallower ones; residual networks of the same
-depth and parameter count do not. The checkpoint of each run (runs/ex1_cnn/<run>/best.pt)
-is what ex2_cam.py explains.
+depth and parameter count do not. The checkpoint of each run (best.pt in its run folder)
+is what ex2_cam.py and ex2_why.py read.
 """
 import math
 import os
@@ -15,18 +16,24 @@ import os
 import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
-from models import CifarResNet
-from utils import (ArgumentParser, Run, UserError, check_positive, collect_runs, count,
-                   epoch_seconds, fit, format_result, get_device, hardware, pending_runs,
-                   print_result, run_cli, run_jobs, run_result, save_figure, seed_everything,
-                   update_readme, write_text_atomic)
+from models import build_model
+from report import (epoch_seconds, format_result, output_dir, print_result, run_result, save_figure,
+                    write_table)
+from runs import (Run, collect, find_finished, folder_name, parse_shard,
+                  published_dir, remove_run, run_sweep, unique)
+from training import fit
+from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
+                   hardware, run_cli, seed_everything, set_threads)
 
 PROG = "ex1_cnn.py"
+EXERCISE = "ex1_cnn"
 SWEEP_BLOCKS = (1, 3, 5)
-# The CPU preset: what a 2-core machine affords for the default sweep (six runs) in about
-# 2 hours: fewer epochs and one seed. With 6 epochs ResNet-20 stopped at 0.787 test
-# accuracy on the JPEG copy; 8 take it past 0.80 (README). On a GPU use the defaults.
-CPU_PRESET = {"epochs": 8, "seeds": 1}
+DEFAULTS = {"epochs": 40, "seeds": 3}
+# The CPU preset: what a 2-core machine affords for the README's sweep (six networks, three
+# seeds, about an hour per seed): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
+# on the JPEG copy; 8 take it past 0.80. On a GPU use the defaults.
+CPU_PRESET = {"epochs": 8}
+README_SWEEP = ["--sweep", "--cpu"]  # the command whose results the README shows
 
 
 def get_args(argv=None):
@@ -34,44 +41,53 @@ def get_args(argv=None):
     p.add_argument("--blocks", type=int, default=3, help="blocks per stage n; depth is 6n+2")
     p.add_argument("--width", type=int, default=16, help="channels of the first stage w (then 2w, 4w)")
     p.add_argument("--residual", action="store_true", help="add the identity shortcuts")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs (default: {DEFAULTS['epochs']}, {CPU_PRESET['epochs']} with --cpu)")
     p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate")
     p.add_argument("--warmup-epochs", type=float, default=1.0,
                    help="linear warm-up to --lr, then cosine decay to 0")
     p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 penalty of SGD")
+    p.add_argument("--batch-size", type=int, default=128, help="training images per step")
     p.add_argument("--train-subset", type=int, default=0,
                    help="train on the first N images of the (shuffled) training split; 0: all")
-    p.add_argument("--val-size", type=int, default=CIFAR10_VAL_SIZE)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-size", type=int, default=CIFAR10_VAL_SIZE,
+                   help="validation images held out of the training set (seeded split)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialization, batch order and augmentation")
     p.add_argument("--cpu", action="store_true",
-                   help=f"CPU preset: {', '.join(f'--{k} {v}' for k, v in CPU_PRESET.items())}")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+                   help="the CPU preset: fewer epochs, unless --epochs is given (the device is --device's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA if available, else the CPU")
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
-    p.add_argument("--out-dir", default="runs/ex1_cnn")
-    p.add_argument("--fig-dir", default="figures")
-    p.add_argument("--sweep", action="store_true", help="plain vs residual at each --blocks-list, --seeds seeds")
+    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
+    p.add_argument("--fig-dir", default=None,
+                   help="where tables and figures go (default: figures/ for the README's sweep, "
+                        "else <out-dir>/figures)")
+    p.add_argument("--force", action="store_true", help="retrain a finished single run (its result is deleted)")
+    p.add_argument("--sweep", action="store_true",
+                   help="plain vs residual at each --blocks-list, --seeds seeds; skips finished runs")
     p.add_argument("--blocks-list", default=",".join(map(str, SWEEP_BLOCKS)),
                    help="sweep blocks per stage (add 9 for depth 56 on a GPU)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--workers", type=int, default=1,
-                   help="sweep processes; on a CPU each gets cores/workers threads")
+    p.add_argument("--seeds", type=int, default=None, help=f"sweep seeds 0..N-1 (default: {DEFAULTS['seeds']})")
+    p.add_argument("--workers", type=int, default=0,
+                   help="sweep processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="train only the K-th (0-based) of N disjoint parts of the sweep")
     p.add_argument("--plot-only", action="store_true", help="with --sweep: redraw from saved runs")
     args = p.parse_args(argv)
-    if args.cpu:
-        for key, value in CPU_PRESET.items():
-            if getattr(args, key) == p.get_default(key):
-                setattr(args, key, value)
-    check_positive(p, args, "blocks", "width", "epochs", "lr", "batch_size", "seeds", "workers",
-                   "val_size")
-    if args.train_subset < 0 or args.warmup_epochs < 0 or args.weight_decay < 0:
-        p.error("--train-subset, --warmup-epochs and --weight-decay must not be negative")
+    for key, value in DEFAULTS.items():  # a flag the user gave always wins over the preset
+        if getattr(args, key) is None:
+            setattr(args, key, CPU_PRESET.get(key, value) if args.cpu else value)
+    check_positive(p, args, "blocks", "width", "epochs", "lr", "batch_size", "seeds", "val_size")
+    if args.train_subset < 0 or args.warmup_epochs < 0 or args.weight_decay < 0 or args.workers < 0:
+        p.error("--train-subset, --warmup-epochs, --weight-decay and --workers must not be negative")
     try:
-        args.blocks_list = [int(b) for b in args.blocks_list.split(",")]
-    except ValueError:
-        p.error(f"--blocks-list takes comma-separated integers, got {args.blocks_list!r}")
+        args.blocks_list = list(dict.fromkeys(int(b) for b in args.blocks_list.split(",")))
+        args.shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as e:
+        p.error(str(e) if "shard" in str(e) else f"--blocks-list takes comma-separated integers, "
+                                                  f"got {args.blocks_list!r}")
     if any(b < 1 for b in args.blocks_list):
         p.error("--blocks-list must be positive")
     return args
@@ -86,11 +102,13 @@ def run_config(args, blocks, residual, seed):
 
 
 def run_name(config):
-    return f"{'res' if config['residual'] else 'plain'}_n{config['blocks']}_s{config['seed']}"
+    return folder_name(f"{'res' if config['residual'] else 'plain'}_n{config['blocks']}", config)
 
 
-def build_model(config, num_classes=10):
-    return CifarResNet(config["blocks"], config["width"], config["residual"], num_classes)
+def arch_of(config, num_classes=10):
+    """The model a run trains, as its checkpoint records it (models.build_model)."""
+    return {"name": "CifarResNet", "kwargs": {"blocks_per_stage": config["blocks"], "width": config["width"],
+                                              "residual": config["residual"], "num_classes": num_classes}}
 
 
 def warmup_cosine(total_steps, warmup_steps):
@@ -113,11 +131,13 @@ def load_data(args, device):
 
 
 def train(config, data, device, out_dir, progress=True):
-    """Train one configuration; returns its run record (metrics.json)."""
+    """Train one configuration; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
-    # channels-last lets cuDNN use tensor-core kernels; on the CPU the default layout is as fast
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = build_model(config, len(data.classes)).to(device, memory_format=memory_format)
+    # channels-last: cuDNN's tensor-core kernels, and 1.2-1.4x faster on this repository's
+    # CPUs too (bench.py cnn measures both layouts)
+    memory_format = torch.channels_last
+    arch = arch_of(config, len(data.classes))
+    model = build_model(arch).to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
                                 nesterov=True, weight_decay=config["weight_decay"])
     steps = math.ceil(len(data.train) / config["batch_size"])
@@ -130,9 +150,9 @@ def train(config, data, device, out_dir, progress=True):
     def eval_transform(x):
         return normalize_images(x).contiguous(memory_format=memory_format)
 
-    meta = {"data": data.source, "hardware": hardware(device)}
+    meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last"}
     run = Run(os.path.join(out_dir, run_name(config)), config, meta)
-    return fit(model, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
+    return fit(model, arch, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
                generator=generator, scheduler=scheduler, train_transform=train_transform,
                eval_transform=eval_transform, progress=progress, desc=run_name(config))
 
@@ -140,113 +160,162 @@ def train(config, data, device, out_dir, progress=True):
 # ----------------------------------------------------------------------------- sweep
 
 def sweep_configs(args):
-    return [run_config(args, b, residual, s) for b in args.blocks_list for residual in (False, True)
-            for s in range(args.seeds)]
+    return unique([run_config(args, b, residual, s) for b in args.blocks_list for residual in (False, True)
+                   for s in range(args.seeds)])
 
 
-def _sweep_setup(job_args):
-    args, device = job_args
-    return load_data(args, device)
+def roots(args):
+    """Where finished runs are looked up: the run folder, then the committed results."""
+    return [args.out_dir, published_dir(EXERCISE)]
 
 
-def _sweep_run(job, data):
-    (args, device), config = job
-    train(config, data, device, args.out_dir, progress=args.workers == 1)
+def _sweep_setup(setup_args):
+    args, device = setup_args
+    return args, device, load_data(args, device)
+
+
+def _sweep_run(config, context):
+    args, device, data = context
+    return train(config, data, device, args.out_dir, progress=False)[0]
 
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    todo = pending_runs(configs, args.out_dir, run_name)
-    if todo:
-        load_data(args, device)  # fail here, in one line; this also builds the decoded cache
-        wall = run_jobs(_sweep_run, [((args, device), c) for c in todo], [c["blocks"] for c in todo],
-                        args.workers, desc="sweep", setup=_sweep_setup, setup_args=(args, device))
-        print(f"sweep: trained {count(len(todo), 'run')} in {wall / 60:.1f} min wall time ({hardware(device)})")
+    check_writable(args.out_dir)
+    workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    done = run_sweep(configs, [c["blocks"] for c in configs], run_name, args.out_dir, roots(args),
+                     job=_sweep_run, setup=_sweep_setup, setup_args=(args, device), workers=workers,
+                     threads=threads, device=device, shard_spec=args.shard,
+                     prepare=lambda: load_data(args, device))  # a data error: one line, not one per worker
+    if done:
+        print(f"{done} ({count(workers, 'process', 'processes')} of {count(threads, 'thread')})")
     make_figures(args, configs)
 
 
 # ----------------------------------------------------------------------------- figures
 
-def _collect(args, configs):
-    return collect_runs(args.out_dir, configs, run_name, lambda c: (c["residual"], c["blocks"]),
-                        f"python {PROG} --sweep{' --cpu' if args.cpu else ''}")
+def is_readme_sweep(args):
+    """True when `args` are the settings of the README's sweep (so its results may go there)."""
+    return sweep_configs(args) == sweep_configs(get_args(README_SWEEP))
 
 
 def _caption(found, args):
-    record = next(iter(found.values()))[0]
+    meta = found[0][1]["meta"]
     subset = f", {args.train_subset} training images" if args.train_subset else ""
-    return (f"{record['meta']['data']}, {args.epochs} epochs{subset}, SGD lr {args.lr:g}, "
-            f"batch {args.batch_size}; {record['meta']['hardware']}")
+    return (f"{meta['data']}, {args.epochs} epochs{subset}, SGD lr {args.lr:g}, "
+            f"batch {args.batch_size}; {meta['hardware']}")
 
 
 def _final(name):
     """The value of `name` at a run's last epoch (None if that epoch has none: it diverged)."""
-    return lambda record: record["epochs"][-1].get(name)
+    return lambda record: record["epochs"][-1].get(name) if record["epochs"] else None
 
 
-def make_table(found, args):
+def _by_network(found):
+    groups = {}
+    for config, record, _ in found:
+        groups.setdefault((config["residual"], config["blocks"]), []).append(record)
+    return groups
+
+
+def make_table(found, args, missing):
+    groups = _by_network(found)
     lines = ["| depth | network | final val. accuracy | final train loss | test accuracy (best val.) "
              "| s per epoch |", "|---:|---|---:|---:|---:|---:|"]
     for b in sorted(args.blocks_list):
         for residual in (False, True):
-            records = found.get((residual, b))
+            records = groups.get((residual, b))
             if not records:
                 continue
             cells = [format_result(records, key) for key in (_final("val_acc"), _final("train_loss"),
                                                              run_result)]
             cells.append(format_result(records, epoch_seconds, digits=0))
             lines.append(f"| {6 * b + 2} | {'residual' if residual else 'plain'} | " + " | ".join(cells) + " |")
-    n_seeds = max(len(r) for r in found.values())
-    timed = [epoch_seconds(r) * len(r["epochs"]) for rs in found.values() for r in rs if epoch_seconds(r)]
-    total = f" The runs' epochs took {sum(timed) / 60:.0f} min in all." if timed else ""
-    lines += ["", f"Mean ± std over {n_seeds} seed(s) (std 0 with one seed); s per epoch is the wall "
-                  f"time of training plus validation.{total} {_caption(found, args)}. "
-                  f"Made by `python {PROG} --sweep{' --cpu' if args.cpu else ''}`."]
+    n_seeds = len({c["seed"] for c, _, _ in found})
+    timed = [epoch_seconds(r) * len(r["epochs"]) for _, r, _ in found if epoch_seconds(r)]
+    total = f" The runs' epochs took {sum(timed) / 60:.0f} CPU-process minutes in all." if timed else ""
+    gaps = f" **{count(missing, 'run')} of the sweep not finished yet.**" if missing else ""
+    lines += ["", f"Mean ± std over {count(n_seeds, 'seed')}; s per epoch is the wall time of training "
+                  f"plus validation.{total} {_caption(found, args)}.{gaps} "
+                  f"Made by `python {PROG} {' '.join(README_SWEEP) if is_readme_sweep(args) else '--sweep ...'}`."]
     return "\n".join(lines) + "\n"
 
 
 def plot_curves(found, args, path):
+    """Validation accuracy and training loss per epoch: a thin line per seed, the mean thick."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    colors = dict(zip(args.blocks_list, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for (residual, b), records in sorted(found.items()):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = dict(zip(sorted(args.blocks_list), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for (residual, b), records in sorted(_by_network(found).items()):
         for ax, key in zip(axes, ("val_acc", "train_loss")):
-            n = min(len(r["epochs"]) for r in records)
-            mean = torch.tensor([[e.get(key, float("nan")) for e in r["epochs"][:n]] for r in records]).mean(0)
-            ax.plot(range(1, n + 1), mean, color=colors[b], ls="-" if residual else "--", marker=".",
+            style = {"color": colors[b], "ls": "-" if residual else "--"}
+            series = [[e.get(key, float("nan")) for e in r["epochs"]] for r in records]
+            for s in series:
+                ax.plot(range(1, len(s) + 1), s, lw=0.6, alpha=0.5, **style)
+            n = min(len(s) for s in series)
+            mean = torch.tensor([s[:n] for s in series]).mean(0)
+            ax.plot(range(1, n + 1), mean, lw=1.8, marker=".", **style,
                     label=f"{'residual' if residual else 'plain'}-{6 * b + 2}")
     axes[0].set(xlabel="epoch", ylabel="validation accuracy", title="CIFAR-10: validation accuracy")
     axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss (augmented batches)")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    save_figure(fig, _caption(found, args) + "; solid: residual, dashed: plain", path, caption_height=0.04)
+    n_seeds = len({c["seed"] for c, _, _ in found})
+    save_figure(fig, _caption(found, args) + f"; solid: residual, dashed: plain; thin: each of "
+                f"{count(n_seeds, 'seed')}, thick: mean", path)
 
 
 def make_figures(args, configs):
-    found = _collect(args, configs)
-    os.makedirs(args.fig_dir, exist_ok=True)
-    table = make_table(found, args)
-    write_text_atomic(table, os.path.join(args.fig_dir, "ex1_cnn_table.md"))
-    update_readme(args.fig_dir, "ex1_cnn_table", table)
-    plot_curves(found, args, os.path.join(args.fig_dir, "ex1_cnn_curves.png"))
+    found = collect(configs, roots(args), run_name)
+    if not found:
+        raise UserError(f"no finished runs of these settings in {args.out_dir} or {published_dir(EXERCISE)}; "
+                        f"run `python {PROG} --sweep ...` with the same flags first")
+    missing = len(configs) - len(found)
+    publish = is_readme_sweep(args) and not args.shard
+    fig_dir = output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures"))
+    check_writable(fig_dir)
+    table = make_table(found, args, missing)
+    table_path = write_table(table, "ex1_cnn_table", fig_dir, publish)
+    plot_curves(found, args, os.path.join(fig_dir, "ex1_cnn_curves.png"))
     print(table)
-    print(f"figures written to {args.fig_dir}/")
+    if missing:
+        print(f"{count(missing, 'run')} of these settings not finished: the table and figure show "
+              f"{len(found)} of {len(configs)}")
+    print(f"table {table_path} and figure written to {fig_dir}/")
+
+
+def single_run(args, device):
+    config = run_config(args, args.blocks, args.residual, args.seed)
+    folder = os.path.join(args.out_dir, run_name(config))
+    check_writable(args.out_dir)
+    record, _ = find_finished([args.out_dir], run_name(config), config)
+    if record is not None and not args.force:
+        print(f"{folder} holds this finished run (retrain it with --force):")
+        print_result(record, folder)
+        return record
+    if record is not None:
+        remove_run(folder)
+        print(f"--force: removed the finished run in {folder}")
+    set_threads(device, None)
+    data = load_data(args, device)
+    print(f"{run_name(config)} (depth {6 * args.blocks + 2}): {data.source}, "
+          f"{len(data.train)} training images, {hardware(device)}")
+    outcome, record = train(config, data, device, args.out_dir)
+    if outcome == "held":
+        raise UserError(f"another process is training {folder}; wait for it or use another --out-dir")
+    print_result(record, folder)
+    return record
 
 
 def main(args):
     device = get_device(args.device)
     if args.sweep:
         return make_figures(args, sweep_configs(args)) if args.plot_only else sweep(args, device)
-    if args.plot_only:
-        raise UserError("--plot-only goes with --sweep")
-    data = load_data(args, device)
-    config = run_config(args, args.blocks, args.residual, args.seed)
-    print(f"{run_name(config)} (depth {6 * args.blocks + 2}): {data.source}, "
-          f"{len(data.train)} training images, {hardware(device)}")
-    record = train(config, data, device, args.out_dir)
-    print_result(record, os.path.join(args.out_dir, run_name(config)))
-    return record
+    if args.plot_only or args.shard:
+        raise UserError("--plot-only and --shard go with --sweep")
+    return single_run(args, device)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python ex1_mlp.py --depth 32 --residual      # one run: prints its test accuracy
     python ex1_mlp.py --sweep                    # the table, curves and gradient figures
     python ex1_mlp.py --sweep --plot-only        # redraw them from saved runs
+    python ex1_mlp.py --sweep --shard 0/4        # a quarter of the sweep (e.g. a SLURM array task)
 
 Model selection is on a 5,000-image validation split of the training set; the test
 accuracy reported is that of the best-validation epoch, computed once at the end.
@@ -12,14 +13,23 @@ import os
 import torch
 import torch.nn as nn
 
-from data import MNIST_VAL_SIZE, load_mnist
-from models import MLP
-from utils import (CHECKPOINT_FILE, ArgumentParser, Run, UserError, check_positive, collect_runs,
-                   count, finished_results, fit, format_result, get_device, hardware, mean_std,
-                   pending_runs, print_result, run_cli, run_jobs, save_figure, seed_everything,
-                   update_readme, write_text_atomic)
+from data import MNIST_VAL_SIZE, DataError, load_mnist
+from models import build_model
+from report import (finished_results, format_result, mean_std, output_dir, print_result, remove_stale,
+                    save_figure, write_table)
+from runs import (CHECKPOINT_FILE, Run, collect, find_finished, folder_name, parse_shard, published_dir,
+                  remove_run, run_sweep, unique)
+from storage import load_checkpoint, read_json, write_json_atomic
+from training import fit
+from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
+                   hardware, run_cli, seed_everything, set_threads)
 
 PROG = "ex1_mlp.py"
+EXERCISE = "ex1_mlp"
+README_SWEEP = ["--sweep"]  # the command whose results the README shows
+# Width-16 matrix products are far too small to share between threads: one thread per
+# process ran an epoch 5-10x faster than two on our 2-core CPU (bench.py mlp)
+THREADS = 1
 SWEEP_DEPTHS = (2, 8, 32, 64)
 # name -> (residual, layers per block, rezero); the columns of the report's table, then ours
 VARIANTS = {
@@ -36,6 +46,7 @@ VARIANT_LABELS = {
 }
 GRADIENT_DEPTHS = (32, 64)
 GRADIENT_BATCH = 128  # one training batch, as in training
+STATS_FILE = "layer_stats.json"  # gradient norms and forward RMS, beside the run they describe
 
 
 def get_args(argv=None):
@@ -50,28 +61,38 @@ def get_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA if available, else the CPU")
     p.add_argument("--data-dir", default="data", help="where MNIST is (or is downloaded to)")
     p.add_argument("--val-size", type=int, default=MNIST_VAL_SIZE,
                    help="validation images held out of the training set (seeded split)")
-    p.add_argument("--out-dir", default="runs/ex1_mlp", help="one folder per run below this")
-    p.add_argument("--fig-dir", default="figures", help="where the sweep writes tables and figures")
+    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
+    p.add_argument("--fig-dir", default=None,
+                   help="where tables and figures go (default: figures/ for the README's sweep, "
+                        "else <out-dir>/figures)")
+    p.add_argument("--force", action="store_true", help="retrain a finished single run (its result is deleted)")
     p.add_argument("--sweep", action="store_true",
                    help="all depths x variants x seeds; resumes, skipping finished runs")
     p.add_argument("--depths", default=",".join(map(str, SWEEP_DEPTHS)), help="sweep depths")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"sweep variants, of {', '.join(VARIANTS)}")
     p.add_argument("--seeds", type=int, default=3, help="sweep seeds: 0..N-1")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="sweep processes (one single-threaded process per core is fastest)")
+                   help="sweep processes, of one thread each (one per core is fastest)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="train only the K-th (0-based) of N disjoint parts of the sweep")
     p.add_argument("--plot-only", action="store_true", help="with --sweep: redraw from saved runs")
     args = p.parse_args(argv)
     check_positive(p, args, "width", "depth", "layers_per_block", "epochs", "lr", "batch_size",
                    "seeds", "workers", "val_size")
     try:
-        args.depths = [int(d) for d in args.depths.split(",")]
+        args.depths = list(dict.fromkeys(int(d) for d in args.depths.split(",")))
     except ValueError:
         p.error(f"--depths takes comma-separated integers, got {args.depths!r}")
-    args.variants = args.variants.split(",")
+    try:
+        args.shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as e:
+        p.error(str(e))
+    args.variants = list(dict.fromkeys(args.variants.split(",")))
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -100,64 +121,80 @@ def variant_of(residual, layers_per_block, rezero):
 
 def run_name(config):
     variant = variant_of(config["residual"], config["layers_per_block"], config["rezero"])
-    return f"{variant}_d{config['depth']}_s{config['seed']}"
+    return folder_name(f"{variant}_d{config['depth']}", config)
 
 
-def build_model(config, in_features, num_classes):
-    return MLP(config["width"], config["depth"], in_features=in_features, num_classes=num_classes,
-               layers_per_block=config["layers_per_block"], residual=config["residual"],
-               rezero=config["rezero"])
+def arch_of(config, in_features, num_classes):
+    """The model a run trains, as its checkpoint records it (models.build_model)."""
+    return {"name": "MLP", "kwargs": {
+        "width": config["width"], "depth": config["depth"], "in_features": in_features,
+        "num_classes": num_classes, "layers_per_block": config["layers_per_block"],
+        "residual": config["residual"], "rezero": config["rezero"]}}
 
 
 def train(config, data, device, out_dir, progress=True):
-    """Train one configuration; returns its run record (metrics.json)."""
+    """Train one configuration; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
-    model = build_model(config, data.train.x.shape[1], len(data.classes)).to(device)
+    arch = arch_of(config, data.train.x.shape[1], len(data.classes))
+    model = build_model(arch).to(device)
     # fused Adam: one kernel for all parameters instead of several per tensor per step
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
     meta = {"data": data.source, "hardware": hardware(device)}
     run = Run(os.path.join(out_dir, run_name(config)), config, meta)
-    return fit(model, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
+    return fit(model, arch, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
                generator=generator, progress=progress, desc=run_name(config))
 
 
 # ----------------------------------------------------------------------------- sweep
 
-def _sweep_setup(job_args):
-    args, device = job_args
-    return load_mnist(args.data_dir, device, args.val_size)
-
-
-def _sweep_run(job, data):
-    (args, device), config = job
-    train(config, data, device, args.out_dir, progress=args.workers == 1)
-
-
 def sweep_configs(args):
-    return [run_config(args, d, s, *VARIANTS[v]) for v in args.variants for d in args.depths
-            for s in range(args.seeds)]
+    return unique([run_config(args, d, s, *VARIANTS[v]) for v in args.variants for d in args.depths
+                   for s in range(args.seeds)])
+
+
+def roots(args):
+    """Where finished runs are looked up: the run folder, then the committed results."""
+    return [args.out_dir, published_dir(EXERCISE)]
+
+
+def _sweep_setup(setup_args):
+    args, device = setup_args
+    return args, device, load_mnist(args.data_dir, device, args.val_size)
+
+
+def _sweep_run(config, context):
+    args, device, data = context
+    return train(config, data, device, args.out_dir, progress=False)[0]
 
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    todo = pending_runs(configs, args.out_dir, run_name)
-    if todo:
-        load_mnist(args.data_dir, device, args.val_size)  # fail here, in one line, rather than in every worker
-        costs = [c["depth"] + 2 for c in todo]  # per-step time grows with the number of layers
-        wall = run_jobs(_sweep_run, [((args, device), c) for c in todo], costs, args.workers,
-                        desc="sweep", setup=_sweep_setup, setup_args=(args, device))
-        print(f"sweep: trained {count(len(todo), 'run')} in {wall / 60:.1f} min wall time "
-              f"({count(args.workers, 'worker process', 'worker processes')} of one thread each, "
+    check_writable(args.out_dir)
+    costs = [c["depth"] + 2 for c in configs]  # per-step time grows with the number of layers
+    done = run_sweep(configs, costs, run_name, args.out_dir, roots(args), job=_sweep_run,
+                     setup=_sweep_setup, setup_args=(args, device), workers=args.workers,
+                     threads=THREADS, device=device, shard_spec=args.shard,
+                     prepare=lambda: load_mnist(args.data_dir, device, args.val_size))
+    if done:
+        print(f"{done} ({count(args.workers, 'process', 'processes')} of {count(THREADS, 'thread')}, "
               f"{count(os.cpu_count(), 'core')})")
     make_figures(args, configs, device)
 
 
 # ----------------------------------------------------------------------------- figures
 
-def _collect(args, configs):
-    def key(c):
-        return variant_of(c["residual"], c["layers_per_block"], c["rezero"]), c["depth"]
-    return collect_runs(args.out_dir, configs, run_name, key, f"python {PROG} --sweep")
+def is_readme_sweep(args):
+    """True when `args` are the settings of the README's sweep (so its results may go there)."""
+    return sweep_configs(args) == sweep_configs(get_args(README_SWEEP))
+
+
+def _group(found):
+    """{(variant, depth): [records]} of [(config, record, folder)]."""
+    groups = {}
+    for c, record, _ in found:
+        key = variant_of(c["residual"], c["layers_per_block"], c["rezero"]), c["depth"]
+        groups.setdefault(key, []).append(record)
+    return groups
 
 
 def _caption(found, args):
@@ -166,7 +203,7 @@ def _caption(found, args):
             f"{args.epochs} epochs; {record['meta']['hardware']}")
 
 
-def make_table(found, args):
+def make_table(found, args, missing=0):
     """Markdown: test accuracy (mean ± std over seeds) per depth and variant."""
     variants = [v for v in args.variants if any((v, d) in found for d in args.depths)]
     lines = ["| depth | " + " | ".join(VARIANT_LABELS[v] for v in variants) + " |",
@@ -177,8 +214,10 @@ def make_table(found, args):
             cells.append(format_result(found.get((v, d), [])))
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     n_seeds = max(len(r) for r in found.values())
-    lines += ["", f"Test accuracy of the best-validation epoch, mean ± std over {n_seeds} seeds. "
-                  f"{_caption(found, args)}. Made by `python {PROG} --sweep`."]
+    gaps = f" **{count(missing, 'run')} of the sweep not finished yet.**" if missing else ""
+    command = " ".join(README_SWEEP) if is_readme_sweep(args) else "--sweep ..."
+    lines += ["", f"Test accuracy of the best-validation epoch, mean ± std over {count(n_seeds, 'seed')}. "
+                  f"{_caption(found, args)}.{gaps} Made by `python {PROG} {command}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -222,7 +261,7 @@ def plot_curves(found, args, path):
     axes[0, 0].set_ylabel("training loss")
     axes[1, 0].set_ylabel("validation accuracy")
     axes[1, 0].legend(fontsize=7)
-    save_figure(fig, _caption(found, args) + "; mean over seeds", path, caption_height=0.02)
+    save_figure(fig, _caption(found, args) + "; mean over seeds", path)
 
 
 def layer_stats(model, x, y):
@@ -240,23 +279,40 @@ def layer_stats(model, x, y):
             "activation_rms": [a.detach().pow(2).mean().sqrt().item() for a in activations]}
 
 
-def gradient_stats(args, device, data):
-    """{(variant, depth): {'init': stats, 'trained': stats}} for seed 0's runs."""
-    x, y = data.train.x[:GRADIENT_BATCH], data.train.y[:GRADIENT_BATCH]
-    out = {}
-    for v in args.variants:
-        for d in [d for d in args.depths if d in GRADIENT_DEPTHS] or [max(args.depths)]:
-            config = run_config(args, d, 0, *VARIANTS[v])
-            path = os.path.join(args.out_dir, run_name(config), CHECKPOINT_FILE)
-            if not os.path.exists(path):
-                continue
-            seed_everything(0)  # the same initialization the run started from
-            model = build_model(config, x.shape[1], len(data.classes)).to(device)
-            stats = {"init": layer_stats(model, x, y)}
-            model.load_state_dict(torch.load(path, map_location=device)["model"])
-            stats["trained"] = layer_stats(model, x, y)
-            out[(v, d)] = stats
+def gradient_stats(args, device, found):
+    """{(variant, depth): {'init': stats, 'trained': stats}} for the seed-0 runs at the gradient
+    depths. The stats are saved beside each run (layer_stats.json), so they are computed once,
+    with MNIST, and redrawn without it."""
+    wanted = [d for d in args.depths if d in GRADIENT_DEPTHS] or [max(args.depths)]
+    out, data = {}, None
+    for c, _, folder in found:
+        if c["seed"] != 0 or c["depth"] not in wanted:
+            continue
+        path = os.path.join(folder, STATS_FILE)
+        stats = read_json(path, f"delete {path} and rerun with MNIST unpacked to recompute it")
+        if stats is None:
+            if data is None:
+                data = load_mnist(args.data_dir, device, args.val_size)
+            stats = layer_stats_of_run(c, folder, data, device)
+            write_json_atomic(stats, path)
+        out[(variant_of(c["residual"], c["layers_per_block"], c["rezero"]), c["depth"])] = stats
     return out
+
+
+def layer_stats_of_run(config, folder, data, device):
+    """layer_stats at the run's initialization and of its best checkpoint, on one training batch."""
+    x, y = data.train.x[:GRADIENT_BATCH], data.train.y[:GRADIENT_BATCH]
+    path = os.path.join(folder, CHECKPOINT_FILE)
+    remedy = f"delete the run folder {folder} and rerun the sweep"
+    ckpt = load_checkpoint(path, remedy, device, keys=("model", "arch", "config"))
+    if ckpt["config"] != config:
+        raise UserError(f"{path} is the checkpoint of another run; {remedy}")
+    seed_everything(config["seed"])  # the same initialization the run started from
+    model = build_model(ckpt["arch"]).to(device)
+    stats = {"init": layer_stats(model, x, y)}
+    model.load_state_dict(ckpt["model"])
+    stats["trained"] = layer_stats(model, x, y)
+    return stats
 
 
 def plot_gradients(stats, caption, path):
@@ -280,7 +336,7 @@ def plot_gradients(stats, caption, path):
                    ylabel="gradient norm", title=f"depth {d}, {'at initialization' if when == 'init' else 'after training'}")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=6)
-    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}, seed 0", path, caption_height=0.015)
+    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}, seed 0", path)
 
 
 def plot_activations(stats, caption, path):
@@ -305,19 +361,59 @@ def plot_activations(stats, caption, path):
 
 
 def make_figures(args, configs, device):
-    found = _collect(args, configs)
-    os.makedirs(args.fig_dir, exist_ok=True)
-    table = make_table(found, args)
-    write_text_atomic(table, os.path.join(args.fig_dir, "ex1_mlp_table.md"))
-    update_readme(args.fig_dir, "ex1_mlp_table", table)
-    plot_depth(found, args, os.path.join(args.fig_dir, "ex1_mlp_depth.png"))
-    plot_curves(found, args, os.path.join(args.fig_dir, "ex1_mlp_curves.png"))
-    stats = gradient_stats(args, device, load_mnist(args.data_dir, device, args.val_size))
+    found = collect(configs, roots(args), run_name)
+    if not found:
+        raise UserError(f"no finished runs of these settings in {args.out_dir} or {published_dir(EXERCISE)}; "
+                        f"run `python {PROG} --sweep ...` with the same flags first")
+    missing = len(configs) - len(found)
+    publish = is_readme_sweep(args) and not args.shard
+    fig_dir = output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures"))
+    check_writable(fig_dir)
+    groups = _group(found)
+    table_path = write_table(make_table(groups, args, missing), "ex1_mlp_table", fig_dir, publish)
+    plot_depth(groups, args, os.path.join(fig_dir, "ex1_mlp_depth.png"))
+    plot_curves(groups, args, os.path.join(fig_dir, "ex1_mlp_curves.png"))
+    inside = [os.path.join(fig_dir, f) for f in ("ex1_mlp_gradients.png", "ex1_mlp_activations.png")]
+    try:
+        stats = gradient_stats(args, device, found)
+    except DataError as e:
+        stats, skipped = {}, f"they need MNIST to compute once: {e}"
+    else:
+        skipped = "no finished seed-0 run at the gradient depths"
     if stats:
-        plot_gradients(stats, _caption(found, args), os.path.join(args.fig_dir, "ex1_mlp_gradients.png"))
-        plot_activations(stats, _caption(found, args), os.path.join(args.fig_dir, "ex1_mlp_activations.png"))
-    print(table)
-    print(f"figures written to {args.fig_dir}/")
+        plot_gradients(stats, _caption(groups, args), inside[0])
+        plot_activations(stats, _caption(groups, args), inside[1])
+    else:
+        remove_stale(inside)
+        print(f"gradient and activation figures skipped: {skipped}")
+    with open(table_path) as f:
+        print(f.read())
+    if missing:
+        print(f"{count(missing, 'run')} of these settings not finished: the table and figures show "
+              f"{len(found)} of {len(configs)}")
+    print(f"table and figures written to {fig_dir}/")
+
+
+def single_run(args, device):
+    config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
+    folder = os.path.join(args.out_dir, run_name(config))
+    check_writable(args.out_dir)
+    record, _ = find_finished([args.out_dir], run_name(config), config)
+    if record is not None and not args.force:
+        print(f"{folder} holds this finished run (retrain it with --force):")
+        print_result(record, folder)
+        return record
+    if record is not None:
+        remove_run(folder)
+        print(f"--force: removed the finished run in {folder}")
+    set_threads(device, THREADS)
+    data = load_mnist(args.data_dir, device, args.val_size)
+    print(f"{run_name(config)}: {data.source}, {hardware(device)}")
+    outcome, record = train(config, data, device, args.out_dir)
+    if outcome == "held":
+        raise UserError(f"another process is training {folder}; wait for it or use another --out-dir")
+    print_result(record, folder)
+    return record
 
 
 def main(args):
@@ -326,14 +422,9 @@ def main(args):
         if args.plot_only:
             return make_figures(args, sweep_configs(args), device)
         return sweep(args, device)
-    if args.plot_only:
-        raise UserError("--plot-only goes with --sweep")
-    data = load_mnist(args.data_dir, device, args.val_size)
-    config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
-    print(f"{run_name(config)}: {data.source}, {hardware(device)}")
-    record = train(config, data, device, args.out_dir)
-    print_result(record, os.path.join(args.out_dir, run_name(config)))
-    return record
+    if args.plot_only or args.shard:
+        raise UserError("--plot-only and --shard go with --sweep")
+    return single_run(args, device)
 
 
 if __name__ == "__main__":

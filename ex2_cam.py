@@ -1,7 +1,7 @@
 """Exercise 2.3: Class Activation Maps of the CIFAR-10 CNN and of a pretrained ResNet-18.
 
     python ex2_cam.py cifar10                          # CAMs of the best residual ex1_cnn.py run
-    python ex2_cam.py cifar10 --checkpoint runs/ex1_cnn/res_n3_s0/best.pt --num-images 12
+    python ex2_cam.py cifar10 --checkpoint runs/ex1_cnn/<run>/best.pt --num-images 12
     python ex2_cam.py cifar10 --evaluate               # faithfulness: CAM vs Grad-CAM vs random
     python ex2_cam.py imagenette                       # torchvision's ResNet-18 on Imagenette val
     python ex2_cam.py imagenette --weights resnet18.pth --data-dir data   # offline
@@ -16,15 +16,17 @@ import torch
 
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
-from utils import (ArgumentParser, UserError, format_mean_std, get_device, hardware, run_cli,
-                   save_figure, update_readme, write_text_atomic)
+from models import CifarResNet, build_model
+from report import format_mean_std, output_dir, save_figure, write_table
+from runs import CHECKPOINT_FILE, published_dir, read_record
+from storage import load_checkpoint
+from utils import ArgumentParser, UserError, check_writable, get_device, hardware, run_cli
 
 PROG = "ex2_cam.py"
 CNN_RUNS = os.path.join("runs", "ex1_cnn")
+SCRATCH_DIR = os.path.join("runs", "ex2_cam")  # figures of other checkpoints or settings
 MAKE_CHECKPOINT = "python ex1_cnn.py --blocks 3 --residual --cpu"
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_FIGURE_IMAGES = 32  # a column per image: more would make a figure no screen shows
 # Imagenette's ten WordNet ids, in torchvision's (sorted) label order, and their ImageNet-1k index
 IMAGENETTE_TO_IMAGENET = {
     "n01440764": ("tench", 0), "n02102040": ("English springer", 217),
@@ -43,16 +45,21 @@ def get_args(argv=None):
     sub = p.add_subparsers(dest="dataset", metavar="{cifar10,imagenette}", required=True,
                            parser_class=ArgumentParser)
     common = ArgumentParser(add_help=False)
-    common.add_argument("--num-images", type=int, default=8, help="images in the figure")
+    common.add_argument("--num-images", type=int, default=8,
+                        help=f"images in the figure (at most {MAX_FIGURE_IMAGES})")
     common.add_argument("--seed", type=int, default=0, help="picks the images")
     common.add_argument("--class-index", type=int, default=None,
                         help="explain this class for every image (default: the predicted class)")
-    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    common.add_argument("--data-dir", default="data")
-    common.add_argument("--fig-dir", default="figures")
+    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: CUDA if available, else the CPU")
+    common.add_argument("--data-dir", default="data", help="where the dataset is")
+    common.add_argument("--fig-dir", default=None,
+                        help=f"where figures and tables go (default: figures/ for the README's settings, "
+                             f"else {SCRATCH_DIR})")
     c = sub.add_parser("cifar10", parents=[common], help="the CNN trained by ex1_cnn.py on CIFAR-10")
     c.add_argument("--checkpoint", default=None,
-                   help=f"a best.pt of ex1_cnn.py (default: the best residual run in {CNN_RUNS})")
+                   help=f"a best.pt of ex1_cnn.py (default: the residual run with the best validation "
+                        f"accuracy in {CNN_RUNS} or the published {published_dir('ex1_cnn')})")
     c.add_argument("--evaluate", action="store_true",
                    help="deletion/insertion AUC, Average Drop, Increase in Confidence")
     c.add_argument("--eval-images", type=int, default=1000, help="test images for --evaluate")
@@ -64,8 +71,8 @@ def get_args(argv=None):
     i.add_argument("--max-eval", type=int, default=0,
                    help="images for the top-1 accuracy (0: all of Imagenette val)")
     args = p.parse_args(argv)
-    if args.num_images < 1:
-        p.error(f"--num-images must be positive, got {args.num_images}")
+    if not 1 <= args.num_images <= MAX_FIGURE_IMAGES:
+        p.error(f"--num-images must be between 1 and {MAX_FIGURE_IMAGES}, got {args.num_images}")
     if args.dataset == "cifar10" and (args.eval_images < 1 or args.steps < 1):
         p.error("--eval-images and --steps must be positive")
     return args
@@ -73,30 +80,34 @@ def get_args(argv=None):
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
-def find_checkpoint(runs=None):
-    """The residual ex1_cnn.py run with the best validation accuracy."""
-    runs = runs or CNN_RUNS
+def find_checkpoint(roots=None):
+    """The residual ex1_cnn.py run with the best validation accuracy: the user's runs first,
+    then the published ones. Read from metrics.json; the checkpoint is checked when loaded."""
+    roots = roots or [CNN_RUNS, published_dir("ex1_cnn")]
     best = None
-    for path in glob.glob(os.path.join(runs, "res_*", "best.pt")):
-        val = torch.load(path, map_location="cpu")["val_acc"]
-        if best is None or val > best[0]:
-            best = (val, path)
+    for root in roots:
+        for path in sorted(glob.glob(os.path.join(root, "res_*", CHECKPOINT_FILE))):
+            record = read_record(os.path.dirname(path))
+            val = (record or {}).get("best_val_acc")
+            if val is not None and (best is None or val > best[0]):
+                best = (val, path)
     if best is None:
-        raise UserError(f"no checkpoint in {runs}; make one with `{MAKE_CHECKPOINT}` or pass --checkpoint")
+        raise UserError(f"no checkpoint of a finished residual run in {' or '.join(roots)}; "
+                        f"make one with `{MAKE_CHECKPOINT}` or pass --checkpoint")
     return best[1]
 
 
 def load_cnn(path, device):
-    from ex1_cnn import build_model
-    if not os.path.exists(path):
-        raise UserError(f"checkpoint {path} not found; make one with `{MAKE_CHECKPOINT}`")
+    """The network of an ex1_cnn.py checkpoint, rebuilt from the description it carries."""
+    remedy = f"pass a best.pt of ex1_cnn.py, or make one with `{MAKE_CHECKPOINT}`"
+    ckpt = load_checkpoint(path, remedy, device, keys=("model", "arch", "config", "val_acc"))
     try:
-        ckpt = torch.load(path, map_location=device)
-        model = build_model(ckpt["config"])
+        model = build_model(ckpt["arch"])
+        if not isinstance(model, CifarResNet):
+            raise ValueError(f"a {type(model).__name__}")
         model.load_state_dict(ckpt["model"])
-    except Exception as e:
-        raise UserError(f"{path} is not a checkpoint of ex1_cnn.py's network "
-                        f"({type(e).__name__}); make one with `{MAKE_CHECKPOINT}`")
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"{path} is not a checkpoint of ex1_cnn.py's network ({type(e).__name__}); {remedy}")
     return model.to(device).eval(), ckpt
 
 
@@ -112,7 +123,7 @@ def plot_cams(images, maps, true, pred, explained, names, true_maps, title, capt
     and the true class's CAM when the prediction is wrong."""
     import matplotlib.pyplot as plt
     n = len(images)
-    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 6.4), squeeze=False)
+    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 7.4), squeeze=False, gridspec_kw={"hspace": 0.45})
     for j in range(n):
         ok = true[j] == pred[j]
         axes[0, j].imshow(images[j])
@@ -139,6 +150,26 @@ def explain(model, x, y, class_index):
     return maps.cpu(), logits.argmax(1).cpu(), classes.cpu(), true_maps.cpu()
 
 
+def relative(path):
+    """`path` as the README shows it: relative to the repository when inside it."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(__file__)))
+    return path if rel.startswith("..") else rel
+
+
+FIGURE_FLAGS = ("num_images", "seed", "class_index", "eval_images", "steps")
+
+
+def figure_dir(args, checkpoint):
+    """figures/ (and the README) only for the README's settings: the default choice among
+    the published checkpoints and default flags; else SCRATCH_DIR or --fig-dir."""
+    defaults = get_args([args.dataset])
+    publish = (args.checkpoint is None and os.path.abspath(checkpoint).startswith(published_dir("ex1_cnn"))
+               and all(getattr(args, k, None) == getattr(defaults, k, None) for k in FIGURE_FLAGS))
+    fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
+    check_writable(fig_dir)
+    return fig_dir, publish
+
+
 def check_class_index(args, num_classes):
     if args.class_index is not None and not 0 <= args.class_index < num_classes:
         raise UserError(f"--class-index {args.class_index} is out of range 0..{num_classes - 1}")
@@ -157,11 +188,11 @@ def cifar_figure(args, device):
     maps, pred, classes, true_maps = explain(model, x, y, args.class_index)
     config = ckpt["config"]
     name = f"{'residual' if config['residual'] else 'plain'}-{6 * config['blocks'] + 2}"
-    out = os.path.join(args.fig_dir, "ex2_cam_cifar10.png")
+    out = os.path.join(figure_dir(args, path)[0], "ex2_cam_cifar10.png")
     plot_cams(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps.numpy(), y.cpu().tolist(), pred.tolist(),
               classes.tolist(), data.classes,
               true_maps.numpy(), f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images",
-              f"{data.source} test images (seed {args.seed}); checkpoint {path}; {hardware(device)}", out)
+              f"{data.source} test images (seed {args.seed}); checkpoint {relative(path)}; {hardware(device)}", out)
     print(f"{len(idx)} images, {int((pred == y.cpu()).sum())} correctly classified; figure {out}")
     return out
 
@@ -223,12 +254,15 @@ def plot_faithfulness(curves, caption, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, k in zip(axes, ("deletion", "insertion")):
         for m, c in curves.items():
-            ax.plot(torch.linspace(0, 1, len(c[k])), c[k], label=m)
+            # for GAP + linear, Grad-CAM is ReLU(CAM) / hw, so the two curves coincide;
+            # CAM is drawn wide beneath Grad-CAM's dashes so that both show
+            style = {"CAM": {"lw": 4, "alpha": 0.45}, "Grad-CAM": {"ls": "--"}}.get(m, {})
+            ax.plot(torch.linspace(0, 1, len(c[k])), c[k], label=m, **style)
         ax.set(xlabel=f"fraction of pixels {'removed' if k == 'deletion' else 'revealed'}",
                ylabel="probability of the class", title=k)
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    save_figure(fig, caption, path, caption_height=0.04)
+    axes[0].legend(title="CAM and Grad-CAM coincide", fontsize=8, title_fontsize=8)
+    save_figure(fig, caption, path)
 
 
 def cifar_evaluate(args, device):
@@ -239,15 +273,14 @@ def cifar_evaluate(args, device):
     check_class_index(args, len(data.classes))
     start = time.perf_counter()
     n, stats, curves = faithfulness(model, data, args, device)
-    caption = f"{data.source}, checkpoint {path}, {args.steps} steps; {hardware(device)}"
+    caption = f"{data.source}, checkpoint {relative(path)}, {args.steps} steps; {hardware(device)}"
     target = "the predicted class" if args.class_index is None else f"class {args.class_index}"
     table = faithfulness_table(n, stats, caption, target)
-    os.makedirs(args.fig_dir, exist_ok=True)
-    write_text_atomic(table, os.path.join(args.fig_dir, "ex2_cam_faithfulness.md"))
-    update_readme(args.fig_dir, "ex2_cam_faithfulness", table)
-    plot_faithfulness(curves, caption, os.path.join(args.fig_dir, "ex2_cam_faithfulness.png"))
+    fig_dir, publish = figure_dir(args, path)
+    table_path = write_table(table, "ex2_cam_faithfulness", fig_dir, publish)
+    plot_faithfulness(curves, caption, os.path.join(fig_dir, "ex2_cam_faithfulness.png"))
     print(table)
-    print(f"evaluated {n} images in {time.perf_counter() - start:.0f} s")
+    print(f"evaluated {n} images in {time.perf_counter() - start:.0f} s; table {table_path}, figure in {fig_dir}/")
     return stats
 
 
@@ -261,9 +294,10 @@ def load_resnet18(weights_path, device):
             raise UserError(f"--weights {weights_path} not found")
         model = resnet18(weights=None)
         try:
-            model.load_state_dict(torch.load(weights_path, map_location="cpu"))
+            model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
         except Exception as e:
-            raise UserError(f"{weights_path} is not a ResNet-18 state dict ({type(e).__name__})")
+            raise UserError(f"{weights_path} is not a ResNet-18 state dict that loads safely "
+                            f"({type(e).__name__}); pass torchvision's resnet18 weights file")
     else:
         try:
             model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)  # uses the torch hub cache if present
@@ -273,13 +307,16 @@ def load_resnet18(weights_path, device):
     return model.to(device).eval()
 
 
+def imagenet_transform():
+    """The preprocessing the weights were trained with: resize 256, center crop 224, normalize."""
+    from torchvision.models import ResNet18_Weights
+    return ResNet18_Weights.IMAGENET1K_V1.transforms()
+
+
 def load_imagenette(data_dir):
     """Imagenette val (160px) through torchvision, from `data_dir`, downloading if possible."""
     from torchvision.datasets import Imagenette
-    from torchvision.transforms import Compose, Normalize, Resize, CenterCrop, ToTensor
-    from torchvision.models import ResNet18_Weights
-    crop = ResNet18_Weights.IMAGENET1K_V1.transforms().crop_size[0]
-    transform = Compose([Resize(crop), CenterCrop(crop), ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = imagenet_transform()
     try:
         return Imagenette(data_dir, split="val", size=IMAGENETTE_SIZE, transform=transform)
     except RuntimeError:
@@ -320,9 +357,14 @@ def imagenette(args, device):
     pred = logits.argmax(1).cpu().tolist()
     explained = explained.cpu().tolist()
     labels = {i: names.get(i, f"ImageNet {i}") for i in set(pred) | set(y.cpu().tolist()) | set(explained)}
-    out = os.path.join(args.fig_dir, "ex2_cam_imagenette.png")
+    fig_dir = output_dir(args.fig_dir, publish=args.weights is None and all(
+        getattr(args, k, None) == getattr(get_args(["imagenette"]), k, None) for k in FIGURE_FLAGS),
+        scratch_dir=SCRATCH_DIR)
+    check_writable(fig_dir)
+    out = os.path.join(fig_dir, "ex2_cam_imagenette.png")
+    transform = imagenet_transform()
     source = f"weights {args.weights}" if args.weights else "torchvision IMAGENET1K_V1 weights"
-    plot_cams(denormalize(x, IMAGENET_MEAN, IMAGENET_STD), maps.cpu().numpy(), y.cpu().tolist(), pred, explained,
+    plot_cams(denormalize(x, transform.mean, transform.std), maps.cpu().numpy(), y.cpu().tolist(), pred, explained,
               labels,
               true_maps.cpu().numpy(), f"CAM of ResNet-18 (layer4) on Imagenette val; top-1 accuracy {acc:.3f} "
               f"on {n_eval} images", f"Imagenette val {IMAGENETTE_SIZE}; {source}; {hardware(device)}", out)
@@ -338,4 +380,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args(), PROG)
+    run_cli(main, get_args(), PROG, interrupted="nothing was written")

@@ -33,7 +33,7 @@ class MLPBlock(nn.Module):
 class MLP(nn.Module):
     """Plain MLP: input projection, `depth` hidden layers, classifier: (B, in) -> (B, classes).
 
-    Depth convention (shared with ResidualMLP): the input is first projected to `width`
+    Depth convention: the input is first projected to `width`
     units by a Linear layer (the stem, not counted, no activation, so the residual stream
     starts signed); `depth` counts the width x width hidden Linear+ReLU layers that follow;
     a linear classifier ends the network.
@@ -56,14 +56,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.blocks(self.stem(x)))
-
-
-class ResidualMLP(MLP):
-    """Residual MLP: stem, depth/layers_per_block blocks x + branch(x), classifier."""
-
-    def __init__(self, width, depth, layers_per_block=1, rezero=False, **kwargs):
-        super().__init__(width, depth, layers_per_block=layers_per_block,
-                         residual=True, rezero=rezero, **kwargs)
 
 
 def shortcut(x, out_channels, stride):
@@ -129,3 +121,15 @@ class CifarResNet(nn.Module):
     def forward(self, x):
         a = self.features(x)                      # (B, 4w, 8, 8)
         return self.classifier(a.mean(dim=(2, 3)))  # global average pool -> (B, classes)
+
+
+MODELS = {"MLP": MLP, "CifarResNet": CifarResNet}
+
+
+def build_model(arch):
+    """The network an `arch` dict describes ({'name': 'CifarResNet', 'kwargs': {...}}), as a
+    checkpoint stores it, so a checkpoint alone rebuilds its model."""
+    try:
+        return MODELS[arch["name"]](**arch["kwargs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a model description of this repository: {arch!r} ({e})")

@@ -5,9 +5,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# the tests' models are tiny: threads would only wait for each other (see bench.py mlp)
+torch.set_num_threads(1)
 
 MNIST_SIZES = {"train": 300, "t10k": 100}  # tests pass --val-size 50
 
@@ -35,7 +38,8 @@ def cli_in_process(module, argv, capsys):
 def cli_subprocess(script, argv):
     """The real thing, once per script: (exit code, stderr); downloads fail fast, as offline."""
     import subprocess
-    env = dict(os.environ, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    env = dict(os.environ, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
+               OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv],
                           capture_output=True, text=True, env=env, timeout=120)
     return proc.returncode, proc.stderr + proc.stdout

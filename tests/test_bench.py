@@ -1,24 +1,48 @@
+import os
+
+import pytest
+import torch
+
 import bench
+from conftest import assert_one_line_error, cli_in_process
+from models import CifarResNet
 
 
-def test_mlp_benchmark_prints_and_saves_ratios(mnist_dir, tmp_path, capsys):
+def test_mlp_benchmark_compares_pipelines_and_threads_and_says_its_command(mnist_dir, tmp_path, capsys):
     bench.main(bench.get_args(["mlp", "--data-dir", mnist_dir, "--val-size", "50", "--batch-size", "16",
                                "--max-steps", "3", "--device", "cpu", "--fig-dir", str(tmp_path)]))
     out = capsys.readouterr().out
-    assert out.count("ratio") == len(bench.MLP_DEPTHS)
-    assert "ratio" in (tmp_path / "bench_mlp.md").read_text()
+    lines = [line for line in out.splitlines() if line.startswith("depth")]
+    assert len(lines) == len(bench.MLP_DEPTHS)
+    for line in lines:  # three timings and two ratios per depth, all positive numbers
+        numbers = [float(w.rstrip("x;,")) for w in line.split() if w.rstrip("x;,").replace(".", "").isdigit()]
+        assert len(numbers) >= 5 and all(n > 0 for n in numbers[1:]), line
+    saved = (tmp_path / "bench_mlp.md").read_text()
+    # numbers made with other flags say so: never under the README's plain `python bench.py mlp`
+    assert saved.startswith("```\n$ python bench.py mlp --") and "--max-steps 3" in saved
 
 
-def test_cnn_benchmark_reports_throughput_and_gflops(cifar_folder, tmp_path, capsys):
+def test_cnn_benchmark_reports_every_layout_against_torch_mm(cifar_folder, tmp_path, capsys):
     bench.main(bench.get_args(["cnn", "--data-dir", cifar_folder, "--val-size", "10", "--batch-size", "8",
                                "--max-steps", "2", "--device", "cpu", "--fig-dir", str(tmp_path)]))
     out = capsys.readouterr().out
-    assert out.count("images/s") == 3 and "torch.mm" in out and "GFLOP/s" in out
+    rows = [line for line in out.splitlines() if "images/s" in line]
+    expected = 2 + 2 * len({os.cpu_count(), 1}) + (os.cpu_count() > 1)
+    assert len(rows) == expected and all("% of torch.mm" in r for r in rows)
+    assert any("channels_last" in r for r in rows) and any("contiguous" in r for r in rows)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["mlp", "--batch-size", "0"], "--batch-size must be positive"),
+    (["mlp", "--max-steps", "-1"], "--max-steps must be positive"),
+    (["mlp", "--batch-size", "100000", "--val-size", "50"], "too few batches to time"),
+])
+def test_bad_flags_are_one_line_errors(argv, message, mnist_dir, tmp_path, capsys):
+    argv = argv + ["--data-dir", mnist_dir, "--device", "cpu", "--fig-dir", str(tmp_path)]
+    assert_one_line_error(*cli_in_process(bench, argv, capsys), message)
 
 
 def test_macs_of_resnet20_match_the_known_count():
-    import torch
-    from models import CifarResNet
     # He et al.'s ResNet-20 is about 41 M multiply-accumulates per 32x32 image
     macs = bench.conv_linear_macs(CifarResNet(3, 16), torch.zeros(1, 3, 32, 32))
     assert 40e6 < macs < 42e6

@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -100,19 +101,27 @@ def test_deletion_insertion_endpoints_and_auc(net):
 
 # ----------------------------------------------------------------------------- the script
 
-def save_checkpoint(path, residual=True, blocks=1, width=4):
+def save_checkpoint(path, residual=True, blocks=1, width=4, val_acc=0.5):
+    """A checkpoint as ex1_cnn.py writes it, and its metrics.json."""
     import ex1_cnn
+    from models import build_model
     args = ex1_cnn.get_args(["--blocks", str(blocks), "--width", str(width), "--val-size", "10"])
     config = ex1_cnn.run_config(args, blocks, residual, 0)
+    arch = ex1_cnn.arch_of(config)
     torch.manual_seed(0)
-    model = ex1_cnn.build_model(config)
+    model = build_model(arch)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": config, "epoch": 1, "val_acc": 0.5}, path)
+    torch.save({"model": model.state_dict(), "arch": arch, "config": config, "epoch": 1, "val_acc": val_acc}, path)
+    record = {"config": config, "status": "complete", "epochs": [], "best_val_acc": val_acc}
+    with open(os.path.join(os.path.dirname(path), "metrics.json"), "w") as f:
+        json.dump(record, f)
     return path
 
 
 def test_cifar_figure_and_evaluation(cifar_folder, tmp_path):
-    ckpt = save_checkpoint(str(tmp_path / "runs" / "res_n1_s0" / "best.pt"))
+    ckpt = save_checkpoint(str(tmp_path / "runs" / "res_n1_e40_s0_x" / "best.pt"))
+    save_checkpoint(str(tmp_path / "runs" / "res_n2_e40_s0_y" / "best.pt"), blocks=2, val_acc=0.4)
+    save_checkpoint(str(tmp_path / "runs" / "plain_n1_e40_s0_z" / "best.pt"), residual=False, val_acc=0.9)
     common = ["--data-dir", cifar_folder, "--fig-dir", str(tmp_path / "fig"), "--device", "cpu"]
     out = ex2_cam.main(ex2_cam.get_args(["cifar10", "--checkpoint", ckpt, "--num-images", "4"] + common))
     assert os.path.getsize(out) > 0
@@ -121,7 +130,8 @@ def test_cifar_figure_and_evaluation(cifar_folder, tmp_path):
     assert set(stats) == {"CAM", "Grad-CAM", "random"} and len(stats["CAM"]["deletion"]) == 20
     table = (tmp_path / "fig" / "ex2_cam_faithfulness.md").read_text()
     assert "| CAM |" in table and "| random |" in table and "20 CIFAR-10 test images" in table
-    assert ex2_cam.find_checkpoint(str(tmp_path / "runs")) == ckpt
+    # the residual run with the best validation accuracy (a better plain run does not count)
+    assert ex2_cam.find_checkpoint([str(tmp_path / "runs")]) == ckpt
 
 
 def make_imagenette(root, per_class=2):
@@ -161,7 +171,10 @@ def test_imagenette_class_order_matches_torchvision(tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["cifar10", "--checkpoint", "{tmp}/none.pt"], "not found"),
     (["cifar10", "--checkpoint", "{mismatch}"], "not a checkpoint"),
-    (["cifar10", "--num-images", "0"], "--num-images must be positive"),
+    (["cifar10", "--num-images", "0"], "--num-images must be between 1 and 32"),
+    (["cifar10", "--num-images", "1500"], "--num-images must be between 1 and 32"),
+    (["cifar10", "--checkpoint", "{empty}"], "empty.pt is not a checkpoint"),
+    (["cifar10", "--checkpoint", "{mlp}"], "not a checkpoint of ex1_cnn.py's network"),
     (["cifar10", "--checkpoint", "{ckpt}", "--class-index", "10", "--data-dir", "{cifar}"], "out of range"),
     (["cifar10", "--data-dir", "{tmp}"], "no checkpoint"),
     (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{tmp}/none.pth"], "--weights"),
@@ -169,10 +182,18 @@ def test_imagenette_class_order_matches_torchvision(tmp_path):
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder, capsys, monkeypatch):
     monkeypatch.setattr(ex2_cam, "CNN_RUNS", str(tmp_path / "no-runs"))
+    monkeypatch.setattr(ex2_cam, "published_dir", lambda exercise: str(tmp_path / "no-results"))
     ckpt = save_checkpoint(str(tmp_path / "ok" / "best.pt"))
     mismatch = tmp_path / "mismatch.pt"
-    torch.save({"model": CifarResNet(2, 4).state_dict(), "config": torch.load(ckpt)["config"]}, mismatch)
-    subs = {"{tmp}": str(tmp_path), "{mismatch}": str(mismatch), "{ckpt}": ckpt, "{cifar}": cifar_folder}
+    saved = torch.load(ckpt, weights_only=True)
+    torch.save(dict(saved, model=CifarResNet(2, 4).state_dict()), mismatch)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    from models import MLP
+    mlp = tmp_path / "mlp.pt"  # a checkpoint of the other exercise
+    torch.save(dict(saved, model=MLP(4, 2).state_dict(), arch={"name": "MLP", "kwargs": {"width": 4, "depth": 2}}),
+               mlp)
+    subs = {"{tmp}": str(tmp_path), "{mismatch}": str(mismatch), "{ckpt}": ckpt, "{cifar}": cifar_folder,
+            "{empty}": str(tmp_path / "empty.pt"), "{mlp}": str(mlp)}
     for k, v in subs.items():
         argv = [a.replace(k, v) for a in argv]
     assert_one_line_error(*cli_in_process(ex2_cam, argv + ["--fig-dir", str(tmp_path)], capsys), message)

@@ -77,10 +77,26 @@ def test_main_one_epoch_end_to_end(cifar_folder, tmp_path):
                                                    "--out-dir", str(out)]))
     assert record["status"] == "complete" and 0 <= record["test_acc"] <= 1
     assert record["epochs"][0]["seconds"] > 0  # the time per epoch is part of the record
-    ckpt = torch.load(out / "res_n1_s0" / "best.pt")
+    folder = out / ex1_cnn.run_name(record["config"])
+    assert folder.name.startswith("res_n1_e1_s0_")
+    ckpt = torch.load(folder / "best.pt", weights_only=True)
     assert ckpt["config"]["residual"] and ckpt["epoch"] == 1 and "val_acc" in ckpt
-    model = ex1_cnn.build_model(ckpt["config"])
+    from models import build_model
+    model = build_model(ckpt["arch"])  # the checkpoint alone rebuilds its network
     model.load_state_dict(ckpt["model"])
+
+
+def test_partial_sweep_writes_beside_its_runs_never_the_readme(cifar_folder, tmp_path, capsys):
+    import report
+    before = {p: open(p, "rb").read() for p in (report.README, os.path.join(report.FIGURES_DIR, "ex1_cnn_table.md"))}
+    argv = TINY + ["--sweep", "--blocks-list", "1", "--seeds", "1", "--data-dir", cifar_folder,
+                   "--out-dir", str(tmp_path / "runs"), "--workers", "1"]
+    ex1_cnn.main(ex1_cnn.get_args(argv))
+    assert f"written to {tmp_path / 'runs' / 'figures'}/" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "figures" / "ex1_cnn_table.md").exists()
+    assert all(open(p, "rb").read() == content for p, content in before.items())
+    assert not ex1_cnn.is_readme_sweep(ex1_cnn.get_args(argv))
+    assert ex1_cnn.is_readme_sweep(ex1_cnn.get_args(["--sweep", "--cpu", "--workers", "1"]))
 
 
 def test_sweep_then_plot_only(cifar_folder, tmp_path):
@@ -99,7 +115,9 @@ def test_sweep_then_plot_only(cifar_folder, tmp_path):
     (["--width", "0"], "--width must be positive"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--data-dir", "{tmp}/none"], "CIFAR-10 not found"),
-    (["--sweep", "--plot-only"], "no finished runs"),
+    (["--sweep", "--plot-only", "--epochs", "3"], "no finished runs"),
+    (["--sweep", "--shard", "2/2"], "--shard K/N needs 0 <= K < N"),
+    (["--shard", "0/2"], "--plot-only and --shard go with --sweep"),
     (["--data-dir", "{cifar}", "--val-size", "10", "--train-subset", "1000"], "exceeds"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder, capsys, monkeypatch):
@@ -120,11 +138,16 @@ def _record(status, test_acc, last_epoch):
             "meta": {"data": "CIFAR-10", "hardware": "CPU"}}
 
 
+def _found(args, records, residual=True):
+    return [(ex1_cnn.run_config(args, 1, residual, seed), r, None) for seed, r in enumerate(records)]
+
+
 def test_diverged_runs_are_left_out_of_the_means_and_counted():
-    found = {(True, 1): [_record("complete", 0.8, {"train_loss": 0.5, "val_acc": 0.7}),
-                         _record("complete", 0.6, {"train_loss": 0.7, "val_acc": 0.5}),
-                         _record("diverged", None, {"train_loss": float("nan")})]}
-    table = ex1_cnn.make_table(found, ex1_cnn.get_args(["--blocks-list", "1"]))
+    args = ex1_cnn.get_args(["--blocks-list", "1"])
+    found = _found(args, [_record("complete", 0.8, {"train_loss": 0.5, "val_acc": 0.7}),
+                          _record("complete", 0.6, {"train_loss": 0.7, "val_acc": 0.5}),
+                          _record("diverged", None, {"train_loss": float("nan")})])
+    table = ex1_cnn.make_table(found, args, missing=0)
     # means of the two runs with a result, never a diverged run counted as accuracy 0 or NaN
     assert ("| 8 | residual | 0.600 ± 0.141 (1 diverged) | 0.600 ± 0.141 (1 diverged) "
             "| 0.700 ± 0.141 (1 diverged) |") in table
@@ -134,6 +157,34 @@ def test_table_reports_the_saved_time_per_epoch_and_in_all():
     def timed(seconds):
         return {"status": "complete", "test_acc": 0.5, "meta": {"data": "CIFAR-10", "hardware": "CPU"},
                 "epochs": [{"train_loss": 1.0, "val_acc": 0.5, "seconds": seconds}] * 2}
-    found = {(False, 1): [timed(600), timed(1200)]}
-    table = ex1_cnn.make_table(found, ex1_cnn.get_args(["--blocks-list", "1"]))
-    assert "| 900 ± 424 |" in table and "took 60 min in all" in table
+    args = ex1_cnn.get_args(["--blocks-list", "1"])
+    table = ex1_cnn.make_table(_found(args, [timed(600), timed(1200)], residual=False), args, missing=3)
+    assert "| 900 ± 424 |" in table and "took 60 CPU-process minutes in all" in table
+    assert "over 2 seeds" in table and "3 runs of the sweep not finished yet" in table
+
+
+@pytest.mark.parametrize("argv,epochs,seeds", [
+    ([], 40, 3), (["--cpu"], 8, 3), (["--cpu", "--seeds", "3"], 8, 3), (["--cpu", "--seeds", "1"], 8, 1),
+    (["--cpu", "--epochs", "40"], 40, 3), (["--epochs", "8"], 8, 3),
+])
+def test_the_cpu_preset_never_overrides_a_flag_that_was_given(argv, epochs, seeds):
+    args = ex1_cnn.get_args(argv)
+    assert (args.epochs, args.seeds) == (epochs, seeds)
+    assert len({c["seed"] for c in ex1_cnn.sweep_configs(args)}) == seeds
+
+
+def test_shards_of_a_sweep_train_disjoint_runs_that_plot_together(cifar_folder, tmp_path):
+    argv = TINY + ["--sweep", "--blocks-list", "1", "--seeds", "2", "--data-dir", cifar_folder,
+                   "--workers", "1"]
+    names = []
+    for k in range(3):  # three "machines", each with its own run folder
+        ex1_cnn.main(ex1_cnn.get_args(argv + ["--shard", f"{k}/3", "--out-dir", str(tmp_path / f"m{k}")]))
+        names += [p.name for p in (tmp_path / f"m{k}").iterdir() if p.name != "figures"]
+    assert len(names) == len(set(names)) == 4  # each run trained by exactly one shard
+    merged = tmp_path / "merged"  # merging is copying the run folders into one --out-dir
+    for k in range(3):
+        shutil.copytree(tmp_path / f"m{k}", merged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("figures"))
+    ex1_cnn.main(ex1_cnn.get_args(argv + ["--plot-only", "--out-dir", str(merged), "--fig-dir",
+                                          str(tmp_path / "fig")]))
+    table = (tmp_path / "fig" / "ex1_cnn_table.md").read_text()
+    assert "over 2 seeds" in table and "not finished" not in table

@@ -1,9 +1,10 @@
 import json
 
 import pytest
+import torch
 
 import ex1_mlp
-import utils
+import training
 from conftest import assert_one_line_error, cli_in_process, cli_subprocess
 
 TINY = ["--width", "8", "--epochs", "1", "--val-size", "50", "--batch-size", "32", "--device", "cpu"]
@@ -13,16 +14,30 @@ def run_main(argv):
     return ex1_mlp.main(ex1_mlp.get_args(argv))
 
 
+def folder_of(argv, out):
+    """The run folder a single run of `argv` writes below `out`."""
+    args = ex1_mlp.get_args(argv)
+    config = ex1_mlp.run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
+    return out / ex1_mlp.run_name(config)
+
+
 def test_main_trains_one_epoch_and_writes_its_run(mnist_dir, tmp_path):
     out = tmp_path / "runs"
-    record = run_main(TINY + ["--depth", "4", "--residual", "--layers-per-block", "2",
-                              "--data-dir", mnist_dir, "--out-dir", str(out)])
-    assert record["status"] == "complete" and len(record["epochs"]) == 1
-    assert 0.0 <= record["test_acc"] <= 1.0 and record["best_epoch"] == 1
-    saved = json.loads((out / "res2_d4_s0" / "metrics.json").read_text())
+    argv = TINY + ["--depth", "4", "--residual", "--layers-per-block", "2", "--data-dir", mnist_dir,
+                   "--out-dir", str(out)]
+    record = run_main(argv)
+    folder = folder_of(argv, out)
+    assert folder.name.startswith("res2_d4_e1_s0_")
+    assert record["status"] == "complete" and len(record["epochs"]) == 1 and record["best_epoch"] == 1
+    saved = json.loads((folder / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(record))
-    assert (out / "res2_d4_s0" / "best.pt").exists()
-    assert not (out / "res2_d4_s0" / "last.pt").exists()  # only kept while a run is unfinished
+    assert not (folder / "last.pt").exists()  # only kept while a run is unfinished
+    # the checkpoint alone rebuilds its network, read without unpickling code
+    import models
+    ckpt = torch.load(folder / "best.pt", weights_only=True)
+    model = models.build_model(ckpt["arch"])
+    model.load_state_dict(ckpt["model"])
+    assert len(model.blocks) == 2 and ckpt["config"] == record["config"]
 
 
 def test_learns_the_synthetic_task(mnist_dir, tmp_path):
@@ -32,11 +47,38 @@ def test_learns_the_synthetic_task(mnist_dir, tmp_path):
 
 
 def test_divergence_is_recorded_not_raised(mnist_dir, tmp_path):
-    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path)]
-    assert run_main(argv)["status"] == "complete"
-    record = run_main(argv + ["--lr", "1e30"])  # the same folder: the earlier best.pt must not count
+    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path), "--lr", "1e30"]
+    record = run_main(argv)
     assert record["status"] == "diverged"
-    assert record.get("test_acc") is None and not (tmp_path / "plain_d2_s0" / "best.pt").exists()
+    assert record.get("test_acc") is None and not (folder_of(argv, tmp_path) / "best.pt").exists()
+
+
+def test_a_non_finite_validation_loss_is_divergence_and_never_the_best(mnist_dir, tmp_path, monkeypatch):
+    # what --lr 1e6 did to the CNN: a finite training loss, then NaN on validation
+    monkeypatch.setattr(training, "evaluate", lambda model, batches: {"loss": float("nan"), "acc": 0.1})
+    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path)]
+    record = run_main(argv)
+    assert record["status"] == "diverged" and record.get("test_acc") is None
+    assert not (folder_of(argv, tmp_path) / "best.pt").exists()
+
+
+def test_a_finished_run_is_not_trained_again_unless_forced(mnist_dir, tmp_path, monkeypatch, capsys):
+    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path)]
+    first = run_main(argv)
+    monkeypatch.setattr(training, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
+    assert run_main(argv) == first
+    assert "holds this finished run (retrain it with --force)" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert run_main(argv + ["--force"])["status"] == "complete"
+
+
+def test_a_single_run_never_overwrites_a_run_with_other_settings(mnist_dir, tmp_path):
+    sweep = run_main(sweep_argv(mnist_dir, tmp_path) + ["--seeds", "1", "--depths", "2", "--variants", "plain"])
+    saved = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    run_main(TINY + ["--depth", "2", "--epochs", "2", "--data-dir", mnist_dir,
+                     "--out-dir", str(tmp_path / "runs")])  # same network, more epochs: another folder
+    assert all(p.read_bytes() == content for p, content in saved.items())
+    assert sweep is None and len([p for p in (tmp_path / "runs").iterdir() if p.name != "figures"]) == 2
 
 
 def sweep_argv(mnist_dir, tmp_path):
@@ -54,7 +96,7 @@ def test_sweep_writes_table_and_figures_and_resumes(mnist_dir, tmp_path, monkeyp
         assert (tmp_path / "fig" / f"ex1_mlp_{name}.png").stat().st_size > 0
 
     # a kill -9 mid-run leaves a run with status 'running' and no best.pt: only it is redone
-    victim = tmp_path / "runs" / "plain_d4_s1"
+    victim = next((tmp_path / "runs").glob("plain_d4_e1_s1_*"))
     record = json.loads((victim / "metrics.json").read_text())
     record.update(status="running", epochs=[])
     (victim / "metrics.json").write_text(json.dumps(record))
@@ -62,14 +104,7 @@ def test_sweep_writes_table_and_figures_and_resumes(mnist_dir, tmp_path, monkeyp
     real_train = ex1_mlp.train
     monkeypatch.setattr(ex1_mlp, "train", lambda config, *a, **k: trained.append(config) or real_train(config, *a, **k))
     run_main(sweep_argv(mnist_dir, tmp_path))
-    assert [ex1_mlp.run_name(c) for c in trained] == ["plain_d4_s1"]
-
-
-def test_sweep_refuses_runs_made_with_other_settings(mnist_dir, tmp_path):
-    run_main(sweep_argv(mnist_dir, tmp_path) + ["--seeds", "1", "--depths", "2", "--variants", "plain"])
-    with pytest.raises(utils.UserError, match="other settings"):
-        run_main(sweep_argv(mnist_dir, tmp_path) + ["--seeds", "1", "--depths", "2", "--variants", "plain",
-                                                     "--lr", "0.5"])
+    assert [ex1_mlp.run_name(c) for c in trained] == [victim.name]
 
 
 def untimed(epochs):
@@ -80,7 +115,7 @@ def test_interrupted_run_resumes_from_its_last_epoch(mnist_dir, tmp_path, monkey
     argv = TINY + ["--epochs", "3", "--depth", "2", "--data-dir", mnist_dir]
     whole = run_main(argv + ["--out-dir", str(tmp_path / "whole")])
 
-    real_epoch, calls = utils.train_one_epoch, []
+    real_epoch, calls = training.train_one_epoch, []
 
     def killed_in_epoch_3(*args, **kwargs):
         calls.append(1)
@@ -88,10 +123,10 @@ def test_interrupted_run_resumes_from_its_last_epoch(mnist_dir, tmp_path, monkey
             raise KeyboardInterrupt  # stands for kill -9: nothing after this point runs
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(utils, "train_one_epoch", killed_in_epoch_3)
+    monkeypatch.setattr(training, "train_one_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run_main(argv + ["--out-dir", str(tmp_path / "cut")])
-    saved = json.loads((tmp_path / "cut" / "plain_d2_s0" / "metrics.json").read_text())
+    saved = json.loads((folder_of(argv, tmp_path / "cut") / "metrics.json").read_text())
     assert saved["status"] == "running" and len(saved["epochs"]) == 2
 
     calls.clear()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models import MLP, CifarResNet, ConvBlock, MLPBlock, ResidualMLP, shortcut
+from models import MLP, CifarResNet, ConvBlock, MLPBlock, build_model, shortcut
 
 
 def n_params(model):
@@ -12,7 +12,7 @@ def n_params(model):
 def test_mlp_shapes_and_equal_parameter_counts(depth, layers_per_block):
     x = torch.randn(5, 784)
     plain = MLP(16, depth)
-    residual = ResidualMLP(16, depth, layers_per_block)
+    residual = MLP(16, depth, layers_per_block=layers_per_block, residual=True)
     assert plain(x).shape == residual(x).shape == (5, 10)
     # stem 784*16+16, depth hidden layers 16*16+16, classifier 16*10+10
     expected = 784 * 16 + 16 + depth * (16 * 16 + 16) + 16 * 10 + 10
@@ -21,7 +21,7 @@ def test_mlp_shapes_and_equal_parameter_counts(depth, layers_per_block):
 
 
 def test_rezero_adds_one_scalar_per_block_and_starts_as_identity():
-    model = ResidualMLP(16, 8, layers_per_block=1, rezero=True)
+    model = MLP(16, 8, residual=True, rezero=True)
     assert n_params(model) == n_params(MLP(16, 8)) + 8
     h = torch.randn(4, 16)
     torch.testing.assert_close(model.blocks(h), h)
@@ -43,9 +43,9 @@ def test_residual_block_with_zeroed_branch_is_identity(n_layers):
 
 @pytest.mark.parametrize("bad", [dict(depth=0), dict(width=0), dict(depth=7, layers_per_block=2)])
 def test_mlp_rejects_bad_sizes(bad):
-    kwargs = dict(width=16, depth=8, layers_per_block=1) | bad
+    kwargs = dict(width=16, depth=8, layers_per_block=1, residual=True) | bad
     with pytest.raises(ValueError):
-        ResidualMLP(**kwargs)
+        MLP(**kwargs)
 
 
 @pytest.mark.parametrize("n", [1, 2])
@@ -82,3 +82,14 @@ def test_zero_padded_shortcut_across_a_stage():
     torch.testing.assert_close(out[:, :8], x[:, :, ::2, ::2])
     assert torch.count_nonzero(out[:, 8:]) == 0
     torch.testing.assert_close(shortcut(x, 16, 2), out)
+
+
+def test_a_checkpoint_description_rebuilds_the_same_network():
+    arch = {"name": "CifarResNet", "kwargs": {"blocks_per_stage": 1, "width": 4, "residual": True,
+                                              "num_classes": 10}}
+    model = build_model(arch)
+    assert isinstance(model, CifarResNet) and model.depth == 8
+    assert n_params(model) == n_params(CifarResNet(1, 4, residual=True))
+    for bad in ({"name": "ResNet50", "kwargs": {}}, {"name": "MLP", "kwargs": {"depth": 2}}, {}):
+        with pytest.raises(ValueError, match="not a model description"):
+            build_model(bad)

@@ -1,0 +1,120 @@
+"""Tables, figures and the README: results as they are shown, and where they may be written.
+
+The README and `figures/` show the committed results of the README's exact commands.
+Anything else (a partial sweep, other settings) writes its tables and figures beside its
+runs, or to an explicit `--fig-dir`, and never touches the README.
+"""
+import math
+import os
+
+import torch
+
+from storage import write_text_atomic
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+FIGURES_DIR = os.path.join(REPO_DIR, "figures")
+README = os.path.join(REPO_DIR, "README.md")
+CAPTION_FONTSIZE = 8
+
+
+def output_dir(fig_dir, publish, scratch_dir):
+    """Where tables and figures go: `--fig-dir` if given, else the README's figures/ when
+    `publish`, else `scratch_dir` (beside the runs)."""
+    if fig_dir:
+        return fig_dir
+    return FIGURES_DIR if publish else scratch_dir
+
+
+def write_table(text, name, fig_dir, publish):
+    """Write `name`.md to `fig_dir`; into the README too when `publish` and `fig_dir` is the
+    README's figures/ folder. Returns the path written."""
+    path = os.path.join(fig_dir, f"{name}.md")
+    write_text_atomic(text, path)
+    if publish and os.path.abspath(fig_dir) == FIGURES_DIR:
+        update_readme(name, text)
+    return path
+
+
+def update_readme(name, text, readme=README):
+    """Put `text` between `<!-- name -->` and `<!-- /name -->` in the README."""
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    try:
+        with open(readme) as f:
+            content = f.read()
+    except OSError:
+        return
+    if begin in content and end in content:
+        head, rest = content.split(begin, 1)
+        write_text_atomic(head + begin + "\n" + text + rest[rest.index(end):], readme)
+
+
+def save_figure(fig, caption, path, caption_lines=1):
+    """Every figure says what made it: the caption goes at the bottom, then the file is written."""
+    import matplotlib.pyplot as plt
+    fig.text(0.01, 0.005, caption, fontsize=CAPTION_FONTSIZE, wrap=True, va="bottom")
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, (0.03 + 0.16 * caption_lines) / height, 1, 1))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def remove_stale(paths):
+    """Delete figures a run could not draw this time, so none from an earlier run stays."""
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def run_result(record):
+    """A run's result: the test accuracy of its best-validation checkpoint (None if it has none)."""
+    return record.get("test_acc")
+
+
+def epoch_seconds(record):
+    """A run's mean wall time per epoch (training and validation), None if it was not recorded."""
+    seconds = [e["seconds"] for e in record["epochs"] if "seconds" in e]
+    return sum(seconds) / len(seconds) if seconds else None
+
+
+def finished_results(records, key=run_result):
+    """(values, number diverged): the one rule every table and figure uses for diverged runs.
+
+    A run that diverged keeps the result of its best-validation checkpoint if it had one;
+    a run with no result (diverged before its first validation) is left out of the mean,
+    and the caller shows how many runs diverged next to it.
+    """
+    values = [key(r) for r in records]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return values, sum(r["status"] == "diverged" for r in records)
+
+
+def format_result(records, key=run_result, digits=3):
+    """A table cell: 'mean ± std' over the runs with a result, '(n diverged)' when some diverged."""
+    values, n_diverged = finished_results(records, key)
+    cell = format_mean_std(values, digits) if values else "-"
+    return cell + (f" ({n_diverged} diverged)" if n_diverged else "")
+
+
+def format_mean_std(values, digits=3):
+    """'mean ± std' of `values`, as every table of the repository shows a result."""
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def mean_std(values):
+    """(mean, std) with the sample std (n-1); std is 0 for a single value."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def print_result(record, run_dir):
+    """The end of a single run: what it reached and where its checkpoint is."""
+    if record["status"] == "diverged":
+        print(f"diverged (non-finite loss) at epoch {len(record['epochs'])}")
+    if record.get("test_acc") is not None:
+        print(f"best validation accuracy {record['best_val_acc']:.4f} at epoch {record['best_epoch']}; "
+              f"test accuracy {record['test_acc']:.4f}; checkpoint {os.path.join(run_dir, 'best.pt')}")
+    seconds = epoch_seconds(record)
+    if seconds is not None:
+        print(f"{seconds:.3g} s per epoch (training and validation)")

@@ -1,0 +1,288 @@
+"""Run folders: names, records, which runs are finished, and sweeps over processes and machines.
+
+A run folder is named after what defines the run, ending in a digest of its whole
+config, so two settings never share a folder. It holds `metrics.json` (config, per-epoch
+metrics, status, summary) and `best.pt`; `last.pt` while it trains. Finished runs are
+looked up in the run folder (`--out-dir`) and in the results committed with the code
+(`results/<exercise>/`), so a fresh clone does not retrain what the README shows.
+"""
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+
+
+from storage import FolderLock, read_json, write_json_atomic
+from utils import UserError, count, set_threads
+
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "best.pt"
+LAST_FILE = "last.pt"
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+FINISHED = ("complete", "diverged")
+STATUSES = ("running",) + FINISHED
+
+
+def config_digest(config):
+    """8 hex digits of a hash of the whole config: the same on every machine and Python."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def folder_name(prefix, config):
+    """e.g. 'res_n3_e8_s0_1a2b3c4d': readable, and unique to the config by its digest."""
+    return f"{prefix}_e{config['epochs']}_s{config['seed']}_{config_digest(config)}"
+
+
+def published_dir(exercise):
+    """The committed results of `exercise` (read, never written, unless it is the --out-dir)."""
+    return os.path.join(RESULTS_DIR, exercise)
+
+
+def read_record(folder):
+    """The metrics.json of a run folder (None if it has none), checked for what the code reads."""
+    path = os.path.join(folder, METRICS_FILE)
+    remedy = f"delete the run folder {folder} and rerun to train it again"
+    record = read_json(path, remedy)
+    if record is None:
+        return None
+    if (not isinstance(record.get("config"), dict) or record.get("status") not in STATUSES
+            or not isinstance(record.get("epochs"), list)
+            or not all(isinstance(e, dict) for e in record["epochs"])):
+        raise UserError(f"{path} lacks a config, a status or the epochs of a run; {remedy}")
+    return record
+
+
+def find_finished(roots, name, config):
+    """(record, folder) of the finished run `name` with `config` in the first of `roots` that
+    has it, or (None, None). A folder of that name with another config is an error."""
+    for root in dict.fromkeys(os.path.abspath(r) for r in roots):
+        folder = os.path.join(root, name)
+        record = read_record(folder)
+        if record is None:
+            continue
+        if record["config"] != config:
+            raise UserError(f"{folder} holds a run whose config does not match its name; "
+                            "delete that folder")
+        if record["status"] in FINISHED:
+            return record, folder
+    return None, None
+
+
+class Run:
+    """A run folder being trained: `config`, per-epoch metrics and a final summary.
+
+    metrics.json is rewritten atomically after every epoch; its `status` is 'running',
+    'complete' or 'diverged'. One process at a time holds a run (`claim`).
+    """
+
+    def __init__(self, path, config, meta=None):
+        self.path = path
+        self.config = config
+        self.record = {"config": config, "meta": meta or {}, "status": "running", "epochs": []}
+        self._lock = FolderLock(path)
+
+    def claim(self):
+        """Lock the folder: False if another process holds it. Call release() when done."""
+        return self._lock.acquire()
+
+    def release(self):
+        self._lock.release()
+
+    def saved(self):
+        """The finished record in this folder, or None."""
+        record, _ = find_finished([os.path.dirname(self.path)], os.path.basename(self.path), self.config)
+        return record
+
+    def log_epoch(self, **metrics):
+        self.record["epochs"].append(metrics)
+        write_json_atomic(self.record, os.path.join(self.path, METRICS_FILE))
+
+    def finish(self, status, **summary):
+        self.record.update(status=status, **summary)
+        write_json_atomic(self.record, os.path.join(self.path, METRICS_FILE))
+
+
+def remove_run(folder):
+    """--force: a finished run is deleted (only ever on the user's explicit request)."""
+    lock = FolderLock(folder)
+    if not lock.acquire():
+        raise UserError(f"{folder} is being trained by another process")
+    try:
+        shutil.rmtree(folder)
+    finally:
+        lock.release()
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+def unique(configs):
+    """`configs` without repeats (e.g. `--depths 2,2`), in order."""
+    out = []
+    for c in configs:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def parse_shard(text):
+    """'K/N' -> (K, N) with 0 <= K < N, for `--shard` (e.g. $SLURM_ARRAY_TASK_ID/4)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes K/N, e.g. 0/4, got {text!r}")
+    if not 0 <= k < n:
+        raise ValueError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def shard(configs, costs, k, n):
+    """The K-th of N disjoint parts of `configs`, together all of them, of about equal cost.
+
+    Deterministic in the configs alone (not in what is finished where), so N machines
+    that each compute their own part never train a run twice.
+    """
+    order = sorted(range(len(configs)), key=lambda i: (-costs[i], i))
+    loads, owner = [0.0] * n, {}
+    for i in order:
+        j = loads.index(min(loads))
+        owner[i] = j
+        loads[j] += costs[i]
+    return [c for i, c in enumerate(configs) if owner[i] == k]
+
+
+def collect(configs, roots, name_fn):
+    """[(config, record, folder)] of the finished runs of `configs` found in `roots`."""
+    found = []
+    for c in configs:
+        record, folder = find_finished(roots, name_fn(c), c)
+        if record is not None:
+            found.append((c, record, folder))
+    return found
+
+
+def pending(configs, roots, out_dir, name_fn):
+    """The configs with no finished run in `roots`, with a line saying what is left to train."""
+    todo = [c for c in configs if find_finished(roots, name_fn(c), c)[0] is None]
+    resuming = sum(os.path.exists(os.path.join(out_dir, name_fn(c), LAST_FILE)) for c in todo)
+    print(f"sweep: {count(len(configs), 'run')}, {len(configs) - len(todo)} already finished, "
+          f"{len(todo)} to train" + (f" ({resuming} of them resume from the last epoch they finished)"
+                                     if resuming else ""))
+    return todo
+
+
+def _exit_with_parent(parent_pid):
+    """Poll the parent: a killed sweep must not leave workers writing its run folders."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _worker(fn, jobs, done, device, threads, setup, setup_args, parent_pid):
+    from tqdm import tqdm
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent answers Ctrl-C and stops us
+    # tqdm's default lock is a multiprocessing semaphore: one made here and not released
+    # when the parent stops us would be reported as leaked after the parent's last line
+    tqdm.set_lock(threading.RLock())
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    set_threads(device, threads)
+    try:
+        context = setup(setup_args)
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            done.put(fn(job, context))
+    except UserError as e:
+        print(f"sweep worker: error: {e}", file=sys.stderr)
+        done.put("failed")
+        sys.exit(2)
+
+
+def run_jobs(fn, jobs, workers, device, threads, desc, setup, setup_args):
+    """Run fn(job, context) for every job, in order, on `workers` processes; returns
+    ([fn's results], wall seconds). Each process first builds `context = setup(setup_args)`
+    (e.g. loads the data) and uses `threads` threads; a job goes to the next free process.
+    """
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        set_threads(device, threads)
+        context = setup(setup_args)
+        results = [fn(job, context) for job in tqdm(jobs, desc=desc, unit="run")]
+        return results, time.perf_counter() - start
+    ctx = mp.get_context("spawn")  # a clean interpreter per worker: no inherited threads or state
+    todo, done = ctx.Queue(), ctx.Queue()
+    for job in jobs + [None] * workers:
+        todo.put(job)
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(fn, todo, done, device, threads, setup, setup_args, os.getpid()))
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    results = []
+    try:
+        with tqdm(total=len(jobs), desc=desc, unit="run") as bar:
+            while len(results) < len(jobs):
+                try:
+                    results.append(done.get(timeout=1.0))
+                    bar.update(1)
+                except queue.Empty:  # check that the workers are still alive
+                    if not any(p.is_alive() for p in procs) and done.empty():
+                        break
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join()
+        codes = [p.exitcode for p in procs]
+        for q in (todo, done):
+            q.close()
+            q.cancel_join_thread()
+        # the processes hold the queues too: dropping all now frees their semaphores here,
+        # not in a resource-tracker warning after the one-line message of an interrupt
+        del procs, todo, done
+    if any(code != 0 for code in codes):
+        raise UserError("a sweep worker failed (its error is printed above); rerun to resume")
+    return results, time.perf_counter() - start
+
+
+def summarize_jobs(results):
+    """'trained 5 runs; 1 held by another process (skipped)' from the jobs' outcomes."""
+    others = {"held": "held by another process (skipped)", "finished": "finished meanwhile by another process"}
+    return "; ".join([f"trained {count(results.count('trained'), 'run')}"]
+                     + [f"{results.count(k)} {text}" for k, text in others.items() if k in results])
+
+
+def run_sweep(configs, costs, name_fn, out_dir, roots, *, job, setup, setup_args, workers,
+              threads, device, shard_spec=None, prepare=None):
+    """Train the pending runs of `configs` (of this `--shard`, if given); returns the line
+    that says what was done, or None if nothing was left to train.
+
+    `prepare()` runs before any job. Jobs run longest first within each seed, seeds in order, so the first seeds of a sweep
+    finish first and can be committed while the others train.
+    """
+    if shard_spec is not None:
+        mine = shard(configs, costs, *shard_spec)
+        print(f"shard {shard_spec[0]}/{shard_spec[1]}: {count(len(mine), 'run')} of {len(configs)}")
+        costs = [costs[configs.index(c)] for c in mine]
+        configs = mine
+    todo = pending(configs, roots, out_dir, name_fn)
+    if not todo:
+        return None
+    if prepare is not None:
+        prepare()  # e.g. load the data once here, so an error is one line, not one per worker
+    order = sorted(range(len(todo)), key=lambda i: (todo[i]["seed"], -costs[configs.index(todo[i])], i))
+    results, wall = run_jobs(job, [todo[i] for i in order], workers, device, threads, "sweep",
+                             setup, setup_args)
+    return f"sweep: {summarize_jobs(results)} in {wall / 60:.1f} min wall time"

@@ -1,0 +1,116 @@
+"""Files that must never be half-written, run code, or be trusted blindly.
+
+Writes go to a temporary file in the same folder, are fsynced and renamed. Reads of a
+file another machine or person may have made check it and name it, in one line, when
+it is not what it should be. Checkpoints hold only tensors, numbers, strings, lists and
+dicts, so `torch.load(..., weights_only=True)` reads them and no pickle can run code.
+"""
+import json
+import os
+import tempfile
+
+import torch
+
+from utils import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two processes must not share an --out-dir
+    fcntl = None
+
+
+def _atomic(path, write):
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(obj, path):
+    _atomic(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+
+
+def write_text_atomic(text, path):
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
+def save_atomic(obj, path):
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def read_json(path, remedy):
+    """The JSON object in `path`, None if there is no such file; a one-line error naming the
+    file and `remedy` (what to do) if it is unreadable or not a JSON object."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); {remedy}")
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a JSON object; {remedy}")
+    return obj
+
+
+def load_checkpoint(path, remedy, map_location="cpu", keys=("model",)):
+    """torch.load with weights_only=True: a file that is corrupt, empty, of another format or
+    would run code is refused with a one-line error naming it and `remedy`."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; {remedy}")
+    except Exception as e:
+        raise UserError(f"{path} is not a checkpoint this code can read safely "
+                        f"({type(e).__name__}); {remedy}")
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}; {remedy}")
+    return state
+
+
+class FolderLock:
+    """An exclusive advisory lock on a folder, held while a process writes it.
+
+    `acquire()` returns False at once if another process holds it; the lock goes with its
+    process, so a killed run leaves nothing stale behind.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.fd = None
+
+    def acquire(self):
+        os.makedirs(self.folder, exist_ok=True)
+        self.fd = os.open(self.folder, os.O_RDONLY)
+        if fcntl is None:
+            return True
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        return True
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -1,0 +1,197 @@
+"""Faults a user or another machine can inject: each is one line on stderr, exit code 2,
+no traceback, and nothing finished is lost (issue 11's cases, numbered as there)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ex1_cnn
+import ex1_mlp
+from conftest import ROOT, assert_one_line_error, cli_in_process
+
+TINY = ["--width", "4", "--epochs", "1", "--val-size", "50", "--batch-size", "32", "--device", "cpu"]
+
+
+def sweep(mnist_dir, tmp_path, *extra):
+    return TINY + ["--sweep", "--depths", "2", "--variants", "plain", "--seeds", "1", "--workers", "1",
+                   "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
+                   "--fig-dir", str(tmp_path / "fig"), *extra]
+
+
+def single(mnist_dir, tmp_path, *extra):
+    return TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"), *extra]
+
+
+def run_folder(tmp_path):
+    return next(p for p in (tmp_path / "runs").iterdir() if p.name != "figures")
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def interrupted_run(mnist_dir, tmp_path, monkeypatch):
+    """A run folder as a kill leaves it: metrics.json 'running', last.pt after epoch 1 of 2."""
+    import training
+    real, calls = training.train_one_epoch, []
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path, "--epochs", "2")))
+    monkeypatch.undo()
+    folder = run_folder(tmp_path)
+    assert (folder / "last.pt").exists()
+    return folder
+
+
+def test_1_a_crafted_last_pt_runs_no_code(mnist_dir, tmp_path, capsys, monkeypatch):
+    folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
+    marker = tmp_path / "code-ran"
+    torch.save({"model": {}, "payload": RunsCode(marker)}, folder / "last.pt")
+    code, err = cli_in_process(ex1_mlp, single(mnist_dir, tmp_path, "--epochs", "2"), capsys)
+    assert_one_line_error(code, err, "last.pt is not a checkpoint this code can read safely")
+    assert not marker.exists()
+
+
+def test_5_a_zero_byte_last_pt_is_named_not_announced_as_resume(mnist_dir, tmp_path, capsys, monkeypatch):
+    folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
+    (folder / "last.pt").write_bytes(b"")
+    code, err = cli_in_process(ex1_mlp, single(mnist_dir, tmp_path, "--epochs", "2"), capsys)
+    assert_one_line_error(code, err, "last.pt is not a checkpoint")
+    assert "delete it to restart this run from epoch 0" in err
+
+
+def test_2_repeated_sweep_values_are_one_run(mnist_dir, tmp_path, capsys):
+    ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path, "--depths", "2,2", "--workers", "2")))
+    out = capsys.readouterr().out
+    assert "sweep: 1 run, 0 already finished, 1 to train" in out and "over 1 seed." in out
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2, 3]", "holds a list"),
+    ('{"config": {}, "epochs": []}', "lacks a config, a status"),
+    ('{"config": {"dep', "unreadable"),
+])
+def test_5_corrupt_metrics_json(mnist_dir, tmp_path, capsys, content, message):
+    ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path)))
+    (run_folder(tmp_path) / "metrics.json").write_text(content)
+    code, err = cli_in_process(ex1_mlp, sweep(mnist_dir, tmp_path, "--plot-only"), capsys)
+    assert_one_line_error(code, err, message)
+    assert "delete the run folder" in err
+
+
+@pytest.mark.parametrize("replace", ["empty", "other-run"])
+def test_5_a_bad_best_pt_for_the_gradient_figure(mnist_dir, tmp_path, capsys, replace):
+    argv = sweep(mnist_dir, tmp_path, "--depths", "2,8")
+    ex1_mlp.main(ex1_mlp.get_args(argv))
+    folders = sorted(p for p in (tmp_path / "runs").iterdir() if p.name != "figures")
+    d2, d8 = [f for f in folders if "_d2_" in f.name][0], [f for f in folders if "_d8_" in f.name][0]
+    if replace == "empty":
+        (d8 / "best.pt").write_bytes(b"")
+    else:  # a depth-2 checkpoint in the depth-8 folder
+        (d8 / "best.pt").write_bytes((d2 / "best.pt").read_bytes())
+    (d8 / ex1_mlp.STATS_FILE).unlink()
+    code, err = cli_in_process(ex1_mlp, argv + ["--plot-only"], capsys)
+    assert_one_line_error(code, err, "best.pt")
+    assert "delete the run folder" in err
+
+
+def test_3_6_bad_mnist_files(tmp_path, capsys, monkeypatch):
+    import data
+    from conftest import make_mnist
+    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)
+    root = make_mnist(str(tmp_path / "mnist"))
+    images = os.path.join(root, "MNIST", "raw", "train-images-idx3-ubyte")
+    for content, message in ((b"garbage garbage garbage", "not an MNIST idx file"),
+                             (b"", "not an MNIST idx file"),
+                             (open(images, "rb").read()[:5000], "truncated")):
+        with open(images, "wb") as f:
+            f.write(content)
+        code, err = cli_in_process(ex1_mlp, ["--data-dir", root, "--out-dir", str(tmp_path / "r")], capsys)
+        assert_one_line_error(code, err, message)
+        assert "train-images-idx3-ubyte" in err and "re-unpack" in err
+    missing = tmp_path / "nowhere"
+    code, err = cli_in_process(ex1_mlp, ["--data-dir", str(missing), "--out-dir", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "MNIST not found")
+    assert not missing.exists()  # no empty MNIST/raw tree left behind
+
+
+def test_6_hidden_files_in_cifar_class_folders_are_ignored(cifar_folder):
+    from data import load_cifar10
+    for split in ("train", "test"):
+        with open(os.path.join(cifar_folder, split, "cat", ".DS_Store"), "wb") as f:
+            f.write(b"\0\0\0\1Bud1")
+    assert len(load_cifar10(cifar_folder, torch.device("cpu"), 10).test) == 20
+
+
+def test_7_an_unwritable_out_dir_fails_before_training(mnist_dir, tmp_path, capsys, monkeypatch):
+    import training
+    monkeypatch.setattr(training, "train_one_epoch", lambda *a, **k: pytest.fail("trained first"))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    for argv in (single(mnist_dir, tmp_path), sweep(mnist_dir, tmp_path, "--workers", "2")):
+        argv[argv.index("--out-dir") + 1] = str(blocker / "runs")
+        code, err = cli_in_process(ex1_mlp, argv, capsys)
+        assert_one_line_error(code, err, "cannot create the output folder")
+
+
+def test_8_sigterm_of_a_sweep_is_one_message(mnist_dir, tmp_path):
+    argv = sweep(mnist_dir, tmp_path, "--epochs", "50", "--workers", "2", "--depths", "2,4")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "ex1_mlp.py")] + argv, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    runs = tmp_path / "runs"
+    import time
+    deadline = time.time() + 60
+    while not list(runs.glob("*/last.pt")) and time.time() < deadline:  # the workers are training
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("ex1_mlp.py: interrupted; finished runs are saved")
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_9_a_figure_that_cannot_be_drawn_is_removed_and_said(mnist_dir, tmp_path, capsys, monkeypatch):
+    import data
+    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)  # offline
+    ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path)))
+    gradients = tmp_path / "fig" / "ex1_mlp_gradients.png"
+    assert gradients.exists()
+    (run_folder(tmp_path) / ex1_mlp.STATS_FILE).unlink()  # and MNIST is gone: the stats cannot be made
+    ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path, "--plot-only", "--data-dir", str(tmp_path / "no"))))
+    assert "gradient and activation figures skipped: they need MNIST" in capsys.readouterr().out
+    assert not gradients.exists() and (tmp_path / "fig" / "ex1_mlp_table.md").exists()
+
+
+def test_4_a_cnn_diverging_on_validation_saves_no_best(cifar_folder, tmp_path, monkeypatch):
+    import training
+    monkeypatch.setattr(training, "evaluate", lambda model, batches: {"loss": float("nan"), "acc": 0.1})
+    record = ex1_cnn.main(ex1_cnn.get_args(["--blocks", "1", "--width", "4", "--epochs", "1", "--val-size",
+                                            "10", "--batch-size", "8", "--device", "cpu", "--data-dir",
+                                            cifar_folder, "--out-dir", str(tmp_path / "runs")]))
+    assert record["status"] == "diverged" and record.get("test_acc") is None
+    assert not list((tmp_path / "runs").glob("*/best.pt"))
+
+
+def test_completed_results_survive_every_fault_above(mnist_dir, tmp_path, capsys):
+    """Nothing finished is lost: the corrupt-input errors leave finished runs byte for byte."""
+    ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path)))
+    saved = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file() and "figures" not in str(p)}
+    # all finished: nothing to train, so no data is needed
+    ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path, "--data-dir", str(tmp_path / "none"))))
+    assert {p: p.read_bytes() for p in saved} == saved
+    assert json.loads(next(iter(p for p in saved if p.name == "metrics.json")).read_text())["status"] == "complete"

@@ -1,0 +1,51 @@
+"""The project's modules import in one direction: no circle, no script importing a script."""
+import ast
+import os
+
+from conftest import ROOT
+
+SCRIPTS = {"ex1_mlp", "ex1_cnn", "ex2_cam", "ex2_why", "bench"}
+LEAVES = {"data", "models"}  # import nothing of the project
+
+
+def project_modules():
+    return sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))
+
+
+def imports_of(module):
+    """The project modules that `module` imports, at the top or inside functions."""
+    with open(os.path.join(ROOT, module + ".py")) as f:
+        tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names & set(project_modules())
+
+
+def test_no_script_is_imported_and_leaves_import_nothing_of_the_project():
+    graph = {m: imports_of(m) for m in project_modules()}
+    for module, deps in graph.items():
+        assert not deps & SCRIPTS, f"{module} imports the script(s) {deps & SCRIPTS}"
+        if module in LEAVES:
+            assert not deps, f"{module} imports {deps}"
+
+
+def test_the_import_graph_has_no_circle():
+    graph = {m: imports_of(m) for m in project_modules()}
+    done, visiting = set(), []
+
+    def visit(m):
+        assert m not in visiting, f"import circle: {' -> '.join(visiting[visiting.index(m):] + [m])}"
+        if m in done:
+            return
+        visiting.append(m)
+        for d in graph[m]:
+            visit(d)
+        visiting.pop()
+        done.add(m)
+
+    for m in graph:
+        visit(m)

@@ -1,0 +1,80 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from runs import Run, find_finished, folder_name, parse_shard, shard, unique
+from utils import UserError
+
+
+def test_shards_partition_the_runs():
+    configs = [{"depth": d, "seed": s} for d in (2, 8, 32, 64) for s in range(3)]
+    costs = [c["depth"] for c in configs]
+    for n in (1, 2, 3, 5, 16):
+        parts = [shard(configs, costs, k, n) for k in range(n)]
+        flat = [c for part in parts for c in part]
+        assert sorted(map(str, flat)) == sorted(map(str, configs))  # each run in exactly one shard
+        if n <= len(configs):
+            assert all(parts)  # none idle while another has two
+        assert parts == [shard(list(configs), costs, k, n) for k in range(n)]  # the same on every machine
+    loads = [sum(c["depth"] for c in shard(configs, costs, k, 2)) for k in range(2)]
+    assert abs(loads[0] - loads[1]) <= max(costs)
+
+
+@pytest.mark.parametrize("text", ["1", "2/2", "-1/2", "a/b", "1/0"])
+def test_bad_shards_are_refused(text):
+    with pytest.raises(ValueError, match="--shard"):
+        parse_shard(text)
+
+
+def test_folder_names_differ_for_every_setting_and_are_stable():
+    base = {"depth": 2, "epochs": 21, "lr": 1e-4, "seed": 0}
+    assert folder_name("plain_d2", base) == folder_name("plain_d2", dict(reversed(base.items())))
+    names = {folder_name("plain_d2", dict(base, **change))
+             for change in ({}, {"epochs": 8}, {"lr": 1e-3}, {"seed": 1}, {"extra": None})}
+    assert len(names) == 5
+    assert folder_name("plain_d2", base).startswith("plain_d2_e21_s0_")
+    assert unique([base, dict(base), {"depth": 8}]) == [base, {"depth": 8}]
+
+
+def test_a_run_folder_whose_config_does_not_match_its_name_is_an_error(tmp_path):
+    config = {"epochs": 1, "seed": 0, "lr": 0.1}
+    name = folder_name("x", config)
+    Run(str(tmp_path / name), dict(config, lr=0.5)).finish("complete")
+    with pytest.raises(UserError, match="does not match its name; delete that folder"):
+        find_finished([str(tmp_path)], name, config)
+
+
+@pytest.mark.parametrize("record,message", [
+    ([1, 2, 3], "holds a list"), ({"config": {}, "epochs": []}, "lacks a config, a status"),
+])
+def test_corrupt_metrics_are_named_with_what_to_do(tmp_path, record, message):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=f"{message}.*delete the run folder"):
+        find_finished([str(tmp_path)], "run", {})
+
+
+def test_two_sweeps_on_one_folder_train_each_run_once(mnist_dir, tmp_path):
+    argv = ["--sweep", "--depths", "2,4", "--variants", "plain", "--seeds", "1", "--width", "4",
+            "--epochs", "2", "--val-size", "50", "--batch-size", "8", "--workers", "1", "--device", "cpu",
+            "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"), "--fig-dir", str(tmp_path / "fig")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "ex1_mlp.py")] + argv, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    trained = 0
+    for out in outputs:
+        line = next((x for x in out.splitlines() if x.startswith("sweep: trained")), "sweep: trained 0")
+        trained += int(line.split()[2])
+    assert trained == 2, outputs  # two runs, each trained by exactly one of the two sweeps
+    for folder in (tmp_path / "runs").iterdir():
+        if folder.name != "figures":
+            record = json.loads((folder / "metrics.json").read_text())
+            assert record["status"] == "complete" and len(record["epochs"]) == 2
+            assert (folder / "best.pt").exists()

@@ -1,0 +1,86 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from storage import FolderLock, load_checkpoint, read_json, save_atomic
+from utils import UserError
+
+
+class KilledWhileWriting:
+    def __reduce__(self):
+        raise KeyboardInterrupt  # stands for a kill in the middle of torch.save
+
+
+def test_checkpoint_interrupted_mid_write_leaves_the_previous_one_whole(tmp_path):
+    path = tmp_path / "best.pt"
+    save_atomic({"epoch": 1, "weights": torch.arange(1000.0)}, path)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"epoch": 2, "weights": torch.zeros(1000), "bad": KilledWhileWriting()}, path)
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] == 1 and torch.equal(saved["weights"], torch.arange(1000.0))
+    assert os.listdir(tmp_path) == ["best.pt"]  # no temporary file left behind
+
+
+class RunsCode:
+    """What a crafted checkpoint holds: unpickling it calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_pickle_is_refused_and_runs_no_code(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "last.pt"
+    torch.save({"model": {}, "payload": RunsCode(marker)}, path)
+    with pytest.raises(UserError, match="last.pt is not a checkpoint this code can read safely"):
+        load_checkpoint(path, "delete it")
+    assert not marker.exists()
+    # and the same file loaded without weights_only really would have run it
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage"])
+def test_corrupt_checkpoints_are_named_with_what_to_do(tmp_path, content):
+    path = tmp_path / "best.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="best.pt is not a checkpoint .*; delete the folder"):
+        load_checkpoint(path, "delete the folder")
+    torch.save({"weights": torch.zeros(1)}, path)
+    with pytest.raises(UserError, match="lacks model"):
+        load_checkpoint(path, "delete the folder")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2, 3]", "holds a list"), ('{"status": "compl', "unreadable"),
+])
+def test_corrupt_json_is_named_with_what_to_do(tmp_path, content, message):
+    path = tmp_path / "metrics.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=f"{message}.*; delete it"):
+        read_json(path, "delete it")
+    assert read_json(tmp_path / "missing.json", "delete it") is None
+
+
+def test_a_folder_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
+    folder = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from storage import FolderLock; "
+        "assert FolderLock(sys.argv[2]).acquire(); print('held', flush=True); time.sleep(60)"),
+        ROOT, folder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not FolderLock(folder).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = FolderLock(folder)
+    assert lock.acquire()  # a killed holder leaves no stale lock
+    lock.release()

@@ -1,0 +1,459 @@
+"""Exercise 2.1: why residual networks train better, measured inside the trained CNNs.
+
+    python ex2_why.py                      # all four analyses (about 20 min on a 2-core CPU)
+    python ex2_why.py gradients            # gradient norm of each conv layer, at init and trained
+    python ex2_why.py responses            # std of each 3x3 layer's response (He et al. 2016, Fig. 7)
+    python ex2_why.py lesion               # delete blocks of the depth-32 nets (Veit et al. 2016)
+    python ex2_why.py landscape --grid 21  # 2-D loss slices (Li et al. 2018); finer on a GPU
+
+It reads the checkpoints of ex1_cnn.py (the published seed-0 CPU-preset runs in
+results/ex1_cnn/, else runs/ex1_cnn/) and trains nothing.
+"""
+import copy
+import glob
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import load_cifar10, normalize_images
+from models import CifarResNet, ConvBlock, build_model, shortcut
+from report import output_dir, save_figure, write_table
+from runs import CHECKPOINT_FILE, published_dir, read_record
+from storage import load_checkpoint
+from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
+                   hardware, run_cli, seed_everything, set_threads)
+
+PROG = "ex2_why.py"
+ANALYSES = ("gradients", "responses", "lesion", "landscape")
+SCRATCH_DIR = os.path.join("runs", "ex2_why")  # figures of other checkpoints or settings
+MAKE_CHECKPOINTS = "python ex1_cnn.py --sweep --cpu --seeds 1"
+BLOCKS = (1, 3, 5)           # depths 8, 20, 32
+LESION_BLOCKS = 5            # the depth-32 networks
+GRADIENT_BATCH = 128         # one training batch, as in training
+EVAL_BATCH = 500
+
+
+def get_args(argv=None):
+    p = ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("analyses", nargs="*", default=list(ANALYSES), metavar="ANALYSIS",
+                   help=f"any of {', '.join(ANALYSES)} (default: all)")
+    p.add_argument("--runs-dir", default=None,
+                   help=f"where the ex1_cnn.py run folders are (default: {published_dir('ex1_cnn')}, "
+                        "else runs/ex1_cnn)")
+    p.add_argument("--epochs", type=int, default=8, help="the epochs of the runs to read (8: the CPU preset)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the runs to read")
+    p.add_argument("--response-images", type=int, default=1000, help="validation images for the responses")
+    p.add_argument("--lesion-images", type=int, default=1000,
+                   help="test images (a seeded sample) per lesioned network; 10000 for all on a GPU")
+    p.add_argument("--lesion-draws", type=int, default=5, help="random draws of k deleted blocks, per k")
+    p.add_argument("--lesion-max-k", type=int, default=5, help="delete up to this many random blocks")
+    p.add_argument("--grid", type=int, default=11, help="landscape points per axis (odd puts (0, 0) on it)")
+    p.add_argument("--span", type=float, default=1.0, help="landscape coordinates run from -span to span")
+    p.add_argument("--landscape-images", type=int, default=1000,
+                   help="training images (a seeded subset) for each landscape loss")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA if available, else the CPU")
+    p.add_argument("--data-dir", default="data", help="where CIFAR-10 is")
+    p.add_argument("--fig-dir", default=None,
+                   help=f"where figures go (default: figures/ for the README's settings, else {SCRATCH_DIR})")
+    args = p.parse_args(argv)
+    unknown = [a for a in args.analyses if a not in ANALYSES]
+    if unknown:
+        p.error(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
+    args.analyses = list(dict.fromkeys(args.analyses))
+    check_positive(p, args, "epochs", "response_images", "lesion_images", "lesion_draws", "lesion_max_k",
+                   "grid", "span", "landscape_images")
+    if args.grid < 2:
+        p.error(f"--grid must be at least 2, got {args.grid}")
+    return args
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def find_networks(roots, epochs, seed):
+    """{(residual, blocks): best.pt path} of the first of `roots` that has any such run."""
+    for root in roots:
+        found = {}
+        for residual in (False, True):
+            for blocks in BLOCKS:
+                pattern = f"{'res' if residual else 'plain'}_n{blocks}_e{epochs}_s{seed}_*"
+                paths = sorted(glob.glob(os.path.join(root, pattern, CHECKPOINT_FILE)))
+                finished = [p for p in paths if (read_record(os.path.dirname(p)) or {}).get("status") == "complete"]
+                if len(finished) > 1:
+                    raise UserError(f"{root} holds {len(finished)} runs of {pattern} (other settings); "
+                                    "pass --runs-dir with one of them")
+                if finished:
+                    found[(residual, blocks)] = finished[0]
+        if found:
+            return found
+    raise UserError(f"no finished ex1_cnn.py runs with {epochs} epochs and seed {seed} in "
+                    f"{' or '.join(roots)}; make them with `{MAKE_CHECKPOINTS}`")
+
+
+def load_network(path, device):
+    """(model in eval mode, checkpoint) of an ex1_cnn.py best.pt; anything else is refused."""
+    remedy = f"pass the run folders of ex1_cnn.py, or make them with `{MAKE_CHECKPOINTS}`"
+    ckpt = load_checkpoint(path, remedy, device, keys=("model", "arch", "config"))
+    try:
+        model = build_model(ckpt["arch"])
+        if not isinstance(model, CifarResNet):
+            raise ValueError(f"a {type(model).__name__}")
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"{path} is not a checkpoint of ex1_cnn.py's network ({e}); {remedy}")
+    return model.to(device).eval(), ckpt
+
+
+def initial_network(ckpt, device):
+    """The network the run started from: the same seed, the same construction."""
+    seed_everything(ckpt["config"]["seed"])
+    return build_model(ckpt["arch"]).to(device)
+
+
+def label(residual, blocks):
+    return f"{'residual' if residual else 'plain'}-{6 * blocks + 2}"
+
+
+# ----------------------------------------------------------------------------- 1. gradients
+
+def conv_gradient_norms(model, x, y):
+    """The norm of the gradient of the cross-entropy on (x, y) w.r.t. each conv weight, input
+    to output (BN parameters apart). The model is in training mode, as when it learns."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    norms = [m.weight.grad.norm().item() for m in model.modules() if isinstance(m, nn.Conv2d)]
+    model.zero_grad(set_to_none=True)
+    return norms
+
+
+def gradients(nets, data, device):
+    x = normalize_images(data.train.x[:GRADIENT_BATCH])
+    y = data.train.y[:GRADIENT_BATCH]
+    out = {}
+    for key, (path, model, ckpt) in nets.items():
+        out[key] = {"init": conv_gradient_norms(initial_network(ckpt, device), x, y),
+                    "trained": conv_gradient_norms(copy.deepcopy(model), x, y)}
+    return out
+
+
+def plot_gradients(stats, caption, path):
+    import matplotlib.pyplot as plt
+    blocks = sorted({b for _, b in stats})
+    fig, axes = plt.subplots(len(blocks), 2, figsize=(11, 3.3 * len(blocks)), squeeze=False)
+    colors = {False: "tab:red", True: "tab:blue"}
+    for row, b in enumerate(blocks):
+        for col, when in enumerate(("init", "trained")):
+            ax = axes[row, col]
+            for residual in (False, True):
+                if (residual, b) in stats:
+                    norms = stats[(residual, b)][when]
+                    ax.plot(range(1, len(norms) + 1), norms, marker=".", color=colors[residual],
+                            label=label(residual, b))
+            ax.set(yscale="log", xlabel="conv layer (1 = stem, last = deepest)", ylabel="gradient norm",
+                   title=f"depth {6 * b + 2}, {'at initialization' if when == 'init' else 'trained'}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}", path)
+
+
+# ----------------------------------------------------------------------------- 2. responses
+
+def response_stds(model, x, batch_size=EVAL_BATCH):
+    """Std of each 3x3 layer's response (its BN output: after BN, before the addition and
+    the ReLU), per channel over images and positions, then averaged over channels; input to
+    output. The stem counts as the first layer."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    sums = {i: [0.0, 0.0, 0] for i in range(len(bns))}
+
+    def record(i):
+        def hook(module, inputs, out):
+            o = out.detach().double().transpose(0, 1).flatten(1)   # (C, B*H*W)
+            s = sums[i]
+            s[0], s[1], s[2] = s[0] + o.sum(1), s[1] + (o * o).sum(1), s[2] + o.shape[1]
+        return hook
+
+    handles = [bn.register_forward_hook(record(i)) for i, bn in enumerate(bns)]
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                model(normalize_images(x[start:start + batch_size]))
+    finally:
+        for h in handles:
+            h.remove()
+    stds = []
+    for s, sq, n in sums.values():
+        var = (sq - s * s / n) / (n - 1)
+        stds.append(var.clamp_min(0).sqrt().mean().item())
+    return stds
+
+
+def responses(nets, data, n_images):
+    x = data.val.x[:n_images]
+    return {key: response_stds(model, x) for key, (_, model, _) in nets.items()}
+
+
+def plot_responses(stds, caption, path):
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = dict(zip(BLOCKS, ("tab:green", "tab:orange", "tab:purple")))
+    for (residual, b), s in sorted(stds.items()):
+        style = {"color": colors.get(b), "ls": "-" if residual else "--", "label": label(residual, b)}
+        axes[0].plot(range(1, len(s) + 1), s, **style)
+        axes[1].plot(range(1, len(s) + 1), sorted(s, reverse=True), **style)
+    axes[0].set(xlabel="3x3 layer index (1 = stem)", ylabel="std of the response", title="by layer")
+    axes[1].set(xlabel="layers sorted by std", ylabel="std of the response", title="sorted by magnitude")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    save_figure(fig, caption + "; solid: residual, dashed: plain", path)
+
+
+# ----------------------------------------------------------------------------- 3. lesion
+
+class Shortcut(nn.Module):
+    """A deleted block: only its parameter-free shortcut (identity, or strided and zero-padded
+    where the block changes shape), for plain and residual networks alike."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.out_channels, self.stride = block.out_channels, block.stride
+
+    def forward(self, x):
+        return shortcut(x, self.out_channels, self.stride)
+
+
+def blocks_of(model):
+    return [i for i, m in enumerate(model.features) if isinstance(m, ConvBlock)]
+
+
+def lesioned(model, deleted):
+    """A copy of `model` whose ConvBlocks number `deleted` (0-based, in order) are deleted."""
+    out = copy.deepcopy(model)
+    positions = blocks_of(out)
+    for j in deleted:
+        i = positions[j]
+        out.features[i] = Shortcut(out.features[i])
+    return out
+
+
+@torch.no_grad()
+def accuracy(model, x, y, batch_size=EVAL_BATCH):
+    model.eval()
+    correct = sum(int((model(normalize_images(x[s:s + batch_size])).argmax(1) == y[s:s + batch_size]).sum())
+                  for s in range(0, len(x), batch_size))
+    return correct / len(x)
+
+
+def lesion(nets, data, args, progress):
+    """Test accuracy with each block deleted, and with k random blocks deleted (k = 1..max)."""
+    idx = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(args.seed))[:args.lesion_images]
+    x, y = data.test.x[idx], data.test.y[idx]
+    out = {}
+    for residual in (False, True):
+        key = (residual, LESION_BLOCKS)
+        if key not in nets:
+            continue
+        model = nets[key][1]
+        n = len(blocks_of(model))
+        generator = torch.Generator().manual_seed(args.seed)
+        single = []
+        for j in range(n):
+            single.append(accuracy(lesioned(model, [j]), x, y))
+            progress.update(1)
+        random_k = {}
+        for k in range(1, min(args.lesion_max_k, n) + 1):
+            random_k[k] = []
+            for _ in range(args.lesion_draws):
+                deleted = torch.randperm(n, generator=generator)[:k].tolist()
+                random_k[k].append(accuracy(lesioned(model, deleted), x, y))
+                progress.update(1)
+        out[residual] = {"intact": accuracy(model, x, y), "single": single, "random": random_k,
+                         "downsampling": [j for j, i in enumerate(blocks_of(model))
+                                          if model.features[i].stride > 1]}
+    return out
+
+
+def plot_lesion(result, caption, path):
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = {False: "tab:red", True: "tab:blue"}
+    for residual, r in sorted(result.items()):
+        name = label(residual, LESION_BLOCKS)
+        c = colors[residual]
+        axes[0].plot(range(1, len(r["single"]) + 1), r["single"], marker="o", color=c, label=name)
+        axes[0].axhline(r["intact"], color=c, ls=":", lw=1)
+        ks = sorted(r["random"], key=int)
+        means = [sum(r["random"][k]) / len(r["random"][k]) for k in ks]
+        spread = [torch.tensor(r["random"][k]).std().item() if len(r["random"][k]) > 1 else 0.0 for k in ks]
+        axes[1].errorbar([0] + [int(k) for k in ks], [r["intact"]] + means, yerr=[0.0] + spread, marker="o",
+                         capsize=3, color=c, label=name)
+    for j in next(iter(result.values()))["downsampling"]:
+        axes[0].axvline(j + 1, color="gray", lw=0.8, ls="--")
+    axes[0].set(xlabel="deleted block (dashed: downsampling blocks, replaced by the strided shortcut)",
+                ylabel="test accuracy", title="one block deleted (dotted: intact network)")
+    axes[1].set(xlabel="random blocks deleted k", ylabel="test accuracy", title="k random blocks deleted")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, caption, path)
+
+
+# ----------------------------------------------------------------------------- 4. landscape
+
+def filter_normalized_direction(model, generator):
+    """A random direction in weight space, {name: tensor}, each filter (a conv's or the
+    classifier's output unit) rescaled to the norm of the matching filter of the weights
+    (Li et al. 2018). BN parameters and biases get zero: they are not perturbed."""
+    direction = {}
+    for name, p in model.named_parameters():
+        if p.dim() <= 1:
+            direction[name] = torch.zeros_like(p)
+            continue
+        d = torch.randn(p.shape, generator=generator).to(p.device, p.dtype)
+        w_norm = p.detach().flatten(1).norm(dim=1)
+        d_norm = d.flatten(1).norm(dim=1)
+        direction[name] = d * (w_norm / (d_norm + 1e-10)).view(-1, *[1] * (p.dim() - 1))
+    return direction
+
+
+@torch.no_grad()
+def mean_loss(model, x, y, batch_size=EVAL_BATCH):
+    """Mean cross-entropy of `model` (in eval mode: BN uses its running statistics) on (x, y)."""
+    model.eval()
+    total = sum(F.cross_entropy(model(normalize_images(x[s:s + batch_size])), y[s:s + batch_size],
+                                reduction="sum").item() for s in range(0, len(x), batch_size))
+    return total / len(x)
+
+
+@torch.no_grad()
+def loss_surface(model, x, y, directions, coords, progress=None):
+    """(len(coords), len(coords)) losses at weights + a * d1 + b * d2 for a, b in coords."""
+    d1, d2 = directions
+    work = copy.deepcopy(model)
+    params = dict(work.named_parameters())
+    base = {n: p.detach().clone() for n, p in params.items()}
+    surface = torch.zeros(len(coords), len(coords))
+    for i, a in enumerate(coords):
+        for j, b in enumerate(coords):
+            for n, p in params.items():
+                p.copy_(base[n] + a * d1[n] + b * d2[n])
+            surface[i, j] = mean_loss(work, x, y)
+            if progress is not None:
+                progress.update(1)
+    return surface
+
+
+def landscape(nets, data, args, progress):
+    generator = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(data.train), generator=generator)[:args.landscape_images]
+    x, y = data.train.x[idx], data.train.y[idx]
+    coords = torch.linspace(-args.span, args.span, args.grid).tolist()
+    out = {}
+    for residual in (False, True):
+        key = (residual, LESION_BLOCKS)
+        if key in nets:
+            model = nets[key][1]
+            g = torch.Generator().manual_seed(args.seed)  # the same random draw for both networks
+            directions = (filter_normalized_direction(model, g), filter_normalized_direction(model, g))
+            out[residual] = loss_surface(model, x, y, directions, coords, progress)
+    return coords, out
+
+
+def plot_landscape(coords, surfaces, caption, path):
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, axes = plt.subplots(1, len(surfaces), figsize=(5.5 * len(surfaces), 4.8), squeeze=False)
+    top = max(float(s.max()) for s in surfaces.values())
+    low = min(float(s.min()) for s in surfaces.values())
+    levels = np.geomspace(max(low, 1e-3), top, 15)  # the same levels for both networks
+    for ax, (residual, s) in zip(axes[0], sorted(surfaces.items())):
+        cs = ax.contour(coords, coords, s.T.numpy(), levels=levels, cmap="viridis")
+        ax.clabel(cs, fontsize=6, fmt="%.2f")
+        ax.plot(0, 0, "k+", ms=10)
+        ax.set(xlabel="direction 1", ylabel="direction 2", aspect="equal",
+               title=f"{label(residual, LESION_BLOCKS)}: training loss (min {float(s.min()):.2f})")
+    save_figure(fig, caption, path)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(args):
+    from tqdm import tqdm
+    device = get_device(args.device)
+    set_threads(device, None)
+    roots = [args.runs_dir] if args.runs_dir else [published_dir("ex1_cnn"), os.path.join("runs", "ex1_cnn")]
+    paths = find_networks(roots, args.epochs, args.seed)
+    nets = {key: (path,) + load_network(path, device) for key, path in paths.items()}
+    any_ckpt = next(iter(nets.values()))[2]
+    data = load_cifar10(args.data_dir, device, any_ckpt["config"]["val_size"])  # the split they trained with
+    published = os.path.abspath(next(iter(paths.values()))).startswith(published_dir("ex1_cnn"))
+    defaults = get_args([])
+    publish = published and all(getattr(args, k) == getattr(defaults, k) for k in vars(args) if k != "analyses")
+    fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
+    check_writable(fig_dir)
+    where = os.path.relpath(os.path.dirname(os.path.dirname(next(iter(paths.values())))))
+    networks = ", ".join(label(*k) for k in sorted(paths))
+    source = f"checkpoints {where}/*_e{args.epochs}_s{args.seed}_* ({networks}); {data.source}; {hardware(device)}"
+    print(f"{count(len(nets), 'network')} from {where}: {networks}")
+    written = []
+    timings = {}
+    for analysis in args.analyses:
+        start = time.perf_counter()
+        if analysis == "gradients":
+            stats = gradients(nets, data, device)
+            written.append(os.path.join(fig_dir, "ex2_why_gradients.png"))
+            plot_gradients(stats, source, written[-1])
+        elif analysis == "responses":
+            stds = responses(nets, data, args.response_images)
+            written.append(os.path.join(fig_dir, "ex2_why_responses.png"))
+            plot_responses(stds, f"{source}; {min(args.response_images, len(data.val))} validation images",
+                           written[-1])
+            table = response_table(stds, args)
+            written.append(write_table(table, "ex2_why_responses", fig_dir, publish))
+        elif analysis == "lesion":
+            lesion_nets = [r for r in (False, True) if (r, LESION_BLOCKS) in nets]
+            total = len(lesion_nets) * (3 * LESION_BLOCKS + args.lesion_draws * args.lesion_max_k)
+            with tqdm(total=total, desc="lesion", unit="eval") as bar:
+                result = lesion(nets, data, args, bar)
+            if not result:
+                print(f"lesion skipped: no depth-{6 * LESION_BLOCKS + 2} network")
+                continue
+            written.append(os.path.join(fig_dir, "ex2_why_lesion.png"))
+            plot_lesion(result, f"{source}; {min(args.lesion_images, len(data.test))} test images "
+                                f"(a seeded sample), {args.lesion_draws} draws per k", written[-1])
+        else:
+            n = sum((r, LESION_BLOCKS) in nets for r in (False, True))
+            with tqdm(total=n * args.grid ** 2, desc="landscape", unit="point") as bar:
+                coords, surfaces = landscape(nets, data, args, bar)
+            if not surfaces:
+                print(f"landscape skipped: no depth-{6 * LESION_BLOCKS + 2} network")
+                continue
+            written.append(os.path.join(fig_dir, "ex2_why_landscape.png"))
+            plot_landscape(coords, surfaces, f"{source}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
+                                             f"{min(args.landscape_images, len(data.train))} training images "
+                                             "(a seeded subset), BN in eval mode", written[-1])
+        timings[analysis] = time.perf_counter() - start
+        print(f"{analysis}: {timings[analysis]:.0f} s, {written[-1]}")
+    return written
+
+
+def response_table(stds, args):
+    """Mean std of the 3x3 layers' responses per network: residual functions respond less."""
+    lines = ["| depth | plain: mean std | residual: mean std | residual / plain |", "|---:|---:|---:|---:|"]
+    for b in BLOCKS:
+        if (False, b) in stds and (True, b) in stds:
+            p, r = (sum(stds[(res, b)]) / len(stds[(res, b)]) for res in (False, True))
+            lines.append(f"| {6 * b + 2} | {p:.3f} | {r:.3f} | {r / p:.2f} |")
+    lines += ["", f"Std of each 3x3 layer's response (after BN, before the addition and ReLU), per channel over "
+                  f"{args.response_images} validation images, averaged over channels and then over layers. "
+                  f"Made by `python {PROG} responses`."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args(), PROG, interrupted="figures already written are complete; nothing else was")

@@ -1,0 +1,142 @@
+import copy
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import ex2_why
+from conftest import assert_one_line_error, cli_in_process
+from models import MLP, CifarResNet
+
+
+def tiny_resnet(residual=True, seed=0):
+    torch.manual_seed(seed)
+    model = CifarResNet(1, 4, residual=residual)
+    for m in model.modules():  # running statistics as a trained network has them, not 0 and 1
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("deleted", [0, 1, 2])  # 1 and 2 are downsampling blocks
+def test_a_deleted_residual_block_is_the_block_whose_branch_outputs_zero(deleted):
+    model = tiny_resnet()
+    x = torch.randn(3, 3, 32, 32)
+    zeroed = copy.deepcopy(model)
+    block = zeroed.features[ex2_why.blocks_of(zeroed)[deleted]]
+    nn.init.zeros_(block.branch[-1].weight)  # the branch's last BN: its output is 0
+    nn.init.zeros_(block.branch[-1].bias)
+    with torch.no_grad():
+        torch.testing.assert_close(ex2_why.lesioned(model, [deleted])(x), zeroed(x))
+        assert not torch.allclose(model(x), zeroed(x))  # the deletion changed something
+    assert len(ex2_why.blocks_of(ex2_why.lesioned(model, [deleted]))) == 2
+    assert len(ex2_why.blocks_of(model)) == 3  # the original is untouched
+
+
+def test_a_filter_normalized_direction_has_the_weights_norm_filter_by_filter():
+    model = tiny_resnet()
+    d = ex2_why.filter_normalized_direction(model, torch.Generator().manual_seed(0))
+    for name, p in model.named_parameters():
+        if p.dim() > 1:  # conv filters and the classifier's rows
+            torch.testing.assert_close(d[name].flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1))
+            assert not torch.allclose(d[name], p.detach())
+        else:  # BN parameters and biases are not perturbed
+            assert torch.count_nonzero(d[name]) == 0
+
+
+def test_the_landscape_at_the_origin_is_the_checkpoints_loss_and_moves_along_the_directions():
+    model = tiny_resnet()
+    x = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (10,))
+    g = torch.Generator().manual_seed(0)
+    dirs = (ex2_why.filter_normalized_direction(model, g), ex2_why.filter_normalized_direction(model, g))
+    surface = ex2_why.loss_surface(model, x, y, dirs, [0.0, 0.5])
+    assert surface[0, 0].item() == pytest.approx(ex2_why.mean_loss(model, x, y), rel=1e-6)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, p in moved.named_parameters():
+            p.add_(0.5 * dirs[0][n])
+    assert surface[1, 0].item() == pytest.approx(ex2_why.mean_loss(moved, x, y), rel=1e-5)
+    assert surface[1, 0] != surface[0, 0]
+
+
+class TwoConvs(nn.Module):
+    """logits = mean_ij W2 W1 x(i, j): two 1x1 convs, no BN, no ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 5, 1, bias=False)
+        self.conv2 = nn.Conv2d(5, 10, 1, bias=False)
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x)).mean(dim=(2, 3))
+
+
+def test_gradient_norms_match_a_hand_computation():
+    torch.manual_seed(0)
+    model = TwoConvs()
+    x, y = torch.randn(4, 3, 6, 6), torch.tensor([0, 3, 3, 9])
+    w1, w2 = model.conv1.weight[:, :, 0, 0].detach(), model.conv2.weight[:, :, 0, 0].detach()
+    xbar = x.mean(dim=(2, 3))                                          # (B, 3)
+    g = (F.softmax(xbar @ w1.T @ w2.T, 1) - F.one_hot(y, 10)) / len(y)  # dL/dlogits (B, 10)
+    grad_w2 = g.T @ (xbar @ w1.T)                                      # (10, 5)
+    grad_w1 = (g @ w2).T @ xbar                                        # (5, 3)
+    norms = ex2_why.conv_gradient_norms(model, x, y)
+    assert norms == pytest.approx([grad_w1.norm().item(), grad_w2.norm().item()], rel=1e-5)
+
+
+def write_run(root, name, state):
+    folder = os.path.join(root, name)
+    os.makedirs(folder)
+    torch.save(state, os.path.join(folder, "best.pt"))
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+        json.dump({"config": {}, "status": "complete", "epochs": []}, f)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "no finished ex1_cnn.py runs with 8 epochs and seed 0"),
+    ("other-exercise", "not a checkpoint of ex1_cnn.py's network"),
+    ("empty", "best.pt is not a checkpoint"),
+    ("grid", "--grid must be positive, got 0"),
+    ("analysis", "unknown analysis lesions"),
+])
+def test_bad_inputs_are_one_line_errors(case, message, tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    os.makedirs(runs)
+    argv = ["lesion", "--runs-dir", runs, "--fig-dir", str(tmp_path / "fig"), "--device", "cpu"]
+    if case == "other-exercise":
+        model = MLP(4, 2)
+        write_run(runs, "res_n5_e8_s0_abc", {"model": model.state_dict(), "config": {"seed": 0},
+                                             "arch": {"name": "MLP", "kwargs": {"width": 4, "depth": 2}}})
+    elif case == "empty":
+        write_run(runs, "res_n5_e8_s0_abc", {})
+        with open(os.path.join(runs, "res_n5_e8_s0_abc", "best.pt"), "wb"):
+            pass
+    elif case == "grid":
+        argv += ["--grid", "0"]
+    elif case == "analysis":
+        argv[0] = "lesions"
+    assert_one_line_error(*cli_in_process(ex2_why, argv, capsys), message)
+
+
+def test_all_four_analyses_end_to_end_on_tiny_runs(cifar_folder, tmp_path):
+    import ex1_cnn
+    runs = tmp_path / "runs"
+    ex1_cnn.main(ex1_cnn.get_args(["--sweep", "--blocks-list", "1,5", "--seeds", "1", "--epochs", "1", "--width",
+                                   "4", "--val-size", "10", "--batch-size", "8", "--device", "cpu", "--workers",
+                                   "1", "--data-dir", cifar_folder, "--out-dir", str(runs)]))
+    written = ex2_why.main(ex2_why.get_args(["--runs-dir", str(runs), "--epochs", "1", "--data-dir", cifar_folder,
+                                             "--fig-dir", str(tmp_path / "fig"), "--grid", "3",
+                                             "--lesion-draws", "2", "--lesion-max-k", "2", "--device", "cpu"]))
+    names = sorted(os.path.basename(p) for p in written)
+    assert names == ["ex2_why_gradients.png", "ex2_why_landscape.png", "ex2_why_lesion.png",
+                     "ex2_why_responses.md", "ex2_why_responses.png"]
+    assert all(os.path.getsize(p) > 0 for p in written)
+    table = (tmp_path / "fig" / "ex2_why_responses.md").read_text()
+    assert "| 8 |" in table and "| 32 |" in table

@@ -213,3 +213,14 @@ def test_no_imagenette_offline_is_one_line_error(tmp_path, capsys, monkeypatch):
 def test_unknown_dataset_from_a_real_process():
     code, stderr = cli_subprocess("ex2_cam.py", ["cifar100"])
     assert_one_line_error(code, stderr, "invalid choice")
+
+
+def test_ties_in_a_map_are_ranked_in_pixel_order(net):
+    """Upsampled maps have many ties; a stable sort ranks them the same way on every run."""
+    x = torch.randn(2, 3, 32, 32)
+    classes = net(x).argmax(1)
+    flat = torch.ones(2, 32, 32)                                   # every pixel tied
+    ramp = torch.linspace(1, 0, 32 * 32).view(1, 32, 32).expand(2, 32, 32)  # raster order, no ties
+    tied, ordered = (deletion_insertion(net, x, classes, m, steps=4) for m in (flat, ramp))
+    for k in ("deletion", "insertion"):
+        torch.testing.assert_close(tied[k], ordered[k])

@@ -165,3 +165,31 @@ def test_table_keeps_the_result_of_a_run_that_diverged_after_validating():
              ("plain", 8): [{"status": "diverged", "meta": meta}]}
     table = ex1_mlp.make_table(found, ex1_mlp.get_args(["--depths", "2,8", "--variants", "plain"]))
     assert "| 2 | 0.700 ± 0.283 (1 diverged) |" in table and "| 8 | - (1 diverged) |" in table
+
+
+def _init_stats(variant, depth, seed=0):
+    """layer_stats of a freshly initialized MLP of `variant` on a random batch."""
+    from models import MLP
+    residual, layers_per_block, rezero = ex1_mlp.VARIANTS[variant]
+    torch.manual_seed(seed)
+    model = MLP(16, depth, layers_per_block=layers_per_block, residual=residual, rezero=rezero)
+    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    return ex1_mlp.layer_stats(model, x, y)
+
+
+def test_at_initialization_the_residual_stream_grows_per_block_and_rezero_keeps_it_flat():
+    rms = _init_stats("res1", 32)["activation_rms"]
+    ratios = [b / a for a, b in zip(rms, rms[1:])]
+    assert all(r > 1.05 for r in ratios)  # every block adds a non-negative relu(Wx + b)
+    assert rms[-1] / rms[0] > 10  # so the growth compounds: geometric in depth
+    flat = _init_stats("res1-rezero", 32)["activation_rms"]
+    assert flat == pytest.approx([flat[0]] * len(flat))  # every gated block is the identity
+    plain = _init_stats("plain", 32)["activation_rms"]
+    assert plain[-1] < plain[1]  # without the skip the signal shrinks instead
+
+
+def test_at_initialization_the_plain_nets_first_layers_get_vanishing_gradients():
+    plain = _init_stats("plain", 32)["weight"]      # linear layers: input projection ... classifier
+    residual = _init_stats("res2", 32)["weight"]
+    assert plain[1] < 1e-3 * plain[-2]               # the first hidden layer vs the last
+    assert residual[1] > 0.1 * residual[-2]          # the identity paths carry it back

@@ -19,8 +19,8 @@ from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_f
 from models import build_model
 from report import (epoch_seconds, format_result, output_dir, print_result, run_result, save_figure,
                     write_table)
-from runs import (Run, collect, find_finished, folder_name, parse_shard,
-                  published_dir, remove_run, run_sweep, unique)
+import runs
+from runs import Run, collect, folder_name, parse_shard, published_dir, run_sweep, unique
 from training import fit
 from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
                    hardware, run_cli, seed_everything, set_threads)
@@ -288,24 +288,16 @@ def make_figures(args, configs):
 
 def single_run(args, device):
     config = run_config(args, args.blocks, args.residual, args.seed)
-    folder = os.path.join(args.out_dir, run_name(config))
-    check_writable(args.out_dir)
-    record, _ = find_finished([args.out_dir], run_name(config), config)
-    if record is not None and not args.force:
-        print(f"{folder} holds this finished run (retrain it with --force):")
-        print_result(record, folder)
-        return record
-    if record is not None:
-        remove_run(folder)
-        print(f"--force: removed the finished run in {folder}")
-    set_threads(device, None)
-    data = load_data(args, device)
-    print(f"{run_name(config)} (depth {6 * args.blocks + 2}): {data.source}, "
-          f"{len(data.train)} training images, {hardware(device)}")
-    outcome, record = train(config, data, device, args.out_dir)
-    if outcome == "held":
-        raise UserError(f"another process is training {folder}; wait for it or use another --out-dir")
-    print_result(record, folder)
+
+    def train_it():
+        set_threads(device, None)  # one CNN uses every core (a sweep runs one process per core)
+        data = load_data(args, device)
+        print(f"{run_name(config)} (depth {6 * args.blocks + 2}): {data.source}, "
+              f"{len(data.train)} training images, {hardware(device)}")
+        return train(config, data, device, args.out_dir)
+
+    record = runs.single_run(args.out_dir, run_name(config), config, args.force, train_it)
+    print_result(record, os.path.join(args.out_dir, run_name(config)))
     return record
 
 

@@ -14,12 +14,12 @@ import torch
 import torch.nn as nn
 
 from data import MNIST_VAL_SIZE, DataError, load_mnist
-from models import build_model
+from models import MLP, build_model
 from report import (finished_results, format_result, mean_std, output_dir, print_result, remove_stale,
                     save_figure, write_table)
-from runs import (CHECKPOINT_FILE, Run, collect, find_finished, folder_name, parse_shard, published_dir,
-                  remove_run, run_sweep, unique)
-from storage import load_checkpoint, read_json, write_json_atomic
+import runs
+from runs import CHECKPOINT_FILE, Run, collect, folder_name, parse_shard, published_dir, run_sweep, unique
+from storage import load_model, read_json, write_json_atomic
 from training import fit
 from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
                    hardware, run_cli, seed_everything, set_threads)
@@ -304,15 +304,12 @@ def layer_stats_of_run(config, folder, data, device):
     x, y = data.train.x[:GRADIENT_BATCH], data.train.y[:GRADIENT_BATCH]
     path = os.path.join(folder, CHECKPOINT_FILE)
     remedy = f"delete the run folder {folder} and rerun the sweep"
-    ckpt = load_checkpoint(path, remedy, device, keys=("model", "arch", "config"))
+    trained, ckpt = load_model(path, device, MLP, remedy)
     if ckpt["config"] != config:
         raise UserError(f"{path} is the checkpoint of another run; {remedy}")
     seed_everything(config["seed"])  # the same initialization the run started from
     model = build_model(ckpt["arch"]).to(device)
-    stats = {"init": layer_stats(model, x, y)}
-    model.load_state_dict(ckpt["model"])
-    stats["trained"] = layer_stats(model, x, y)
-    return stats
+    return {"init": layer_stats(model, x, y), "trained": layer_stats(trained, x, y)}
 
 
 def plot_gradients(stats, caption, path):
@@ -330,13 +327,16 @@ def plot_gradients(stats, caption, path):
                 # a zero gradient (ReZero's gated layers at initialization, underflow in plain
                 # nets) has no logarithm: leave a gap rather than a line to the axis
                 weight, bias = ([g if g > 0 else float("nan") for g in s[when][k]] for k in ("weight", "bias"))
-                ax.plot(layers, weight, color=colors[v], label=f"{VARIANT_LABELS[v]}: weights")
-                ax.plot(layers, bias, color=colors[v], ls="--", label=f"{VARIANT_LABELS[v]}: biases")
+                ax.plot(layers, weight, color=colors[v], label=VARIANT_LABELS[v])
+                ax.plot(layers, bias, color=colors[v], ls="--")
             ax.set(yscale="log", xlabel="linear layer (1 = input projection, last = classifier)",
                    ylabel="gradient norm", title=f"depth {d}, {'at initialization' if when == 'init' else 'after training'}")
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=6)
-    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}, seed 0", path)
+    # one legend above the panels, where it hides no curve
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9)
+    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}, seed 0; solid: weight gradients, "
+                     "dashed: bias gradients", path, top_inches=0.35)
 
 
 def plot_activations(stats, caption, path):
@@ -356,7 +356,7 @@ def plot_activations(stats, caption, path):
         ax.set(yscale="log", xlabel="hidden layers passed (0 = after the input projection)",
                ylabel="RMS of the hidden state", title=f"depth {d}: forward signal")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=6)
+    axes[0, 0].legend(fontsize=8)
     save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}, seed 0", path)
 
 
@@ -396,23 +396,15 @@ def make_figures(args, configs, device):
 
 def single_run(args, device):
     config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
-    folder = os.path.join(args.out_dir, run_name(config))
-    check_writable(args.out_dir)
-    record, _ = find_finished([args.out_dir], run_name(config), config)
-    if record is not None and not args.force:
-        print(f"{folder} holds this finished run (retrain it with --force):")
-        print_result(record, folder)
-        return record
-    if record is not None:
-        remove_run(folder)
-        print(f"--force: removed the finished run in {folder}")
-    set_threads(device, THREADS)
-    data = load_mnist(args.data_dir, device, args.val_size)
-    print(f"{run_name(config)}: {data.source}, {hardware(device)}")
-    outcome, record = train(config, data, device, args.out_dir)
-    if outcome == "held":
-        raise UserError(f"another process is training {folder}; wait for it or use another --out-dir")
-    print_result(record, folder)
+
+    def train_it():
+        set_threads(device, THREADS)
+        data = load_mnist(args.data_dir, device, args.val_size)
+        print(f"{run_name(config)}: {data.source}, {hardware(device)}")
+        return train(config, data, device, args.out_dir)
+
+    record = runs.single_run(args.out_dir, run_name(config), config, args.force, train_it)
+    print_result(record, os.path.join(args.out_dir, run_name(config)))
     return record
 
 

@@ -16,10 +16,10 @@ import torch
 
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
-from models import CifarResNet, build_model
+from models import CifarResNet
 from report import format_mean_std, output_dir, save_figure, write_table
 from runs import CHECKPOINT_FILE, published_dir, read_record
-from storage import load_checkpoint
+from storage import load_model
 from utils import ArgumentParser, UserError, check_writable, get_device, hardware, run_cli
 
 PROG = "ex2_cam.py"
@@ -100,15 +100,7 @@ def find_checkpoint(roots=None):
 def load_cnn(path, device):
     """The network of an ex1_cnn.py checkpoint, rebuilt from the description it carries."""
     remedy = f"pass a best.pt of ex1_cnn.py, or make one with `{MAKE_CHECKPOINT}`"
-    ckpt = load_checkpoint(path, remedy, device, keys=("model", "arch", "config", "val_acc"))
-    try:
-        model = build_model(ckpt["arch"])
-        if not isinstance(model, CifarResNet):
-            raise ValueError(f"a {type(model).__name__}")
-        model.load_state_dict(ckpt["model"])
-    except (ValueError, RuntimeError) as e:
-        raise UserError(f"{path} is not a checkpoint of ex1_cnn.py's network ({type(e).__name__}); {remedy}")
-    return model.to(device).eval(), ckpt
+    return load_model(path, device, CifarResNet, remedy, keys=("model", "arch", "config", "val_acc"))
 
 
 def denormalize(x, mean, std):

@@ -22,7 +22,7 @@ from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
 from report import output_dir, save_figure, write_table
 from runs import CHECKPOINT_FILE, published_dir, read_record
-from storage import load_checkpoint
+from storage import load_model
 from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
                    hardware, run_cli, seed_everything, set_threads)
 
@@ -96,15 +96,7 @@ def find_networks(roots, epochs, seed):
 def load_network(path, device):
     """(model in eval mode, checkpoint) of an ex1_cnn.py best.pt; anything else is refused."""
     remedy = f"pass the run folders of ex1_cnn.py, or make them with `{MAKE_CHECKPOINTS}`"
-    ckpt = load_checkpoint(path, remedy, device, keys=("model", "arch", "config"))
-    try:
-        model = build_model(ckpt["arch"])
-        if not isinstance(model, CifarResNet):
-            raise ValueError(f"a {type(model).__name__}")
-        model.load_state_dict(ckpt["model"])
-    except (ValueError, RuntimeError) as e:
-        raise UserError(f"{path} is not a checkpoint of ex1_cnn.py's network ({e}); {remedy}")
-    return model.to(device).eval(), ckpt
+    return load_model(path, device, CifarResNet, remedy)
 
 
 def initial_network(ckpt, device):

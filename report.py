@@ -48,12 +48,13 @@ def update_readme(name, text, readme=README):
         write_text_atomic(head + begin + "\n" + text + rest[rest.index(end):], readme)
 
 
-def save_figure(fig, caption, path, caption_lines=1):
-    """Every figure says what made it: the caption goes at the bottom, then the file is written."""
+def save_figure(fig, caption, path, caption_lines=1, top_inches=0.0):
+    """Every figure says what made it: the caption goes at the bottom, then the file is written.
+    `top_inches` keeps room above the axes (for a figure-wide legend)."""
     import matplotlib.pyplot as plt
     fig.text(0.01, 0.005, caption, fontsize=CAPTION_FONTSIZE, wrap=True, va="bottom")
     height = fig.get_size_inches()[1]
-    fig.tight_layout(rect=(0, (0.03 + 0.16 * caption_lines) / height, 1, 1))
+    fig.tight_layout(rect=(0, (0.03 + 0.16 * caption_lines) / height, 1, 1 - top_inches / height))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

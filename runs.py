@@ -19,7 +19,7 @@ import time
 
 
 from storage import FolderLock, read_json, write_json_atomic
-from utils import UserError, count, set_threads
+from utils import UserError, check_writable, count, set_threads
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "best.pt"
@@ -117,6 +117,24 @@ def remove_run(folder):
         shutil.rmtree(folder)
     finally:
         lock.release()
+
+
+def single_run(out_dir, name, config, force, train):
+    """A script's single run: the saved record if this run finished in `out_dir` (unless
+    `force`, which deletes it), else the record of `train()` -> (outcome, record)."""
+    folder = os.path.join(out_dir, name)
+    check_writable(out_dir)
+    record, _ = find_finished([out_dir], name, config)
+    if record is not None and not force:
+        print(f"{folder} holds this finished run (retrain it with --force):")
+        return record
+    if record is not None:
+        remove_run(folder)
+        print(f"--force: removed the finished run in {folder}")
+    outcome, record = train()
+    if outcome == "held":
+        raise UserError(f"another process is training {folder}; wait for it or use another --out-dir")
+    return record
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -11,6 +11,7 @@ import tempfile
 
 import torch
 
+from models import build_model
 from utils import UserError
 
 try:
@@ -114,3 +115,18 @@ class FolderLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def load_model(path, device, expected, remedy, keys=("model", "arch", "config")):
+    """(model in eval mode, checkpoint): the network a checkpoint describes, rebuilt and
+    loaded; a checkpoint of anything but an `expected` network is refused in one line."""
+    ckpt = load_checkpoint(path, remedy, device, keys=keys)
+    try:
+        model = build_model(ckpt["arch"])
+        if not isinstance(model, expected):
+            raise ValueError(f"a {type(model).__name__}")
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"{path} is not a checkpoint of a {expected.__name__} "
+                        f"({str(e).splitlines()[0][:80]}); {remedy}")
+    return model.to(device).eval(), ckpt

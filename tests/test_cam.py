@@ -174,7 +174,7 @@ def test_imagenette_class_order_matches_torchvision(tmp_path):
     (["cifar10", "--num-images", "0"], "--num-images must be between 1 and 32"),
     (["cifar10", "--num-images", "1500"], "--num-images must be between 1 and 32"),
     (["cifar10", "--checkpoint", "{empty}"], "empty.pt is not a checkpoint"),
-    (["cifar10", "--checkpoint", "{mlp}"], "not a checkpoint of ex1_cnn.py's network"),
+    (["cifar10", "--checkpoint", "{mlp}"], "not a checkpoint of a CifarResNet"),
     (["cifar10", "--checkpoint", "{ckpt}", "--class-index", "10", "--data-dir", "{cifar}"], "out of range"),
     (["cifar10", "--data-dir", "{tmp}"], "no checkpoint"),
     (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{tmp}/none.pth"], "--weights"),

@@ -101,7 +101,7 @@ def write_run(root, name, state):
 
 @pytest.mark.parametrize("case,message", [
     ("missing", "no finished ex1_cnn.py runs with 8 epochs and seed 0"),
-    ("other-exercise", "not a checkpoint of ex1_cnn.py's network"),
+    ("other-exercise", "not a checkpoint of a CifarResNet"),
     ("empty", "best.pt is not a checkpoint"),
     ("grid", "--grid must be positive, got 0"),
     ("analysis", "unknown analysis lesions"),

@@ -17,10 +17,10 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import build_model
-from report import (epoch_seconds, format_result, output_dir, print_result, run_result, save_figure,
+from report import (epoch_seconds, format_result, print_result, run_result, save_figure, sweep_results,
                     write_table)
 import runs
-from runs import Run, collect, folder_name, parse_shard, published_dir, run_sweep, unique
+from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from training import fit
 from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
                    hardware, run_cli, seed_everything, set_threads)
@@ -268,21 +268,13 @@ def plot_curves(found, args, path):
 
 
 def make_figures(args, configs):
-    found = collect(configs, roots(args), run_name)
-    if not found:
-        raise UserError(f"no finished runs of these settings in {args.out_dir} or {published_dir(EXERCISE)}; "
-                        f"run `python {PROG} --sweep ...` with the same flags first")
-    missing = len(configs) - len(found)
     publish = is_readme_sweep(args) and not args.shard
-    fig_dir = output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures"))
-    check_writable(fig_dir)
+    found, missing, fig_dir = sweep_results(configs, roots(args), run_name, args.fig_dir, publish,
+                                            os.path.join(args.out_dir, "figures"), f"python {PROG} --sweep ...")
     table = make_table(found, args, missing)
     table_path = write_table(table, "ex1_cnn_table", fig_dir, publish)
     plot_curves(found, args, os.path.join(fig_dir, "ex1_cnn_curves.png"))
     print(table)
-    if missing:
-        print(f"{count(missing, 'run')} of these settings not finished: the table and figure show "
-              f"{len(found)} of {len(configs)}")
     print(f"table {table_path} and figure written to {fig_dir}/")
 
 

@@ -15,10 +15,10 @@ import torch.nn as nn
 
 from data import MNIST_VAL_SIZE, DataError, load_mnist
 from models import MLP, build_model
-from report import (finished_results, format_result, mean_std, output_dir, print_result, remove_stale,
-                    save_figure, write_table)
+from report import (finished_results, format_result, mean_std, print_result, remove_stale, save_figure,
+                    sweep_results, write_table)
 import runs
-from runs import CHECKPOINT_FILE, Run, collect, folder_name, parse_shard, published_dir, run_sweep, unique
+from runs import CHECKPOINT_FILE, Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from storage import load_model, read_json, write_json_atomic
 from training import fit
 from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
@@ -361,14 +361,9 @@ def plot_activations(stats, caption, path):
 
 
 def make_figures(args, configs, device):
-    found = collect(configs, roots(args), run_name)
-    if not found:
-        raise UserError(f"no finished runs of these settings in {args.out_dir} or {published_dir(EXERCISE)}; "
-                        f"run `python {PROG} --sweep ...` with the same flags first")
-    missing = len(configs) - len(found)
     publish = is_readme_sweep(args) and not args.shard
-    fig_dir = output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures"))
-    check_writable(fig_dir)
+    found, missing, fig_dir = sweep_results(configs, roots(args), run_name, args.fig_dir, publish,
+                                            os.path.join(args.out_dir, "figures"), f"python {PROG} --sweep ...")
     groups = _group(found)
     table_path = write_table(make_table(groups, args, missing), "ex1_mlp_table", fig_dir, publish)
     plot_depth(groups, args, os.path.join(fig_dir, "ex1_mlp_depth.png"))
@@ -388,9 +383,6 @@ def make_figures(args, configs, device):
         print(f"gradient and activation figures skipped: {skipped}")
     with open(table_path) as f:
         print(f.read())
-    if missing:
-        print(f"{count(missing, 'run')} of these settings not finished: the table and figures show "
-              f"{len(found)} of {len(configs)}")
     print(f"table and figures written to {fig_dir}/")
 
 

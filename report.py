@@ -9,7 +9,9 @@ import os
 
 import torch
 
+from runs import collect
 from storage import write_text_atomic
+from utils import UserError, check_writable, count
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 FIGURES_DIR = os.path.join(REPO_DIR, "figures")
@@ -23,6 +25,22 @@ def output_dir(fig_dir, publish, scratch_dir):
     if fig_dir:
         return fig_dir
     return FIGURES_DIR if publish else scratch_dir
+
+
+def sweep_results(configs, roots, name_fn, fig_dir, publish, scratch_dir, command):
+    """(found, number missing, folder to write to) for the tables and figures of a sweep:
+    [(config, record, folder)] of its finished runs in `roots`, an error if there are none."""
+    found = collect(configs, roots, name_fn)
+    if not found:
+        raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; "
+                        f"run `{command}` with the same flags first")
+    missing = len(configs) - len(found)
+    if missing:
+        print(f"{count(missing, 'run')} of these settings not finished: the tables and figures show "
+              f"{len(found)} of {len(configs)}")
+    fig_dir = output_dir(fig_dir, publish, scratch_dir)
+    check_writable(fig_dir)
+    return found, missing, fig_dir
 
 
 def write_table(text, name, fig_dir, publish):

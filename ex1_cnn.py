@@ -22,7 +22,7 @@ from report import (epoch_seconds, format_result, print_result, run_result, save
 import runs
 from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from training import fit
-from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
+from utils import (ArgumentParser, UserError, add_run_flags, check_positive, check_writable, count, get_device,
                    hardware, run_cli, seed_everything, set_threads)
 
 PROG = "ex1_cnn.py"
@@ -60,11 +60,7 @@ def get_args(argv=None):
                    help="auto: CUDA if available, else the CPU")
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
-    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
-    p.add_argument("--fig-dir", default=None,
-                   help="where tables and figures go (default: figures/ for the README's sweep, "
-                        "else <out-dir>/figures)")
-    p.add_argument("--force", action="store_true", help="retrain a finished single run (its result is deleted)")
+    add_run_flags(p, EXERCISE)
     p.add_argument("--sweep", action="store_true",
                    help="plain vs residual at each --blocks-list, --seeds seeds; skips finished runs")
     p.add_argument("--blocks-list", default=",".join(map(str, SWEEP_BLOCKS)),
@@ -72,9 +68,6 @@ def get_args(argv=None):
     p.add_argument("--seeds", type=int, default=None, help=f"sweep seeds 0..N-1 (default: {DEFAULTS['seeds']})")
     p.add_argument("--workers", type=int, default=0,
                    help="sweep processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
-    p.add_argument("--shard", default=None, metavar="K/N",
-                   help="train only the K-th (0-based) of N disjoint parts of the sweep")
-    p.add_argument("--plot-only", action="store_true", help="with --sweep: redraw from saved runs")
     args = p.parse_args(argv)
     for key, value in DEFAULTS.items():  # a flag the user gave always wins over the preset
         if getattr(args, key) is None:

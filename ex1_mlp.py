@@ -21,7 +21,7 @@ import runs
 from runs import CHECKPOINT_FILE, Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from storage import load_model, read_json, write_json_atomic
 from training import fit
-from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
+from utils import (ArgumentParser, UserError, add_run_flags, check_positive, check_writable, count, get_device,
                    hardware, run_cli, seed_everything, set_threads)
 
 PROG = "ex1_mlp.py"
@@ -57,20 +57,16 @@ def get_args(argv=None):
     p.add_argument("--layers-per-block", type=int, default=1, help="Linear+ReLU layers per residual block")
     p.add_argument("--rezero", action="store_true",
                    help="scale each residual branch by a learnable scalar initialized to 0 (ReZero)")
-    p.add_argument("--epochs", type=int, default=21)
+    p.add_argument("--epochs", type=int, default=21, help="training epochs")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="training images per step")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA if available, else the CPU")
     p.add_argument("--data-dir", default="data", help="where MNIST is (or is downloaded to)")
     p.add_argument("--val-size", type=int, default=MNIST_VAL_SIZE,
                    help="validation images held out of the training set (seeded split)")
-    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
-    p.add_argument("--fig-dir", default=None,
-                   help="where tables and figures go (default: figures/ for the README's sweep, "
-                        "else <out-dir>/figures)")
-    p.add_argument("--force", action="store_true", help="retrain a finished single run (its result is deleted)")
+    add_run_flags(p, EXERCISE)
     p.add_argument("--sweep", action="store_true",
                    help="all depths x variants x seeds; resumes, skipping finished runs")
     p.add_argument("--depths", default=",".join(map(str, SWEEP_DEPTHS)), help="sweep depths")
@@ -78,9 +74,6 @@ def get_args(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="sweep seeds: 0..N-1")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="sweep processes, of one thread each (one per core is fastest)")
-    p.add_argument("--shard", default=None, metavar="K/N",
-                   help="train only the K-th (0-based) of N disjoint parts of the sweep")
-    p.add_argument("--plot-only", action="store_true", help="with --sweep: redraw from saved runs")
     args = p.parse_args(argv)
     check_positive(p, args, "width", "depth", "layers_per_block", "epochs", "lr", "batch_size",
                    "seeds", "workers", "val_size")

@@ -59,7 +59,7 @@ def get_args(argv=None):
     c = sub.add_parser("cifar10", parents=[common], help="the CNN trained by ex1_cnn.py on CIFAR-10")
     c.add_argument("--checkpoint", default=None,
                    help=f"a best.pt of ex1_cnn.py (default: the residual run with the best validation "
-                        f"accuracy in {CNN_RUNS} or the published {published_dir('ex1_cnn')})")
+                        f"accuracy in {CNN_RUNS} or the published results/ex1_cnn)")
     c.add_argument("--evaluate", action="store_true",
                    help="deletion/insertion AUC, Average Drop, Increase in Confidence")
     c.add_argument("--eval-images", type=int, default=1000, help="test images for --evaluate")

@@ -41,7 +41,7 @@ def get_args(argv=None):
     p.add_argument("analyses", nargs="*", default=list(ANALYSES), metavar="ANALYSIS",
                    help=f"any of {', '.join(ANALYSES)} (default: all)")
     p.add_argument("--runs-dir", default=None,
-                   help=f"where the ex1_cnn.py run folders are (default: {published_dir('ex1_cnn')}, "
+                   help="where the ex1_cnn.py run folders are (default: results/ex1_cnn, "
                         "else runs/ex1_cnn)")
     p.add_argument("--epochs", type=int, default=8, help="the epochs of the runs to read (8: the CPU preset)")
     p.add_argument("--seed", type=int, default=0, help="the seed of the runs to read")

@@ -18,7 +18,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """--help shows each real default once and keeps the usage examples of a script's docstring."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help  # a switch, or a help text that explains its default itself
         return super()._get_help_string(action)
 
@@ -55,6 +55,19 @@ def run_cli(main, args, prog, interrupted="finished runs are saved; rerun the co
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         sys.exit(130)
+
+
+def add_run_flags(parser, exercise):
+    """The flags of where a script's runs, tables and figures go, the same in every script."""
+    parser.add_argument("--out-dir", default=os.path.join("runs", exercise), help="one folder per run below this")
+    parser.add_argument("--fig-dir", default=None,
+                        help="where tables and figures go (default: figures/ for the README's sweep, "
+                             "else <out-dir>/figures)")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain a finished single run (its result is deleted)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="train only the K-th (0-based) of N disjoint parts of the sweep")
+    parser.add_argument("--plot-only", action="store_true", help="with --sweep: redraw from saved runs")
 
 
 def check_positive(parser, args, *names):

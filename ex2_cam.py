@@ -115,7 +115,7 @@ def plot_cams(images, maps, true, pred, explained, names, true_maps, title, capt
     and the true class's CAM when the prediction is wrong."""
     import matplotlib.pyplot as plt
     n = len(images)
-    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 7.4), squeeze=False, gridspec_kw={"hspace": 0.45})
+    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 7.0), squeeze=False)
     for j in range(n):
         ok = true[j] == pred[j]
         axes[0, j].imshow(images[j])

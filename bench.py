@@ -16,7 +16,7 @@ from data import (CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, MNIST_MEAN, MNIST_STD
                   epoch_order, load_cifar10, load_mnist, normalize_images, random_crop_flip)
 from models import MLP, CifarResNet
 from report import output_dir, write_table
-from utils import ArgumentParser, UserError, check_positive, check_writable, get_device, hardware, run_cli
+from utils import ArgumentParser, UserError, check_positive, check_writable, get_device, machine, run_cli
 
 PROG = "bench.py"
 SCRATCH_DIR = os.path.join("runs", "bench")  # results of non-default flags: never the README's
@@ -82,8 +82,8 @@ def bench_mlp(args, device):
     n_epoch = len(data.train)
     all_threads = os.cpu_count() or 1
     setups = [("DataLoader", 1), ("in-memory", all_threads), ("in-memory", 1)]
-    lines = [f"MNIST MLP, width {MLP_WIDTH}, batch {args.batch_size}, fused Adam, {hardware(device).split(',')[0]}, "
-             f"{os.cpu_count()} cores; times scaled to one epoch of {n_epoch} images"]
+    lines = [f"MNIST MLP, width {MLP_WIDTH}, batch {args.batch_size}, fused Adam, {machine(device)}; "
+             f"times scaled to one epoch of {n_epoch} images"]
     for depth in MLP_DEPTHS:
         results = {}
         for name, threads in setups:
@@ -103,9 +103,9 @@ def bench_mlp(args, device):
             results[(name, threads)] = seconds / n * n_epoch
         loader, many, one = (results[k] for k in setups)
         lines.append(f"depth {depth:>2}: DataLoader {loader:6.2f} s/epoch (1 thread); in-memory "
-                     f"{many:6.2f} s/epoch on {all_threads} threads, {one:6.2f} on 1 thread; "
-                     f"in-memory 1 thread is {loader / one:4.1f}x the DataLoader, {many / one:4.1f}x "
-                     f"{all_threads} threads")
+                     f"{many:6.2f} s/epoch on {all_threads} threads, {one:6.2f} on 1 thread: "
+                     f"1 thread in memory is {loader / one:4.1f}x faster than the DataLoader and "
+                     f"{many / one:4.1f}x faster than {all_threads} threads")
     torch.set_num_threads(all_threads)
     return lines
 
@@ -195,7 +195,7 @@ def bench_cnn(args, device):
     macs = conv_linear_macs(CifarResNet(CNN_BLOCKS).to(device), normalize_images(data.train.x[:1]))
     mm = matmul_gflops(device)
     lines = [f"CIFAR-10 ResNet-20 (residual, n={CNN_BLOCKS}) training, batch {args.batch_size}, {steps} steps "
-             f"per measurement, {hardware(device).split(',')[0]}, {cores} cores; "
+             f"per measurement, {machine(device)}; "
              f"{macs / 1e6:.1f} M multiply-accumulates per image; torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} "
              f"{mm:.1f} GFLOP/s (float32, all threads); training counts 6 FLOPs per multiply-accumulate"]
     rates = {}
@@ -222,7 +222,7 @@ def bench_cnn(args, device):
     for name, rate in rates.items():
         gflops = 6 * macs * rate / 1e9
         lines.append(f"{name:>62}: {rate:6.0f} images/s, {gflops:5.1f} GFLOP/s = {100 * gflops / mm:3.0f}% "
-                     f"of torch.mm, {rate / base:4.2f}x the first")
+                     f"of torch.mm, {rate / base:4.2f}x the first line")
     return lines
 
 

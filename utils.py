@@ -109,12 +109,18 @@ def set_threads(device, threads):
         torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
-def hardware(device):
-    """A short description of what ran the code, for figure captions and results."""
+def machine(device):
+    """The processor: a GPU's name, or e.g. 'CPU (x86_64, 2 cores)'."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return (f"CPU ({platform.machine()}, {count(os.cpu_count(), 'core')}, "
-            f"{count(torch.get_num_threads(), 'thread')} per process)")
+    return f"CPU ({platform.machine()}, {count(os.cpu_count(), 'core')})"
+
+
+def hardware(device):
+    """What ran the code, threads included, for figure captions and results."""
+    if device.type == "cuda":
+        return machine(device)
+    return f"{machine(device)[:-1]}, {count(torch.get_num_threads(), 'thread')} per process)"
 
 
 def seed_everything(seed):

@@ -345,12 +345,14 @@ def plot_activations(stats, caption, path):
                     rms = s[when]["activation_rms"]
                     layers_per_block = VARIANTS[v][1]
                     ax.plot(range(0, len(rms) * layers_per_block, layers_per_block), rms, color=colors[v], ls=ls,
-                            label=f"{VARIANT_LABELS[v]} ({'init' if when == 'init' else 'trained'})")
+                            label=VARIANT_LABELS[v] if when == "init" else None)
         ax.set(yscale="log", xlabel="hidden layers passed (0 = after the input projection)",
                ylabel="RMS of the hidden state", title=f"depth {d}: forward signal")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}, seed 0", path)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9)  # above: it hides no curve
+    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}, seed 0; solid: at initialization, "
+                     "dotted: trained", path, top_inches=0.35)
 
 
 def make_figures(args, configs, device):

@@ -42,3 +42,16 @@ def test_committed_tables_are_what_the_committed_results_give(script, argv, tmp_
                                         str(tmp_path / "runs"), "--fig-dir", str(tmp_path)]))
     name = f"{script}_table.md"
     assert (tmp_path / name).read_text() == read("figures", name)
+
+
+def test_the_committed_checkpoints_are_listed_in_the_readme_and_small():
+    import subprocess
+    try:
+        files = subprocess.run(["git", "ls-files", "results/**.pt", "results/*/*/*.pt"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    readme = read("README.md")
+    assert sum(os.path.getsize(os.path.join(ROOT, f)) for f in files) <= 10 * 2 ** 20
+    for f in files:
+        assert f"`{os.path.dirname(f)}/`" in readme, f

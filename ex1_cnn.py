@@ -17,8 +17,8 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import build_model
-from report import (epoch_seconds, format_result, print_result, run_result, save_figure, sweep_results,
-                    write_table)
+from report import (epoch_seconds, format_result, output_dir, print_result, run_result, save_figure,
+                    sweep_results, write_table)
 import runs
 from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from training import fit
@@ -174,7 +174,8 @@ def _sweep_run(config, context):
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    check_writable(args.out_dir)
+    publish = is_readme_sweep(args) and not args.shard
+    check_writable(args.out_dir, output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures")))
     workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
     done = run_sweep(configs, [c["blocks"] for c in configs], run_name, args.out_dir, roots(args),

@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from data import MNIST_VAL_SIZE, DataError, load_mnist
 from models import MLP, build_model
-from report import (finished_results, format_result, mean_std, print_result, remove_stale, save_figure,
-                    sweep_results, write_table)
+from report import (finished_results, format_result, mean_std, output_dir, print_result, remove_stale,
+                    save_figure, sweep_results, write_table)
 import runs
 from runs import CHECKPOINT_FILE, Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from storage import load_model, read_json, write_json_atomic
@@ -162,7 +162,8 @@ def _sweep_run(config, context):
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    check_writable(args.out_dir)
+    publish = is_readme_sweep(args) and not args.shard
+    check_writable(args.out_dir, output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures")))
     costs = [c["depth"] + 2 for c in configs]  # per-step time grows with the number of layers
     done = run_sweep(configs, costs, run_name, args.out_dir, roots(args), job=_sweep_run,
                      setup=_sweep_setup, setup_args=(args, device), workers=args.workers,

@@ -26,6 +26,7 @@ PROG = "ex2_cam.py"
 CNN_RUNS = os.path.join("runs", "ex1_cnn")
 SCRATCH_DIR = os.path.join("runs", "ex2_cam")  # figures of other checkpoints or settings
 MAKE_CHECKPOINT = "python ex1_cnn.py --blocks 3 --residual --cpu"
+INTERRUPTED = "nothing was written"  # what Ctrl-C leaves: figures are written whole, at the end
 MAX_FIGURE_IMAGES = 32  # a column per image: more would make a figure no screen shows
 # Imagenette's ten WordNet ids, in torchvision's (sorted) label order, and their ImageNet-1k index
 IMAGENETTE_TO_IMAGENET = {
@@ -372,4 +373,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args(), PROG, interrupted="nothing was written")
+    run_cli(main, get_args(), PROG, INTERRUPTED)

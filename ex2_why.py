@@ -34,6 +34,7 @@ BLOCKS = (1, 3, 5)           # depths 8, 20, 32
 LESION_BLOCKS = 5            # the depth-32 networks
 GRADIENT_BATCH = 128         # one training batch, as in training
 EVAL_BATCH = 500
+INTERRUPTED = "the figures it reported written are complete; nothing else was written"
 
 
 def get_args(argv=None):
@@ -448,4 +449,4 @@ def response_table(stds, args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args(), PROG, interrupted="figures already written are complete; nothing else was")
+    run_cli(main, get_args(), PROG, INTERRUPTED)

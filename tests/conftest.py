@@ -31,7 +31,8 @@ def cli_in_process(module, argv, capsys):
     """
     from utils import run_cli
     with pytest.raises(SystemExit) as exit_:
-        run_cli(module.main, module.get_args(argv), module.PROG)
+        run_cli(module.main, module.get_args(argv), module.PROG,
+                *([module.INTERRUPTED] if hasattr(module, "INTERRUPTED") else []))
     return exit_.value.code, capsys.readouterr().err
 
 

@@ -195,3 +195,20 @@ def test_completed_results_survive_every_fault_above(mnist_dir, tmp_path, capsys
     ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path, "--data-dir", str(tmp_path / "none"))))
     assert {p: p.read_bytes() for p in saved} == saved
     assert json.loads(next(iter(p for p in saved if p.name == "metrics.json")).read_text())["status"] == "complete"
+
+
+def test_7_an_unwritable_fig_dir_fails_before_training(mnist_dir, tmp_path, capsys, monkeypatch):
+    import training
+    monkeypatch.setattr(training, "train_one_epoch", lambda *a, **k: pytest.fail("trained first"))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    argv = sweep(mnist_dir, tmp_path)
+    argv[argv.index("--fig-dir") + 1] = str(blocker / "fig")
+    assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "cannot create the output folder")
+
+
+def test_8_ctrl_c_of_ex2_cam_says_nothing_was_written(capsys, monkeypatch):
+    import ex2_cam
+    monkeypatch.setattr(ex2_cam, "main", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    code, err = cli_in_process(ex2_cam, ["cifar10"], capsys)
+    assert code == 130 and err.strip() == "ex2_cam.py: interrupted; nothing was written"

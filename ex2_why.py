@@ -34,6 +34,7 @@ BLOCKS = (1, 3, 5)           # depths 8, 20, 32
 LESION_BLOCKS = 5            # the depth-32 networks
 GRADIENT_BATCH = 128         # one training batch, as in training
 EVAL_BATCH = 500
+LOSS_CAP = 10.0              # landscape contours stop here: chance level is ln(10) = 2.3
 INTERRUPTED = "the figures it reported written are complete; nothing else was written"
 
 
@@ -358,19 +359,27 @@ def landscape(nets, data, args, progress):
 
 
 def plot_landscape(coords, surfaces, caption, path):
+    """Filled contours of log10(loss) of each surface, with the same levels for both, from the
+    lowest loss of either network up to LOSS_CAP (beyond it: far worse than chance)."""
     import matplotlib.pyplot as plt
     import numpy as np
-    fig, axes = plt.subplots(1, len(surfaces), figsize=(5.5 * len(surfaces), 4.8), squeeze=False)
-    top = max(float(s.max()) for s in surfaces.values())
+    fig, axes = plt.subplots(1, len(surfaces), figsize=(5.2 * len(surfaces) + 1, 4.8), squeeze=False)
     low = min(float(s.min()) for s in surfaces.values())
-    levels = np.geomspace(max(low, 1e-3), top, 15)  # the same levels for both networks
+    levels = np.linspace(np.log10(max(low, 1e-3)), np.log10(max(LOSS_CAP, 2 * low)), 17)
     for ax, (residual, s) in zip(axes[0], sorted(surfaces.items())):
-        cs = ax.contour(coords, coords, s.T.numpy(), levels=levels, cmap="viridis")
-        ax.clabel(cs, fontsize=6, fmt="%.2f")
-        ax.plot(0, 0, "k+", ms=10)
-        ax.set(xlabel="direction 1", ylabel="direction 2", aspect="equal",
-               title=f"{label(residual, LESION_BLOCKS)}: training loss (min {float(s.min()):.2f})")
-    save_figure(fig, caption, path)
+        z = s.T.log10().numpy()
+        filled = ax.contourf(coords, coords, z, levels=levels, cmap="viridis", extend="max")
+        ax.contour(coords, coords, z, levels=levels, colors="k", linewidths=0.4)
+        ax.plot(0, 0, "r+", ms=12)
+        ax.set(xlabel="direction 1", aspect="equal",
+               title=f"{label(residual, LESION_BLOCKS)}: training loss (lowest {float(s.min()):.2f})")
+    axes[0, 0].set_ylabel("direction 2")
+    bar = fig.colorbar(filled, ax=axes[0].tolist(), label="training loss")
+    ticks = levels[::4]
+    bar.set_ticks(ticks, labels=[f"{10 ** t:.2g}" for t in ticks])
+    fig.text(0.01, 0.005, caption, fontsize=8, wrap=True, va="bottom")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- main

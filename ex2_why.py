@@ -444,15 +444,26 @@ def main(args):
     return written
 
 
+def block_outputs(stds):
+    """The responses of each block's last layer (its branch output, added to the shortcut in
+    a residual network): the stem's BN is first, then two per block."""
+    return stds[2::2]
+
+
 def response_table(stds, args):
-    """Mean std of the 3x3 layers' responses per network: residual functions respond less."""
-    lines = ["| depth | plain: mean std | residual: mean std | residual / plain |", "|---:|---:|---:|---:|"]
+    """Mean std of the 3x3 layers' responses per network: do residual functions respond less?"""
+    lines = ["| depth | all 3x3 layers: plain | residual | residual / plain | block outputs: plain | residual "
+             "| residual / plain |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for b in BLOCKS:
         if (False, b) in stds and (True, b) in stds:
-            p, r = (sum(stds[(res, b)]) / len(stds[(res, b)]) for res in (False, True))
-            lines.append(f"| {6 * b + 2} | {p:.3f} | {r:.3f} | {r / p:.2f} |")
-    lines += ["", f"Std of each 3x3 layer's response (after BN, before the addition and ReLU), per channel over "
-                  f"{args.response_images} validation images, averaged over channels and then over layers. "
+            cells = []
+            for pick in (list, block_outputs):
+                p, r = (sum(pick(stds[(res, b)])) / len(pick(stds[(res, b)])) for res in (False, True))
+                cells += [f"{p:.3f}", f"{r:.3f}", f"{r / p:.2f}"]
+            lines.append(f"| {6 * b + 2} | " + " | ".join(cells) + " |")
+    lines += ["", f"Std of each 3x3 layer's response (after BN, before the addition and the ReLU), per channel over "
+                  f"{args.response_images} validation images, averaged over channels, then over the layers: all "
+                  "of them, or only the last of each block (the residual function in a residual network). "
                   f"Made by `python {PROG} responses`."]
     return "\n".join(lines) + "\n"
 

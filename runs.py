@@ -18,6 +18,7 @@ import threading
 import time
 
 
+from data import DataError
 from storage import FolderLock, read_json, write_json_atomic
 from utils import UserError, check_writable, count, set_threads
 
@@ -216,7 +217,7 @@ def _worker(fn, jobs, done, device, threads, setup, setup_args, parent_pid):
             if job is None:
                 return
             done.put(fn(job, context))
-    except UserError as e:
+    except (UserError, DataError, OSError) as e:  # one line, as the parent would print it
         print(f"sweep worker: error: {e}", file=sys.stderr)
         done.put("failed")
         sys.exit(2)
@@ -287,8 +288,8 @@ def run_sweep(configs, costs, name_fn, out_dir, roots, *, job, setup, setup_args
     """Train the pending runs of `configs` (of this `--shard`, if given); returns the line
     that says what was done, or None if nothing was left to train.
 
-    `prepare()` runs before any job. Jobs run longest first within each seed, seeds in order, so the first seeds of a sweep
-    finish first and can be committed while the others train.
+    `prepare()` runs before any job. Jobs run seed by seed, longest first within a seed, so
+    the first seeds of a sweep finish first and can be committed while the others train.
     """
     if shard_spec is not None:
         mine = shard(configs, costs, *shard_spec)

@@ -27,7 +27,8 @@ CNN_RUNS = os.path.join("runs", "ex1_cnn")
 SCRATCH_DIR = os.path.join("runs", "ex2_cam")  # figures of other checkpoints or settings
 MAKE_CHECKPOINT = "python ex1_cnn.py --blocks 3 --residual --cpu"
 INTERRUPTED = "nothing was written"  # what Ctrl-C leaves: figures are written whole, at the end
-MAX_FIGURE_IMAGES = 32  # a column per image: more would make a figure no screen shows
+MAX_FIGURE_IMAGES = 32
+PUBLISHED_SEED = 0  # the seed whose checkpoints are committed  # a column per image: more would make a figure no screen shows
 # Imagenette's ten WordNet ids, in torchvision's (sorted) label order, and their ImageNet-1k index
 IMAGENETTE_TO_IMAGENET = {
     "n01440764": ("tench", 0), "n02102040": ("English springer", 217),
@@ -60,7 +61,7 @@ def get_args(argv=None):
     c = sub.add_parser("cifar10", parents=[common], help="the CNN trained by ex1_cnn.py on CIFAR-10")
     c.add_argument("--checkpoint", default=None,
                    help=f"a best.pt of ex1_cnn.py (default: the residual run with the best validation "
-                        f"accuracy in {CNN_RUNS} or the published results/ex1_cnn)")
+                        f"accuracy in {CNN_RUNS}, else among the published seed-0 runs in results/ex1_cnn)")
     c.add_argument("--evaluate", action="store_true",
                    help="deletion/insertion AUC, Average Drop, Increase in Confidence")
     c.add_argument("--eval-images", type=int, default=1000, help="test images for --evaluate")
@@ -82,20 +83,21 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------- CIFAR-10
 
 def find_checkpoint(roots=None):
-    """The residual ex1_cnn.py run with the best validation accuracy: the user's runs first,
-    then the published ones. Read from metrics.json; the checkpoint is checked when loaded."""
-    roots = roots or [CNN_RUNS, published_dir("ex1_cnn")]
-    best = None
-    for root in roots:
-        for path in sorted(glob.glob(os.path.join(root, "res_*", CHECKPOINT_FILE))):
-            record = read_record(os.path.dirname(path))
-            val = (record or {}).get("best_val_acc")
+    """The residual ex1_cnn.py run with the best validation accuracy among the user's runs,
+    else among the published seed-0 runs (the checkpoints in git, the same on every clone).
+    Read from metrics.json; the checkpoint itself is checked when it is loaded."""
+    searches = [(root, "res_*") for root in roots] if roots else [
+        (CNN_RUNS, "res_*"), (published_dir("ex1_cnn"), f"res_*_s{PUBLISHED_SEED}_*")]
+    for root, pattern in searches:
+        best = None
+        for path in sorted(glob.glob(os.path.join(root, pattern, CHECKPOINT_FILE))):
+            val = (read_record(os.path.dirname(path)) or {}).get("best_val_acc")
             if val is not None and (best is None or val > best[0]):
                 best = (val, path)
-    if best is None:
-        raise UserError(f"no checkpoint of a finished residual run in {' or '.join(roots)}; "
-                        f"make one with `{MAKE_CHECKPOINT}` or pass --checkpoint")
-    return best[1]
+        if best is not None:
+            return best[1]
+    raise UserError(f"no checkpoint of a finished residual run in {' or '.join(r for r, _ in searches)}; "
+                    f"make one with `{MAKE_CHECKPOINT}` or pass --checkpoint")
 
 
 def load_cnn(path, device):

@@ -216,7 +216,7 @@ def _by_network(found):
 def make_table(found, args, missing):
     groups = _by_network(found)
     lines = ["| depth | network | final val. accuracy | final train loss | test accuracy (best val.) "
-             "| s per epoch |", "|---:|---|---:|---:|---:|---:|"]
+             "| s per epoch | seeds |", "|---:|---|---:|---:|---:|---:|---:|"]
     for b in sorted(args.blocks_list):
         for residual in (False, True):
             records = groups.get((residual, b))
@@ -224,13 +224,14 @@ def make_table(found, args, missing):
                 continue
             cells = [format_result(records, key) for key in (_final("val_acc"), _final("train_loss"),
                                                              run_result)]
-            cells.append(format_result(records, epoch_seconds, digits=0))
+            cells += [format_result(records, epoch_seconds, digits=0), str(len(records))]
             lines.append(f"| {6 * b + 2} | {'residual' if residual else 'plain'} | " + " | ".join(cells) + " |")
     n_seeds = len({c["seed"] for c, _, _ in found})
     timed = [epoch_seconds(r) * len(r["epochs"]) for _, r, _ in found if epoch_seconds(r)]
     total = f" The runs' epochs took {sum(timed) / 60:.0f} CPU-process minutes in all." if timed else ""
     gaps = f" **{count(missing, 'run')} of the sweep not finished yet.**" if missing else ""
-    lines += ["", f"Mean ± std over {count(n_seeds, 'seed')}; s per epoch is the wall time of training "
+    lines += ["", f"Mean ± std over {count(n_seeds, 'seed')} (each row over the seeds it shows); s per epoch is "
+                  f"the wall time of training "
                   f"plus validation.{total} {_caption(found, args)}.{gaps} "
                   f"Made by `python {PROG} {' '.join(README_SWEEP) if is_readme_sweep(args) else '--sweep ...'}`."]
     return "\n".join(lines) + "\n"

@@ -410,6 +410,7 @@ def main(args):
             stats = gradients(nets, data, device)
             written.append(os.path.join(fig_dir, "ex2_why_gradients.png"))
             plot_gradients(stats, source, written[-1])
+            written.append(write_table(gradient_table(stats), "ex2_why_gradients", fig_dir, publish))
         elif analysis == "responses":
             stds = responses(nets, data, args.response_images)
             written.append(os.path.join(fig_dir, "ex2_why_responses.png"))
@@ -426,8 +427,10 @@ def main(args):
                 print(f"lesion skipped: no depth-{6 * LESION_BLOCKS + 2} network")
                 continue
             written.append(os.path.join(fig_dir, "ex2_why_lesion.png"))
-            plot_lesion(result, f"{source}; {min(args.lesion_images, len(data.test))} test images "
-                                f"(a seeded sample), {args.lesion_draws} draws per k", written[-1])
+            n_images = min(args.lesion_images, len(data.test))
+            plot_lesion(result, f"{source}; {n_images} test images (a seeded sample), {args.lesion_draws} "
+                                "draws per k", written[-1])
+            written.append(write_table(lesion_table(result, n_images), "ex2_why_lesion", fig_dir, publish))
         else:
             n = sum((r, LESION_BLOCKS) in nets for r in (False, True))
             with tqdm(total=n * args.grid ** 2, desc="landscape", unit="point") as bar:
@@ -439,9 +442,50 @@ def main(args):
             plot_landscape(coords, surfaces, f"{source}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
                                              f"{min(args.landscape_images, len(data.train))} training images "
                                              "(a seeded subset), BN in eval mode", written[-1])
+            written.append(write_table(landscape_table(coords, surfaces), "ex2_why_landscape", fig_dir, publish))
         timings[analysis] = time.perf_counter() - start
         print(f"{analysis}: {timings[analysis]:.0f} s, {written[-1]}")
     return written
+
+
+def gradient_table(stats):
+    """How much larger the first conv layer's gradient is than the last's, per network."""
+    lines = ["| network | first / last conv gradient norm, at initialization | trained |", "|---|---:|---:|"]
+    for (residual, b), s in sorted(stats.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        lines.append(f"| {label(residual, b)} | {s['init'][0] / s['init'][-1]:.2f} "
+                     f"| {s['trained'][0] / s['trained'][-1]:.2f} |")
+    lines += ["", "The norm of the gradient of the stem's conv weights over that of the deepest conv layer's, "
+                  f"on one training batch of {GRADIENT_BATCH}. Made by `python {PROG} gradients`."]
+    return "\n".join(lines) + "\n"
+
+
+def lesion_table(result, n_images):
+    lines = ["| network | intact | one block deleted: mean | worst (block) | k random blocks deleted: "
+             + " | ".join(f"k={k}" for k in sorted(next(iter(result.values()))["random"])) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(next(iter(result.values()))["random"])]
+    for residual, r in sorted(result.items()):
+        worst = min(range(len(r["single"])), key=lambda j: r["single"][j])
+        randoms = [sum(v) / len(v) for _, v in sorted(r["random"].items())]
+        lines.append(f"| {label(residual, LESION_BLOCKS)} | {r['intact']:.3f} | "
+                     f"{sum(r['single']) / len(r['single']):.3f} | {r['single'][worst]:.3f} ({worst + 1}) | "
+                     + " | ".join(f"{v:.3f}" for v in randoms) + " |")
+    lines += ["", f"Test accuracy on {n_images} test images (a seeded sample); k random blocks: mean over the "
+                  f"draws. Blocks are numbered from the input, 1 to {3 * LESION_BLOCKS}. "
+                  f"Made by `python {PROG} lesion`."]
+    return "\n".join(lines) + "\n"
+
+
+def landscape_table(coords, surfaces):
+    import math
+    lines = ["| network | lowest loss | share of the slice below 2 x lowest | below ln 10 (chance) |",
+             "|---|---:|---:|---:|"]
+    for residual, s in sorted(surfaces.items()):
+        low = float(s.min())
+        lines.append(f"| {label(residual, LESION_BLOCKS)} | {low:.3f} | {float((s < 2 * low).float().mean()):.2f} "
+                     f"| {float((s < math.log(10)).float().mean()):.2f} |")
+    lines += ["", f"Over the {len(coords)}x{len(coords)} grid of the slice, ±{coords[-1]:g} along each direction: "
+                  f"the wider the basin, the larger the shares. Made by `python {PROG} landscape`."]
+    return "\n".join(lines) + "\n"
 
 
 def block_outputs(stds):

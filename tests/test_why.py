@@ -135,8 +135,11 @@ def test_all_four_analyses_end_to_end_on_tiny_runs(cifar_folder, tmp_path):
                                              "--fig-dir", str(tmp_path / "fig"), "--grid", "3",
                                              "--lesion-draws", "2", "--lesion-max-k", "2", "--device", "cpu"]))
     names = sorted(os.path.basename(p) for p in written)
-    assert names == ["ex2_why_gradients.png", "ex2_why_landscape.png", "ex2_why_lesion.png",
-                     "ex2_why_responses.md", "ex2_why_responses.png"]
+    assert names == ["ex2_why_gradients.md", "ex2_why_gradients.png", "ex2_why_landscape.md",
+                     "ex2_why_landscape.png", "ex2_why_lesion.md", "ex2_why_lesion.png", "ex2_why_responses.md",
+                     "ex2_why_responses.png"]
     assert all(os.path.getsize(p) > 0 for p in written)
     table = (tmp_path / "fig" / "ex2_why_responses.md").read_text()
     assert "| 8 |" in table and "| 32 |" in table
+    lesion = (tmp_path / "fig" / "ex2_why_lesion.md").read_text()
+    assert "| plain-32 |" in lesion and "| residual-32 |" in lesion and "k=2" in lesion

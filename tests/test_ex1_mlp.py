@@ -154,7 +154,7 @@ def test_bad_input_is_one_line_exit_2_no_traceback(argv, message, tmp_path, caps
 
 
 def test_cli_error_from_a_real_process(tmp_path):
-    code, stderr = cli_subprocess("ex1_mlp.py", ["--data-dir", str(tmp_path / "none")])
+    code, stderr = cli_subprocess("ex1_mlp.py", ["--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "runs")])
     assert_one_line_error(code, stderr, "MNIST not found")
 
 

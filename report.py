@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from runs import collect
+from runs import CHECKPOINT_FILE, collect
 from storage import write_text_atomic
 from utils import UserError, check_writable, count
 
@@ -133,7 +133,7 @@ def print_result(record, run_dir):
         print(f"diverged (non-finite loss) at epoch {len(record['epochs'])}")
     if record.get("test_acc") is not None:
         print(f"best validation accuracy {record['best_val_acc']:.4f} at epoch {record['best_epoch']}; "
-              f"test accuracy {record['test_acc']:.4f}; checkpoint {os.path.join(run_dir, 'best.pt')}")
+              f"test accuracy {record['test_acc']:.4f}; checkpoint {os.path.join(run_dir, CHECKPOINT_FILE)}")
     seconds = epoch_seconds(record)
     if seconds is not None:
         print(f"{seconds:.3g} s per epoch (training and validation)")

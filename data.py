@@ -243,9 +243,10 @@ def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED
         elif not existed:  # a failed download leaves no empty folder behind
             shutil.rmtree(data_dir, ignore_errors=True)
     if arrays is None:
+        jpeg_dir = os.path.join(data_dir, CIFAR10_JPEG_DIR)
         raise DataError(f"CIFAR-10 not found in {data_dir} (looked for cifar-10-batches-py/ and "
-                        f"an ImageFolder copy {os.path.join(data_dir, CIFAR10_JPEG_DIR)}/{{train,test}}/<class>/) "
-                        f"and it could not be downloaded; e.g. ../shared/datasets/install.sh {data_dir}")
+                        f"an ImageFolder copy {jpeg_dir}/{{train,test}}/<class>/) and it could not "
+                        f"be downloaded; e.g. ../shared/datasets/install.sh {data_dir}")
     train_x, train_y, test_x, test_y = (a.to(device) for a in arrays)
     train_split, val_split = _split(train_x, train_y, n_val, split_seed)
     return Dataset(train_split, val_split, Split(test_x, test_y), source, CIFAR10_CLASSES)

@@ -22,8 +22,8 @@ from report import (epoch_seconds, format_result, output_dir, print_result, run_
 import runs
 from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from training import fit
-from utils import (ArgumentParser, UserError, add_run_flags, check_positive, check_writable, count, get_device,
-                   hardware, run_cli, seed_everything, set_threads)
+from utils import (ArgumentParser, UserError, add_run_flags, check_positive, check_writable, count,
+                   get_device, hardware, run_cli, seed_everything, set_threads)
 
 PROG = "ex1_cnn.py"
 EXERCISE = "ex1_cnn"
@@ -65,7 +65,8 @@ def get_args(argv=None):
                    help="plain vs residual at each --blocks-list, --seeds seeds; skips finished runs")
     p.add_argument("--blocks-list", default=",".join(map(str, SWEEP_BLOCKS)),
                    help="sweep blocks per stage (add 9 for depth 56 on a GPU)")
-    p.add_argument("--seeds", type=int, default=None, help=f"sweep seeds 0..N-1 (default: {DEFAULTS['seeds']})")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"sweep seeds 0..N-1 (default: {DEFAULTS['seeds']})")
     p.add_argument("--workers", type=int, default=0,
                    help="sweep processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
     args = p.parse_args(argv)
@@ -118,7 +119,8 @@ def load_data(args, device):
     data = load_cifar10(args.data_dir, device, args.val_size)
     if args.train_subset:
         if args.train_subset > len(data.train):
-            raise UserError(f"--train-subset {args.train_subset} exceeds the {len(data.train)} training images")
+            raise UserError(f"--train-subset {args.train_subset} exceeds the {len(data.train)} "
+                            "training images")
         data.train.x, data.train.y = data.train.x[:args.train_subset], data.train.y[:args.train_subset]
     return data
 
@@ -225,15 +227,18 @@ def make_table(found, args, missing):
             cells = [format_result(records, key) for key in (_final("val_acc"), _final("train_loss"),
                                                              run_result)]
             cells += [format_result(records, epoch_seconds, digits=0), str(len(records))]
-            lines.append(f"| {6 * b + 2} | {'residual' if residual else 'plain'} | " + " | ".join(cells) + " |")
+            network = "residual" if residual else "plain"
+            lines.append(f"| {6 * b + 2} | {network} | " + " | ".join(cells) + " |")
     n_seeds = len({c["seed"] for c, _, _ in found})
+    uneven = len({len(records) for records in groups.values()}) > 1
+    per_row = " (each row over the seeds it shows)" if uneven else ""
     timed = [epoch_seconds(r) * len(r["epochs"]) for _, r, _ in found if epoch_seconds(r)]
     total = f" The runs' epochs took {sum(timed) / 60:.0f} CPU-process minutes in all." if timed else ""
     gaps = f" **{count(missing, 'run')} of the sweep not finished yet.**" if missing else ""
-    lines += ["", f"Mean ± std over {count(n_seeds, 'seed')} (each row over the seeds it shows); s per epoch is "
-                  f"the wall time of training "
-                  f"plus validation.{total} {_caption(found, args)}.{gaps} "
-                  f"Made by `python {PROG} {' '.join(README_SWEEP) if is_readme_sweep(args) else '--sweep ...'}`."]
+    command = " ".join(README_SWEEP) if is_readme_sweep(args) else "--sweep ..."
+    lines += ["", f"Mean ± std over {count(n_seeds, 'seed')}{per_row}; s per epoch is the wall time of "
+                  f"training plus validation.{total} {_caption(found, args)}.{gaps} "
+                  f"Made by `python {PROG} {command}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -265,7 +270,8 @@ def plot_curves(found, args, path):
 def make_figures(args, configs):
     publish = is_readme_sweep(args) and not args.shard
     found, missing, fig_dir = sweep_results(configs, roots(args), run_name, args.fig_dir, publish,
-                                            os.path.join(args.out_dir, "figures"), f"python {PROG} --sweep ...")
+                                            os.path.join(args.out_dir, "figures"),
+                                            f"python {PROG} --sweep ...")
     table = make_table(found, args, missing)
     table_path = write_table(table, "ex1_cnn_table", fig_dir, publish)
     plot_curves(found, args, os.path.join(fig_dir, "ex1_cnn_curves.png"))

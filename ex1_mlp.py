@@ -21,8 +21,8 @@ import runs
 from runs import CHECKPOINT_FILE, Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from storage import load_model, read_json, write_json_atomic
 from training import fit
-from utils import (ArgumentParser, UserError, add_run_flags, check_positive, check_writable, count, get_device,
-                   hardware, run_cli, seed_everything, set_threads)
+from utils import (ArgumentParser, UserError, add_run_flags, check_positive, check_writable, count,
+                   get_device, hardware, run_cli, seed_everything, set_threads)
 
 PROG = "ex1_mlp.py"
 EXERCISE = "ex1_mlp"
@@ -320,11 +320,13 @@ def plot_gradients(stats, caption, path):
                 layers = range(1, len(s[when]["weight"]) + 1)
                 # a zero gradient (ReZero's gated layers at initialization, underflow in plain
                 # nets) has no logarithm: leave a gap rather than a line to the axis
-                weight, bias = ([g if g > 0 else float("nan") for g in s[when][k]] for k in ("weight", "bias"))
+                weight, bias = ([g if g > 0 else float("nan") for g in s[when][k]]
+                                for k in ("weight", "bias"))
                 ax.plot(layers, weight, color=colors[v], label=VARIANT_LABELS[v])
                 ax.plot(layers, bias, color=colors[v], ls="--")
+            stage = "at initialization" if when == "init" else "after training"
             ax.set(yscale="log", xlabel="linear layer (1 = input projection, last = classifier)",
-                   ylabel="gradient norm", title=f"depth {d}, {'at initialization' if when == 'init' else 'after training'}")
+                   ylabel="gradient norm", title=f"depth {d}, {stage}")
             ax.grid(alpha=0.3)
     # one legend above the panels, where it hides no curve
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -345,8 +347,8 @@ def plot_activations(stats, caption, path):
                 for when, ls in (("init", "-"), ("trained", ":")):
                     rms = s[when]["activation_rms"]
                     layers_per_block = VARIANTS[v][1]
-                    ax.plot(range(0, len(rms) * layers_per_block, layers_per_block), rms, color=colors[v], ls=ls,
-                            label=VARIANT_LABELS[v] if when == "init" else None)
+                    ax.plot(range(0, len(rms) * layers_per_block, layers_per_block), rms,
+                            color=colors[v], ls=ls, label=VARIANT_LABELS[v] if when == "init" else None)
         ax.set(yscale="log", xlabel="hidden layers passed (0 = after the input projection)",
                ylabel="RMS of the hidden state", title=f"depth {d}: forward signal")
         ax.grid(alpha=0.3)
@@ -359,7 +361,8 @@ def plot_activations(stats, caption, path):
 def make_figures(args, configs, device):
     publish = is_readme_sweep(args) and not args.shard
     found, missing, fig_dir = sweep_results(configs, roots(args), run_name, args.fig_dir, publish,
-                                            os.path.join(args.out_dir, "figures"), f"python {PROG} --sweep ...")
+                                            os.path.join(args.out_dir, "figures"),
+                                            f"python {PROG} --sweep ...")
     groups = _group(found)
     table_path = write_table(make_table(groups, args, missing), "ex1_mlp_table", fig_dir, publish)
     plot_depth(groups, args, os.path.join(fig_dir, "ex1_mlp_depth.png"))

@@ -27,8 +27,8 @@ CNN_RUNS = os.path.join("runs", "ex1_cnn")
 SCRATCH_DIR = os.path.join("runs", "ex2_cam")  # figures of other checkpoints or settings
 MAKE_CHECKPOINT = "python ex1_cnn.py --blocks 3 --residual --cpu"
 INTERRUPTED = "nothing was written"  # what Ctrl-C leaves: figures are written whole, at the end
-MAX_FIGURE_IMAGES = 32
-PUBLISHED_SEED = 0  # the seed whose checkpoints are committed  # a column per image: more would make a figure no screen shows
+MAX_FIGURE_IMAGES = 32  # a column per image: more would make a figure no screen shows
+PUBLISHED_SEED = 0  # the seed whose checkpoints are committed
 # Imagenette's ten WordNet ids, in torchvision's (sorted) label order, and their ImageNet-1k index
 IMAGENETTE_TO_IMAGENET = {
     "n01440764": ("tench", 0), "n02102040": ("English springer", 217),
@@ -184,10 +184,11 @@ def cifar_figure(args, device):
     config = ckpt["config"]
     name = f"{'residual' if config['residual'] else 'plain'}-{6 * config['blocks'] + 2}"
     out = os.path.join(figure_dir(args, path)[0], "ex2_cam_cifar10.png")
+    title = f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images"
+    caption = (f"{data.source} test images (seed {args.seed}); checkpoint {relative(path)}; "
+               f"{hardware(device)}")
     plot_cams(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps.numpy(), y.cpu().tolist(), pred.tolist(),
-              classes.tolist(), data.classes,
-              true_maps.numpy(), f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images",
-              f"{data.source} test images (seed {args.seed}); checkpoint {relative(path)}; {hardware(device)}", out)
+              classes.tolist(), data.classes, true_maps.numpy(), title, caption, out)
     print(f"{len(idx)} images, {int((pred == y.cpu()).sum())} correctly classified; figure {out}")
     return out
 
@@ -237,10 +238,11 @@ def faithfulness_table(n, stats, caption, target="the predicted class"):
              "| Average Drop % (lower) | Increase in Confidence % (higher) |",
              "|---|---:|---:|---:|---:|"]
     for m, s in stats.items():
-        lines.append(f"| {m} | {format_mean_std(s['deletion'].tolist())} | {format_mean_std(s['insertion'].tolist())} "
+        deletion, insertion = (format_mean_std(s[k].tolist()) for k in ("deletion", "insertion"))
+        lines.append(f"| {m} | {deletion} | {insertion} "
                      f"| {100 * s['drop'].mean():.1f} | {100 * s['increase'].mean():.1f} |")
-    lines += ["", f"Mean ± std over {n} CIFAR-10 test images (a seeded sample), explaining {target}. {caption}. "
-                  f"Made by `python {PROG} cifar10 --evaluate`."]
+    lines += ["", f"Mean ± std over {n} CIFAR-10 test images (a seeded sample), explaining {target}. "
+                  f"{caption}. Made by `python {PROG} cifar10 --evaluate`."]
     return "\n".join(lines) + "\n"
 
 
@@ -275,7 +277,8 @@ def cifar_evaluate(args, device):
     table_path = write_table(table, "ex2_cam_faithfulness", fig_dir, publish)
     plot_faithfulness(curves, caption, os.path.join(fig_dir, "ex2_cam_faithfulness.png"))
     print(table)
-    print(f"evaluated {n} images in {time.perf_counter() - start:.0f} s; table {table_path}, figure in {fig_dir}/")
+    print(f"evaluated {n} images in {time.perf_counter() - start:.0f} s; table {table_path}, "
+          f"figure in {fig_dir}/")
     return stats
 
 
@@ -328,6 +331,14 @@ def imagenette(args, device):
     model = load_resnet18(args.weights, device)  # weights first: the cheaper check
     ds = load_imagenette(args.data_dir)
     check_class_index(args, model.fc.out_features)
+    if args.num_images > len(ds):
+        raise UserError(f"--num-images {args.num_images} exceeds the {len(ds)} images")
+    defaults = get_args(["imagenette"])
+    publish = args.weights is None and all(getattr(args, k, None) == getattr(defaults, k, None)
+                                           for k in FIGURE_FLAGS)
+    fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
+    check_writable(fig_dir)  # before the evaluation, which can take minutes
+    out = os.path.join(fig_dir, "ex2_cam_imagenette.png")
     to_imagenet = torch.tensor([IMAGENETTE_TO_IMAGENET[w][1] for w in ds.wnids], device=device)
     names = {i: name for name, i in IMAGENETTE_TO_IMAGENET.values()}
     # top-1 accuracy over the 1000 ImageNet classes on Imagenette val
@@ -341,8 +352,6 @@ def imagenette(args, device):
             correct += int((model(x.to(device)).argmax(1) == to_imagenet[y.to(device)]).sum())
     acc = correct / n_eval
     # the figure: layer4's output (after the last residual addition and ReLU), then avgpool + fc
-    if args.num_images > len(ds):
-        raise UserError(f"--num-images {args.num_images} exceeds the {len(ds)} images")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:args.num_images]
     x = torch.stack([ds[i][0] for i in idx.tolist()]).to(device)
     y = to_imagenet[torch.tensor([ds[i][1] for i in idx.tolist()], device=device)]
@@ -352,17 +361,12 @@ def imagenette(args, device):
     pred = logits.argmax(1).cpu().tolist()
     explained = explained.cpu().tolist()
     labels = {i: names.get(i, f"ImageNet {i}") for i in set(pred) | set(y.cpu().tolist()) | set(explained)}
-    fig_dir = output_dir(args.fig_dir, publish=args.weights is None and all(
-        getattr(args, k, None) == getattr(get_args(["imagenette"]), k, None) for k in FIGURE_FLAGS),
-        scratch_dir=SCRATCH_DIR)
-    check_writable(fig_dir)
-    out = os.path.join(fig_dir, "ex2_cam_imagenette.png")
     transform = imagenet_transform()
     source = f"weights {args.weights}" if args.weights else "torchvision IMAGENET1K_V1 weights"
-    plot_cams(denormalize(x, transform.mean, transform.std), maps.cpu().numpy(), y.cpu().tolist(), pred, explained,
-              labels,
-              true_maps.cpu().numpy(), f"CAM of ResNet-18 (layer4) on Imagenette val; top-1 accuracy {acc:.3f} "
-              f"on {n_eval} images", f"Imagenette val {IMAGENETTE_SIZE}; {source}; {hardware(device)}", out)
+    title = f"CAM of ResNet-18 (layer4) on Imagenette val; top-1 accuracy {acc:.3f} on {n_eval} images"
+    caption = f"Imagenette val {IMAGENETTE_SIZE}; {source}; {hardware(device)}"
+    plot_cams(denormalize(x, transform.mean, transform.std), maps.cpu().numpy(), y.cpu().tolist(), pred,
+              explained, labels, true_maps.cpu().numpy(), title, caption, out)
     print(f"top-1 accuracy of ResNet-18 on Imagenette val ({n_eval} images): {acc:.4f}; figure {out}")
     return acc
 

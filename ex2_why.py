@@ -83,7 +83,8 @@ def find_networks(roots, epochs, seed):
             for blocks in BLOCKS:
                 pattern = f"{'res' if residual else 'plain'}_n{blocks}_e{epochs}_s{seed}_*"
                 paths = sorted(glob.glob(os.path.join(root, pattern, CHECKPOINT_FILE)))
-                finished = [p for p in paths if (read_record(os.path.dirname(p)) or {}).get("status") == "complete"]
+                finished = [p for p in paths
+                            if (read_record(os.path.dirname(p)) or {}).get("status") == "complete"]
                 if len(finished) > 1:
                     raise UserError(f"{root} holds {len(finished)} runs of {pattern} (other settings); "
                                     "pass --runs-dir with one of them")
@@ -245,7 +246,8 @@ def accuracy(model, x, y, batch_size=EVAL_BATCH):
 
 def lesion(nets, data, args, progress):
     """Test accuracy with each block deleted, and with k random blocks deleted (k = 1..max)."""
-    idx = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(args.seed))[:args.lesion_images]
+    generator = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(data.test), generator=generator)[:args.lesion_images]
     x, y = data.test.x[idx], data.test.y[idx]
     out = {}
     for residual in (False, True):
@@ -395,12 +397,14 @@ def main(args):
     data = load_cifar10(args.data_dir, device, any_ckpt["config"]["val_size"])  # the split they trained with
     published = os.path.abspath(next(iter(paths.values()))).startswith(published_dir("ex1_cnn"))
     defaults = get_args([])
-    publish = published and all(getattr(args, k) == getattr(defaults, k) for k in vars(args) if k != "analyses")
+    publish = published and all(getattr(args, k) == getattr(defaults, k)
+                                for k in vars(args) if k != "analyses")
     fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
     check_writable(fig_dir)
     where = os.path.relpath(os.path.dirname(os.path.dirname(next(iter(paths.values())))))
     networks = ", ".join(label(*k) for k in sorted(paths))
-    source = f"checkpoints {where}/*_e{args.epochs}_s{args.seed}_* ({networks}); {data.source}; {hardware(device)}"
+    source = (f"checkpoints {where}/*_e{args.epochs}_s{args.seed}_* ({networks}); {data.source}; "
+              f"{hardware(device)}")
     print(f"{count(len(nets), 'network')} from {where}: {networks}")
     written = []
     timings = {}
@@ -442,7 +446,8 @@ def main(args):
             plot_landscape(coords, surfaces, f"{source}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
                                              f"{min(args.landscape_images, len(data.train))} training images "
                                              "(a seeded subset), BN in eval mode", written[-1])
-            written.append(write_table(landscape_table(coords, surfaces), "ex2_why_landscape", fig_dir, publish))
+            table = landscape_table(coords, surfaces)
+            written.append(write_table(table, "ex2_why_landscape", fig_dir, publish))
         timings[analysis] = time.perf_counter() - start
         print(f"{analysis}: {timings[analysis]:.0f} s, {written[-1]}")
     return written
@@ -454,8 +459,8 @@ def gradient_table(stats):
     for (residual, b), s in sorted(stats.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         lines.append(f"| {label(residual, b)} | {s['init'][0] / s['init'][-1]:.2f} "
                      f"| {s['trained'][0] / s['trained'][-1]:.2f} |")
-    lines += ["", "The norm of the gradient of the stem's conv weights over that of the deepest conv layer's, "
-                  f"on one training batch of {GRADIENT_BATCH}. Made by `python {PROG} gradients`."]
+    lines += ["", "The norm of the gradient of the stem's conv weights over that of the deepest conv "
+                  f"layer's, on one training batch of {GRADIENT_BATCH}. Made by `python {PROG} gradients`."]
     return "\n".join(lines) + "\n"
 
 
@@ -469,8 +474,8 @@ def lesion_table(result, n_images):
         lines.append(f"| {label(residual, LESION_BLOCKS)} | {r['intact']:.3f} | "
                      f"{sum(r['single']) / len(r['single']):.3f} | {r['single'][worst]:.3f} ({worst + 1}) | "
                      + " | ".join(f"{v:.3f}" for v in randoms) + " |")
-    lines += ["", f"Test accuracy on {n_images} test images (a seeded sample); k random blocks: mean over the "
-                  f"draws. Blocks are numbered from the input, 1 to {3 * LESION_BLOCKS}. "
+    lines += ["", f"Test accuracy on {n_images} test images (a seeded sample); k random blocks: mean "
+                  f"over the draws. Blocks are numbered from the input, 1 to {3 * LESION_BLOCKS}. "
                   f"Made by `python {PROG} lesion`."]
     return "\n".join(lines) + "\n"
 
@@ -481,10 +486,11 @@ def landscape_table(coords, surfaces):
              "|---|---:|---:|---:|"]
     for residual, s in sorted(surfaces.items()):
         low = float(s.min())
-        lines.append(f"| {label(residual, LESION_BLOCKS)} | {low:.3f} | {float((s < 2 * low).float().mean()):.2f} "
-                     f"| {float((s < math.log(10)).float().mean()):.2f} |")
-    lines += ["", f"Over the {len(coords)}x{len(coords)} grid of the slice, ±{coords[-1]:g} along each direction: "
-                  f"the wider the basin, the larger the shares. Made by `python {PROG} landscape`."]
+        near, below_chance = (float(share.float().mean()) for share in (s < 2 * low, s < math.log(10)))
+        lines.append(f"| {label(residual, LESION_BLOCKS)} | {low:.3f} | {near:.2f} | {below_chance:.2f} |")
+    lines += ["", f"Over the {len(coords)}x{len(coords)} grid of the slice, ±{coords[-1]:g} along each "
+                  f"direction: the wider the basin, the larger the shares. "
+                  f"Made by `python {PROG} landscape`."]
     return "\n".join(lines) + "\n"
 
 
@@ -496,8 +502,8 @@ def block_outputs(stds):
 
 def response_table(stds, args):
     """Mean std of the 3x3 layers' responses per network: do residual functions respond less?"""
-    lines = ["| depth | all 3x3 layers: plain | residual | residual / plain | block outputs: plain | residual "
-             "| residual / plain |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| depth | all 3x3 layers: plain | residual | residual / plain | block outputs: plain "
+             "| residual | residual / plain |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for b in BLOCKS:
         if (False, b) in stds and (True, b) in stds:
             cells = []
@@ -505,9 +511,10 @@ def response_table(stds, args):
                 p, r = (sum(pick(stds[(res, b)])) / len(pick(stds[(res, b)])) for res in (False, True))
                 cells += [f"{p:.3f}", f"{r:.3f}", f"{r / p:.2f}"]
             lines.append(f"| {6 * b + 2} | " + " | ".join(cells) + " |")
-    lines += ["", f"Std of each 3x3 layer's response (after BN, before the addition and the ReLU), per channel over "
-                  f"{args.response_images} validation images, averaged over channels, then over the layers: all "
-                  "of them, or only the last of each block (the residual function in a residual network). "
+    lines += ["", "Std of each 3x3 layer's response (after BN, before the addition and the ReLU), per "
+                  f"channel over {args.response_images} validation images, averaged over channels, then "
+                  "over the layers: all of them, or only the last of each block (the residual function "
+                  "in a residual network). "
                   f"Made by `python {PROG} responses`."]
     return "\n".join(lines) + "\n"
 

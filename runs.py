@@ -278,7 +278,8 @@ def run_jobs(fn, jobs, workers, device, threads, desc, setup, setup_args):
 
 def summarize_jobs(results):
     """'trained 5 runs; 1 held by another process (skipped)' from the jobs' outcomes."""
-    others = {"held": "held by another process (skipped)", "finished": "finished meanwhile by another process"}
+    others = {"held": "held by another process (skipped)",
+              "finished": "finished meanwhile by another process"}
     return "; ".join([f"trained {count(results.count('trained'), 'run')}"]
                      + [f"{results.count(k)} {text}" for k, text in others.items() if k in results])
 

@@ -59,7 +59,8 @@ def run_cli(main, args, prog, interrupted="finished runs are saved; rerun the co
 
 def add_run_flags(parser, exercise):
     """The flags of where a script's runs, tables and figures go, the same in every script."""
-    parser.add_argument("--out-dir", default=os.path.join("runs", exercise), help="one folder per run below this")
+    parser.add_argument("--out-dir", default=os.path.join("runs", exercise),
+                        help="one folder per run below this")
     parser.add_argument("--fig-dir", default=None,
                         help="where tables and figures go (default: figures/ for the README's sweep, "
                              "else <out-dir>/figures)")

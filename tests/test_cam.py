@@ -66,7 +66,8 @@ def test_gradcam_on_the_last_layer_is_relu_cam_up_to_a_positive_factor(net):
     assert torch.equal(classes, same)
     hw = raw_cam.shape[1] * raw_cam.shape[2]  # the factor is 1 / (h w) from the average pooling
     torch.testing.assert_close(raw_grad * hw, torch.relu(raw_cam))
-    torch.testing.assert_close(scaled, upsample_and_scale(torch.relu(raw_cam), (32, 32)), atol=1e-5, rtol=1e-4)
+    expected = upsample_and_scale(torch.relu(raw_cam), (32, 32))
+    torch.testing.assert_close(scaled, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_hooks_are_gone_after_the_context_manager(net):
@@ -111,7 +112,8 @@ def save_checkpoint(path, residual=True, blocks=1, width=4, val_acc=0.5):
     torch.manual_seed(0)
     model = build_model(arch)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"model": model.state_dict(), "arch": arch, "config": config, "epoch": 1, "val_acc": val_acc}, path)
+    torch.save({"model": model.state_dict(), "arch": arch, "config": config, "epoch": 1,
+                "val_acc": val_acc}, path)
     record = {"config": config, "status": "complete", "epochs": [], "best_val_acc": val_acc}
     with open(os.path.join(os.path.dirname(path), "metrics.json"), "w") as f:
         json.dump(record, f)
@@ -125,8 +127,8 @@ def test_cifar_figure_and_evaluation(cifar_folder, tmp_path):
     common = ["--data-dir", cifar_folder, "--fig-dir", str(tmp_path / "fig"), "--device", "cpu"]
     out = ex2_cam.main(ex2_cam.get_args(["cifar10", "--checkpoint", ckpt, "--num-images", "4"] + common))
     assert os.path.getsize(out) > 0
-    stats = ex2_cam.main(ex2_cam.get_args(["cifar10", "--evaluate", "--checkpoint", ckpt, "--eval-images", "20",
-                                           "--steps", "4"] + common))
+    stats = ex2_cam.main(ex2_cam.get_args(["cifar10", "--evaluate", "--checkpoint", ckpt,
+                                           "--eval-images", "20", "--steps", "4"] + common))
     assert set(stats) == {"CAM", "Grad-CAM", "random"} and len(stats["CAM"]["deletion"]) == 20
     table = (tmp_path / "fig" / "ex2_cam_faithfulness.md").read_text()
     assert "| CAM |" in table and "| random |" in table and "20 CIFAR-10 test images" in table
@@ -190,8 +192,8 @@ def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder, cap
     (tmp_path / "empty.pt").write_bytes(b"")
     from models import MLP
     mlp = tmp_path / "mlp.pt"  # a checkpoint of the other exercise
-    torch.save(dict(saved, model=MLP(4, 2).state_dict(), arch={"name": "MLP", "kwargs": {"width": 4, "depth": 2}}),
-               mlp)
+    arch = {"name": "MLP", "kwargs": {"width": 4, "depth": 2}}
+    torch.save(dict(saved, model=MLP(4, 2).state_dict(), arch=arch), mlp)
     subs = {"{tmp}": str(tmp_path), "{mismatch}": str(mismatch), "{ckpt}": ckpt, "{cifar}": cifar_folder,
             "{empty}": str(tmp_path / "empty.pt"), "{mlp}": str(mlp)}
     for k, v in subs.items():

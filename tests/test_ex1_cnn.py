@@ -88,12 +88,14 @@ def test_main_one_epoch_end_to_end(cifar_folder, tmp_path):
     from data import batches, normalize_images
     from training import evaluate
     test = load_cifar10(cifar_folder, CPU, n_val=10).test
-    assert evaluate(model, batches(test, 7, transform=normalize_images))["acc"] == pytest.approx(record["test_acc"])
+    accuracy = evaluate(model, batches(test, 7, transform=normalize_images))["acc"]
+    assert accuracy == pytest.approx(record["test_acc"])
 
 
 def test_partial_sweep_writes_beside_its_runs_never_the_readme(cifar_folder, tmp_path, capsys):
     import report
-    before = {p: open(p, "rb").read() for p in (report.README, os.path.join(report.FIGURES_DIR, "ex1_cnn_table.md"))}
+    published = (report.README, os.path.join(report.FIGURES_DIR, "ex1_cnn_table.md"))
+    before = {p: open(p, "rb").read() for p in published}
     argv = TINY + ["--sweep", "--blocks-list", "1", "--seeds", "1", "--data-dir", cifar_folder,
                    "--out-dir", str(tmp_path / "runs"), "--workers", "1"]
     ex1_cnn.main(ex1_cnn.get_args(argv))
@@ -188,7 +190,8 @@ def test_shards_of_a_sweep_train_disjoint_runs_that_plot_together(cifar_folder, 
     assert len(names) == len(set(names)) == 4  # each run trained by exactly one shard
     merged = tmp_path / "merged"  # merging is copying the run folders into one --out-dir
     for k in range(3):
-        shutil.copytree(tmp_path / f"m{k}", merged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("figures"))
+        shutil.copytree(tmp_path / f"m{k}", merged, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("figures"))
     ex1_cnn.main(ex1_cnn.get_args(argv + ["--plot-only", "--out-dir", str(merged), "--fig-dir",
                                           str(tmp_path / "fig")]))
     table = (tmp_path / "fig" / "ex1_cnn_table.md").read_text()

@@ -17,7 +17,8 @@ def run_main(argv):
 def folder_of(argv, out):
     """The run folder a single run of `argv` writes below `out`."""
     args = ex1_mlp.get_args(argv)
-    config = ex1_mlp.run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
+    config = ex1_mlp.run_config(args, args.depth, args.seed, args.residual, args.layers_per_block,
+                                args.rezero)
     return out / ex1_mlp.run_name(config)
 
 
@@ -41,8 +42,9 @@ def test_main_trains_one_epoch_and_writes_its_run(mnist_dir, tmp_path):
 
 
 def test_learns_the_synthetic_task(mnist_dir, tmp_path):
-    record = run_main(TINY[:2] + ["--epochs", "5", "--val-size", "50", "--batch-size", "16", "--lr", "3e-3",
-                                  "--depth", "2", "--residual", "--data-dir", mnist_dir, "--out-dir", str(tmp_path)])
+    record = run_main(TINY[:2] + ["--epochs", "5", "--val-size", "50", "--batch-size", "16",
+                                  "--lr", "3e-3", "--depth", "2", "--residual",
+                                  "--data-dir", mnist_dir, "--out-dir", str(tmp_path)])
     assert record["best_val_acc"] > 0.5  # chance is 0.1
 
 
@@ -73,7 +75,8 @@ def test_a_finished_run_is_not_trained_again_unless_forced(mnist_dir, tmp_path, 
 
 
 def test_a_single_run_never_overwrites_a_run_with_other_settings(mnist_dir, tmp_path):
-    sweep = run_main(sweep_argv(mnist_dir, tmp_path) + ["--seeds", "1", "--depths", "2", "--variants", "plain"])
+    only_plain_2 = ["--seeds", "1", "--depths", "2", "--variants", "plain"]
+    sweep = run_main(sweep_argv(mnist_dir, tmp_path) + only_plain_2)
     saved = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()}
     run_main(TINY + ["--depth", "2", "--epochs", "2", "--data-dir", mnist_dir,
                      "--out-dir", str(tmp_path / "runs")])  # same network, more epochs: another folder
@@ -91,7 +94,8 @@ def test_sweep_writes_table_and_figures_and_resumes(mnist_dir, tmp_path, monkeyp
     run_main(sweep_argv(mnist_dir, tmp_path))
     table = (tmp_path / "fig" / "ex1_mlp_table.md").read_text()
     assert "residual, 2 layers/block" in table and "±" in table
-    assert len([line for line in table.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]) == 2
+    rows = [line for line in table.splitlines() if line.startswith(("| 2 |", "| 4 |"))]
+    assert len(rows) == 2
     for name in ("depth", "curves", "gradients", "activations"):
         assert (tmp_path / "fig" / f"ex1_mlp_{name}.png").stat().st_size > 0
 
@@ -102,7 +106,8 @@ def test_sweep_writes_table_and_figures_and_resumes(mnist_dir, tmp_path, monkeyp
     (victim / "metrics.json").write_text(json.dumps(record))
     trained = []
     real_train = ex1_mlp.train
-    monkeypatch.setattr(ex1_mlp, "train", lambda config, *a, **k: trained.append(config) or real_train(config, *a, **k))
+    monkeypatch.setattr(ex1_mlp, "train",
+                        lambda config, *a, **k: trained.append(config) or real_train(config, *a, **k))
     run_main(sweep_argv(mnist_dir, tmp_path))
     assert [ex1_mlp.run_name(c) for c in trained] == [victim.name]
 
@@ -154,7 +159,8 @@ def test_bad_input_is_one_line_exit_2_no_traceback(argv, message, tmp_path, caps
 
 
 def test_cli_error_from_a_real_process(tmp_path):
-    code, stderr = cli_subprocess("ex1_mlp.py", ["--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "runs")])
+    code, stderr = cli_subprocess("ex1_mlp.py", ["--data-dir", str(tmp_path / "none"),
+                                                 "--out-dir", str(tmp_path / "runs")])
     assert_one_line_error(code, stderr, "MNIST not found")
 
 

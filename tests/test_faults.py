@@ -125,7 +125,8 @@ def test_3_6_bad_mnist_files(tmp_path, capsys, monkeypatch):
         assert_one_line_error(code, err, message)
         assert "train-images-idx3-ubyte" in err and "re-unpack" in err
     missing = tmp_path / "nowhere"
-    code, err = cli_in_process(ex1_mlp, ["--data-dir", str(missing), "--out-dir", str(tmp_path / "r")], capsys)
+    argv = ["--data-dir", str(missing), "--out-dir", str(tmp_path / "r")]
+    code, err = cli_in_process(ex1_mlp, argv, capsys)
     assert_one_line_error(code, err, "MNIST not found")
     assert not missing.exists()  # no empty MNIST/raw tree left behind
 
@@ -152,7 +153,8 @@ def test_7_an_unwritable_out_dir_fails_before_training(mnist_dir, tmp_path, caps
 def test_8_sigterm_of_a_sweep_is_one_message(mnist_dir, tmp_path):
     argv = sweep(mnist_dir, tmp_path, "--epochs", "50", "--workers", "2", "--depths", "2,4")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "ex1_mlp.py")] + argv, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     runs = tmp_path / "runs"
     import time
     deadline = time.time() + 60
@@ -172,7 +174,8 @@ def test_9_a_figure_that_cannot_be_drawn_is_removed_and_said(mnist_dir, tmp_path
     gradients = tmp_path / "fig" / "ex1_mlp_gradients.png"
     assert gradients.exists()
     (run_folder(tmp_path) / ex1_mlp.STATS_FILE).unlink()  # and MNIST is gone: the stats cannot be made
-    ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path, "--plot-only", "--data-dir", str(tmp_path / "no"))))
+    no_data = str(tmp_path / "no")
+    ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path, "--plot-only", "--data-dir", no_data)))
     assert "gradient and activation figures skipped: they need MNIST" in capsys.readouterr().out
     assert not gradients.exists() and (tmp_path / "fig" / "ex1_mlp_table.md").exists()
 
@@ -190,11 +193,13 @@ def test_4_a_cnn_diverging_on_validation_saves_no_best(cifar_folder, tmp_path, m
 def test_completed_results_survive_every_fault_above(mnist_dir, tmp_path, capsys):
     """Nothing finished is lost: the corrupt-input errors leave finished runs byte for byte."""
     ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path)))
-    saved = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file() and "figures" not in str(p)}
+    saved = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*")
+             if p.is_file() and "figures" not in str(p)}
     # all finished: nothing to train, so no data is needed
     ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path, "--data-dir", str(tmp_path / "none"))))
     assert {p: p.read_bytes() for p in saved} == saved
-    assert json.loads(next(iter(p for p in saved if p.name == "metrics.json")).read_text())["status"] == "complete"
+    metrics = next(p for p in saved if p.name == "metrics.json")
+    assert json.loads(metrics.read_text())["status"] == "complete"
 
 
 def test_7_an_unwritable_fig_dir_fails_before_training(mnist_dir, tmp_path, capsys, monkeypatch):

@@ -128,16 +128,18 @@ def test_bad_inputs_are_one_line_errors(case, message, tmp_path, capsys):
 def test_all_four_analyses_end_to_end_on_tiny_runs(cifar_folder, tmp_path):
     import ex1_cnn
     runs = tmp_path / "runs"
-    ex1_cnn.main(ex1_cnn.get_args(["--sweep", "--blocks-list", "1,5", "--seeds", "1", "--epochs", "1", "--width",
-                                   "4", "--val-size", "10", "--batch-size", "8", "--device", "cpu", "--workers",
-                                   "1", "--data-dir", cifar_folder, "--out-dir", str(runs)]))
-    written = ex2_why.main(ex2_why.get_args(["--runs-dir", str(runs), "--epochs", "1", "--data-dir", cifar_folder,
+    ex1_cnn.main(ex1_cnn.get_args(["--sweep", "--blocks-list", "1,5", "--seeds", "1", "--epochs", "1",
+                                   "--width", "4", "--val-size", "10", "--batch-size", "8",
+                                   "--device", "cpu", "--workers", "1",
+                                   "--data-dir", cifar_folder, "--out-dir", str(runs)]))
+    written = ex2_why.main(ex2_why.get_args(["--runs-dir", str(runs), "--epochs", "1",
+                                             "--data-dir", cifar_folder,
                                              "--fig-dir", str(tmp_path / "fig"), "--grid", "3",
-                                             "--lesion-draws", "2", "--lesion-max-k", "2", "--device", "cpu"]))
+                                             "--lesion-draws", "2", "--lesion-max-k", "2",
+                                             "--device", "cpu"]))
     names = sorted(os.path.basename(p) for p in written)
-    assert names == ["ex2_why_gradients.md", "ex2_why_gradients.png", "ex2_why_landscape.md",
-                     "ex2_why_landscape.png", "ex2_why_lesion.md", "ex2_why_lesion.png", "ex2_why_responses.md",
-                     "ex2_why_responses.png"]
+    assert names == [f"ex2_why_{analysis}.{ext}" for analysis in ("gradients", "landscape", "lesion",
+                                                                  "responses") for ext in ("md", "png")]
     assert all(os.path.getsize(p) > 0 for p in written)
     table = (tmp_path / "fig" / "ex2_why_responses.md").read_text()
     assert "| 8 |" in table and "| 32 |" in table

@@ -161,6 +161,21 @@ def test_imagenette_path_offline_with_local_weights(tmp_path):
     assert (tmp_path / "fig" / "ex2_cam_imagenette.png").stat().st_size > 0
 
 
+def test_imagenette_checks_its_figure_folder_before_evaluating(tmp_path, capsys, monkeypatch):
+    from torchvision.models import resnet18
+    weights = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), weights)
+    root = make_imagenette(str(tmp_path / "data"), per_class=1)
+    (tmp_path / "taken").write_text("a file where the figure folder should go")
+
+    def evaluation_reached(*args, **kwargs):
+        raise AssertionError("evaluated before checking the figure folder")
+    monkeypatch.setattr(torch.utils.data, "DataLoader", evaluation_reached)
+    argv = ["imagenette", "--weights", str(weights), "--data-dir", root,
+            "--fig-dir", str(tmp_path / "taken" / "fig"), "--device", "cpu"]
+    assert_one_line_error(*cli_in_process(ex2_cam, argv, capsys), "cannot create the output folder")
+
+
 def test_imagenette_class_order_matches_torchvision(tmp_path):
     root = make_imagenette(str(tmp_path / "data"), per_class=1)
     from torchvision.datasets import Imagenette

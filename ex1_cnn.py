@@ -17,8 +17,8 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import build_model
-from report import (epoch_seconds, format_result, output_dir, print_result, run_result, save_figure,
-                    sweep_results, write_table)
+from report import (epoch_seconds, fastest_epoch_seconds, format_result, output_dir, print_result,
+                    run_result, save_figure, sweep_results, write_table)
 import runs
 from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from training import fit
@@ -218,7 +218,7 @@ def _by_network(found):
 def make_table(found, args, missing):
     groups = _by_network(found)
     lines = ["| depth | network | final val. accuracy | final train loss | test accuracy (best val.) "
-             "| s per epoch | seeds |", "|---:|---|---:|---:|---:|---:|---:|"]
+             "| fastest epoch (s) | seeds |", "|---:|---|---:|---:|---:|---:|---:|"]
     for b in sorted(args.blocks_list):
         for residual in (False, True):
             records = groups.get((residual, b))
@@ -226,7 +226,7 @@ def make_table(found, args, missing):
                 continue
             cells = [format_result(records, key) for key in (_final("val_acc"), _final("train_loss"),
                                                              run_result)]
-            cells += [format_result(records, epoch_seconds, digits=0), str(len(records))]
+            cells += [format_result(records, fastest_epoch_seconds, digits=0), str(len(records))]
             network = "residual" if residual else "plain"
             lines.append(f"| {6 * b + 2} | {network} | " + " | ".join(cells) + " |")
     n_seeds = len({c["seed"] for c, _, _ in found})
@@ -236,8 +236,9 @@ def make_table(found, args, missing):
     total = f" The runs' epochs took {sum(timed) / 60:.0f} CPU-process minutes in all." if timed else ""
     gaps = f" **{count(missing, 'run')} of the sweep not finished yet.**" if missing else ""
     command = " ".join(README_SWEEP) if is_readme_sweep(args) else "--sweep ..."
-    lines += ["", f"Mean ± std over {count(n_seeds, 'seed')}{per_row}; s per epoch is the wall time of "
-                  f"training plus validation.{total} {_caption(found, args)}.{gaps} "
+    lines += ["", f"Mean ± std over {count(n_seeds, 'seed')}{per_row}; an epoch's time is the wall time of "
+                  "training plus validation, and each run's fastest epoch is the one least slowed by other "
+                  f"work on the machine.{total} {_caption(found, args)}.{gaps} "
                   f"Made by `python {PROG} {command}`."]
     return "\n".join(lines) + "\n"
 

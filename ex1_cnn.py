@@ -17,7 +17,7 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import build_model
-from report import (epoch_seconds, fastest_epoch_seconds, format_result, output_dir, print_result,
+from report import (epoch_times, fastest_epoch_seconds, format_result, output_dir, print_result,
                     run_result, save_figure, sweep_results, write_table)
 import runs
 from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
@@ -232,8 +232,8 @@ def make_table(found, args, missing):
     n_seeds = len({c["seed"] for c, _, _ in found})
     uneven = len({len(records) for records in groups.values()}) > 1
     per_row = " (each row over the seeds it shows)" if uneven else ""
-    timed = [epoch_seconds(r) * len(r["epochs"]) for _, r, _ in found if epoch_seconds(r)]
-    total = f" The runs' epochs took {sum(timed) / 60:.0f} CPU-process minutes in all." if timed else ""
+    seconds = sum(sum(epoch_times(r)) for _, r, _ in found)
+    total = f" The runs' epochs took {seconds / 60:.0f} CPU-process minutes in all." if seconds else ""
     gaps = f" **{count(missing, 'run')} of the sweep not finished yet.**" if missing else ""
     command = " ".join(README_SWEEP) if is_readme_sweep(args) else "--sweep ..."
     lines += ["", f"Mean ± std over {count(n_seeds, 'seed')}{per_row}; an epoch's time is the wall time of "

@@ -90,19 +90,20 @@ def run_result(record):
     return record.get("test_acc")
 
 
-def _epoch_times(record):
+def epoch_times(record):
+    """The wall time of each epoch of a run that recorded it (training and validation), in s."""
     return [e["seconds"] for e in record["epochs"] if "seconds" in e]
 
 
 def epoch_seconds(record):
     """A run's mean wall time per epoch (training and validation), None if it was not recorded."""
-    seconds = _epoch_times(record)
+    seconds = epoch_times(record)
     return sum(seconds) / len(seconds) if seconds else None
 
 
 def fastest_epoch_seconds(record):
     """A run's quickest epoch: its cost with the least slowdown from other work on the machine."""
-    return min(_epoch_times(record), default=None)
+    return min(epoch_times(record), default=None)
 
 
 def finished_results(records, key=run_result):

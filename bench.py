@@ -16,7 +16,8 @@ from data import (CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, MNIST_MEAN, MNIST_STD
                   epoch_order, load_cifar10, load_mnist, normalize_images, random_crop_flip)
 from models import MLP, CifarResNet
 from report import output_dir, write_table
-from utils import ArgumentParser, UserError, check_positive, check_writable, get_device, machine, run_cli
+from utils import (ArgumentParser, UserError, check_positive, check_writable, command_line, get_device,
+                   machine, run_cli)
 
 PROG = "bench.py"
 SCRATCH_DIR = os.path.join("runs", "bench")  # results of non-default flags: never the README's
@@ -245,8 +246,7 @@ def main(args):
     text = "\n".join(lines)
     print(text)
     # the README shows the last measurement of its command, as printed, never numbers typed by hand
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v != getattr(defaults, k)]
-    command = " ".join([f"python {PROG} {args.what}"] + flags)
+    command = command_line(PROG, {"what": args.what}, args, defaults)
     path = write_table(f"```\n$ {command}\n{text}\n```\n", f"bench_{args.what}", fig_dir, publish)
     print(f"written to {path}")
 

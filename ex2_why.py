@@ -23,8 +23,8 @@ from models import CifarResNet, ConvBlock, build_model, shortcut
 from report import output_dir, save_figure, write_table
 from runs import CHECKPOINT_FILE, published_dir, read_record
 from storage import load_model
-from utils import (ArgumentParser, UserError, check_positive, check_writable, count, get_device,
-                   hardware, run_cli, seed_everything, set_threads)
+from utils import (ArgumentParser, UserError, check_positive, check_writable, command_line, count,
+                   get_device, hardware, run_cli, seed_everything, set_threads)
 
 PROG = "ex2_why.py"
 ANALYSES = ("gradients", "responses", "lesion", "landscape")
@@ -406,6 +406,11 @@ def main(args):
     source = (f"checkpoints {where}/*_e{args.epochs}_s{args.seed}_* ({networks}); {data.source}; "
               f"{hardware(device)}")
     print(f"{count(len(nets), 'network')} from {where}: {networks}")
+
+    def made_by(analysis):  # the end of each table's caption: its inputs and its command
+        command = command_line(PROG, {"analyses": analysis}, args, defaults)
+        return f"{source}. Made by `{command}`."
+
     written = []
     timings = {}
     for analysis in args.analyses:
@@ -414,13 +419,14 @@ def main(args):
             stats = gradients(nets, data, device)
             written.append(os.path.join(fig_dir, "ex2_why_gradients.png"))
             plot_gradients(stats, source, written[-1])
-            written.append(write_table(gradient_table(stats), "ex2_why_gradients", fig_dir, publish))
+            written.append(write_table(gradient_table(stats, made_by(analysis)), "ex2_why_gradients", fig_dir,
+                                       publish))
         elif analysis == "responses":
             stds = responses(nets, data, args.response_images)
             written.append(os.path.join(fig_dir, "ex2_why_responses.png"))
             plot_responses(stds, f"{source}; {min(args.response_images, len(data.val))} validation images",
                            written[-1])
-            table = response_table(stds, args)
+            table = response_table(stds, args, made_by(analysis))
             written.append(write_table(table, "ex2_why_responses", fig_dir, publish))
         elif analysis == "lesion":
             lesion_nets = [r for r in (False, True) if (r, LESION_BLOCKS) in nets]
@@ -434,7 +440,8 @@ def main(args):
             n_images = min(args.lesion_images, len(data.test))
             plot_lesion(result, f"{source}; {n_images} test images (a seeded sample), {args.lesion_draws} "
                                 "draws per k", written[-1])
-            written.append(write_table(lesion_table(result, n_images), "ex2_why_lesion", fig_dir, publish))
+            table = lesion_table(result, n_images, made_by(analysis))
+            written.append(write_table(table, "ex2_why_lesion", fig_dir, publish))
         else:
             n = sum((r, LESION_BLOCKS) in nets for r in (False, True))
             with tqdm(total=n * args.grid ** 2, desc="landscape", unit="point") as bar:
@@ -446,25 +453,25 @@ def main(args):
             plot_landscape(coords, surfaces, f"{source}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
                                              f"{min(args.landscape_images, len(data.train))} training images "
                                              "(a seeded subset), BN in eval mode", written[-1])
-            table = landscape_table(coords, surfaces)
+            table = landscape_table(coords, surfaces, made_by(analysis))
             written.append(write_table(table, "ex2_why_landscape", fig_dir, publish))
         timings[analysis] = time.perf_counter() - start
         print(f"{analysis}: {timings[analysis]:.0f} s, {written[-1]}")
     return written
 
 
-def gradient_table(stats):
+def gradient_table(stats, made_by):
     """How much larger the first conv layer's gradient is than the last's, per network."""
     lines = ["| network | first / last conv gradient norm, at initialization | trained |", "|---|---:|---:|"]
     for (residual, b), s in sorted(stats.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         lines.append(f"| {label(residual, b)} | {s['init'][0] / s['init'][-1]:.2f} "
                      f"| {s['trained'][0] / s['trained'][-1]:.2f} |")
     lines += ["", "The norm of the gradient of the stem's conv weights over that of the deepest conv "
-                  f"layer's, on one training batch of {GRADIENT_BATCH}. Made by `python {PROG} gradients`."]
+                  f"layer's, on one training batch of {GRADIENT_BATCH}. {made_by}"]
     return "\n".join(lines) + "\n"
 
 
-def lesion_table(result, n_images):
+def lesion_table(result, n_images, made_by):
     lines = ["| network | intact | one block deleted: mean | worst (block) | k random blocks deleted: "
              + " | ".join(f"k={k}" for k in sorted(next(iter(result.values()))["random"])) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(next(iter(result.values()))["random"])]
@@ -476,11 +483,11 @@ def lesion_table(result, n_images):
                      + " | ".join(f"{v:.3f}" for v in randoms) + " |")
     lines += ["", f"Test accuracy on {n_images} test images (a seeded sample); k random blocks: mean "
                   f"over the draws. Blocks are numbered from the input, 1 to {3 * LESION_BLOCKS}. "
-                  f"Made by `python {PROG} lesion`."]
+                  + made_by]
     return "\n".join(lines) + "\n"
 
 
-def landscape_table(coords, surfaces):
+def landscape_table(coords, surfaces, made_by):
     import math
     lines = ["| network | lowest loss | share of the slice below 2 x lowest | below ln 10 (chance) |",
              "|---|---:|---:|---:|"]
@@ -489,8 +496,7 @@ def landscape_table(coords, surfaces):
         near, below_chance = (float(share.float().mean()) for share in (s < 2 * low, s < math.log(10)))
         lines.append(f"| {label(residual, LESION_BLOCKS)} | {low:.3f} | {near:.2f} | {below_chance:.2f} |")
     lines += ["", f"Over the {len(coords)}x{len(coords)} grid of the slice, ±{coords[-1]:g} along each "
-                  f"direction: the wider the basin, the larger the shares. "
-                  f"Made by `python {PROG} landscape`."]
+                  f"direction: the wider the basin, the larger the shares. " + made_by]
     return "\n".join(lines) + "\n"
 
 
@@ -500,7 +506,7 @@ def block_outputs(stds):
     return stds[2::2]
 
 
-def response_table(stds, args):
+def response_table(stds, args, made_by):
     """Mean std of the 3x3 layers' responses per network: do residual functions respond less?"""
     lines = ["| depth | all 3x3 layers: plain | residual | residual / plain | block outputs: plain "
              "| residual | residual / plain |", "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -514,8 +520,7 @@ def response_table(stds, args):
     lines += ["", "Std of each 3x3 layer's response (after BN, before the addition and the ReLU), per "
                   f"channel over {args.response_images} validation images, averaged over channels, then "
                   "over the layers: all of them, or only the last of each block (the residual function "
-                  "in a residual network). "
-                  f"Made by `python {PROG} responses`."]
+                  "in a residual network). " + made_by]
     return "\n".join(lines) + "\n"
 
 

@@ -79,6 +79,14 @@ def check_positive(parser, args, *names):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
+def command_line(prog, positionals, args, defaults):
+    """The command that reproduces an output: `python prog`, the positional arguments (their
+    names in `args` -> the words to show), and every flag of `args` not at its default."""
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+             if k not in positionals and getattr(defaults, k, None) != v]
+    return " ".join([f"python {prog}", *positionals.values(), *flags])
+
+
 def check_writable(*folders):
     """Fail before any training if an output folder cannot be created or written."""
     for folder in folders:

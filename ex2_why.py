@@ -409,7 +409,7 @@ def main(args):
 
     def made_by(analysis):  # the end of each table's caption: its inputs and its command
         command = command_line(PROG, {"analyses": analysis}, args, defaults)
-        return f"{source}. Made by `{command}`."
+        return f"From {source}. Made by `{command}`."
 
     written = []
     timings = {}

@@ -146,6 +146,6 @@ def test_all_four_analyses_end_to_end_on_tiny_runs(cifar_folder, tmp_path):
     lesion = (tmp_path / "fig" / "ex2_why_lesion.md").read_text()
     assert "| plain-32 |" in lesion and "| residual-32 |" in lesion and "k=2" in lesion
     # each table says what made it: the checkpoints, and the command with the flags that differ
-    assert f"checkpoints {os.path.relpath(runs)}/*_e1_s0_*" in lesion
+    assert f"From checkpoints {os.path.relpath(runs)}/*_e1_s0_*" in lesion
     assert (f"Made by `python ex2_why.py lesion --runs-dir {runs} --epochs 1 --lesion-draws 2 "
             "--lesion-max-k 2 --grid 3 --device cpu") in lesion

@@ -17,8 +17,8 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import build_model
-from report import (epoch_times, fastest_epoch_seconds, format_result, output_dir, print_result,
-                    run_result, save_figure, sweep_results, write_table)
+from report import (epoch_times, fastest_epoch_seconds, format_result, print_result,
+                    run_result, save_figure, sweep_destination, sweep_results, write_table)
 import runs
 from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from training import fit
@@ -176,8 +176,7 @@ def _sweep_run(config, context):
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    publish = is_readme_sweep(args) and not args.shard
-    check_writable(args.out_dir, output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures")))
+    check_writable(args.out_dir, sweep_destination(args, is_readme_sweep(args))[0])
     workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
     done = run_sweep(configs, [c["blocks"] for c in configs], run_name, args.out_dir, roots(args),
@@ -269,10 +268,8 @@ def plot_curves(found, args, path):
 
 
 def make_figures(args, configs):
-    publish = is_readme_sweep(args) and not args.shard
-    found, missing, fig_dir = sweep_results(configs, roots(args), run_name, args.fig_dir, publish,
-                                            os.path.join(args.out_dir, "figures"),
-                                            f"python {PROG} --sweep ...")
+    fig_dir, publish = sweep_destination(args, is_readme_sweep(args))
+    found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...")
     table = make_table(found, args, missing)
     table_path = write_table(table, "ex1_cnn_table", fig_dir, publish)
     plot_curves(found, args, os.path.join(fig_dir, "ex1_cnn_curves.png"))

@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from data import MNIST_VAL_SIZE, DataError, load_mnist
 from models import MLP, build_model
-from report import (finished_results, format_result, mean_std, output_dir, print_result, remove_stale,
-                    save_figure, sweep_results, write_table)
+from report import (finished_results, format_result, mean_std, print_result, remove_stale,
+                    save_figure, sweep_destination, sweep_results, write_table)
 import runs
 from runs import CHECKPOINT_FILE, Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from storage import load_model, read_json, write_json_atomic
@@ -162,8 +162,7 @@ def _sweep_run(config, context):
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    publish = is_readme_sweep(args) and not args.shard
-    check_writable(args.out_dir, output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures")))
+    check_writable(args.out_dir, sweep_destination(args, is_readme_sweep(args))[0])
     costs = [c["depth"] + 2 for c in configs]  # per-step time grows with the number of layers
     done = run_sweep(configs, costs, run_name, args.out_dir, roots(args), job=_sweep_run,
                      setup=_sweep_setup, setup_args=(args, device), workers=args.workers,
@@ -359,10 +358,8 @@ def plot_activations(stats, caption, path):
 
 
 def make_figures(args, configs, device):
-    publish = is_readme_sweep(args) and not args.shard
-    found, missing, fig_dir = sweep_results(configs, roots(args), run_name, args.fig_dir, publish,
-                                            os.path.join(args.out_dir, "figures"),
-                                            f"python {PROG} --sweep ...")
+    fig_dir, publish = sweep_destination(args, is_readme_sweep(args))
+    found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...")
     groups = _group(found)
     table_path = write_table(make_table(groups, args, missing), "ex1_mlp_table", fig_dir, publish)
     plot_depth(groups, args, os.path.join(fig_dir, "ex1_mlp_depth.png"))

@@ -11,6 +11,7 @@ results/ex1_cnn/, else runs/ex1_cnn/) and trains nothing.
 """
 import copy
 import glob
+import math
 import os
 import time
 
@@ -472,9 +473,9 @@ def gradient_table(stats, made_by):
 
 
 def lesion_table(result, n_images, made_by):
+    ks = sorted(next(iter(result.values()))["random"])
     lines = ["| network | intact | one block deleted: mean | worst (block) | k random blocks deleted: "
-             + " | ".join(f"k={k}" for k in sorted(next(iter(result.values()))["random"])) + " |",
-             "|---|---:|---:|---:|" + "---:|" * len(next(iter(result.values()))["random"])]
+             + " | ".join(f"k={k}" for k in ks) + " |", "|---|---:|---:|---:|" + "---:|" * len(ks)]
     for residual, r in sorted(result.items()):
         worst = min(range(len(r["single"])), key=lambda j: r["single"][j])
         randoms = [sum(v) / len(v) for _, v in sorted(r["random"].items())]
@@ -488,7 +489,6 @@ def lesion_table(result, n_images, made_by):
 
 
 def landscape_table(coords, surfaces, made_by):
-    import math
     lines = ["| network | lowest loss | share of the slice below 2 x lowest | below ln 10 (chance) |",
              "|---|---:|---:|---:|"]
     for residual, s in sorted(surfaces.items()):

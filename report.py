@@ -27,8 +27,16 @@ def output_dir(fig_dir, publish, scratch_dir):
     return FIGURES_DIR if publish else scratch_dir
 
 
-def sweep_results(configs, roots, name_fn, fig_dir, publish, scratch_dir, command):
-    """(found, number missing, folder to write to) for the tables and figures of a sweep:
+def sweep_destination(args, readme_sweep):
+    """(folder, publish) for a sweep's tables and figures: `--fig-dir` if given, else the
+    README's figures/ for the README's sweep as a whole (not one shard), else figures/ beside
+    its runs. The one rule for checking the folder before training and writing it after."""
+    publish = readme_sweep and not args.shard
+    return output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures")), publish
+
+
+def sweep_results(configs, roots, name_fn, fig_dir, command):
+    """(found, number missing) for the tables and figures of a sweep written to `fig_dir`:
     [(config, record, folder)] of its finished runs in `roots`, an error if there are none."""
     found = collect(configs, roots, name_fn)
     if not found:
@@ -38,9 +46,8 @@ def sweep_results(configs, roots, name_fn, fig_dir, publish, scratch_dir, comman
     if missing:
         print(f"{count(missing, 'run')} of these settings not finished: the tables and figures show "
               f"{len(found)} of {len(configs)}")
-    fig_dir = output_dir(fig_dir, publish, scratch_dir)
     check_writable(fig_dir)
-    return found, missing, fig_dir
+    return found, missing
 
 
 def write_table(text, name, fig_dir, publish):

@@ -2,7 +2,7 @@
 
     python ex1_cnn.py --blocks 3 --residual            # ResNet-20; best-validation checkpoint saved
     python ex1_cnn.py --blocks 3 --residual --cpu      # the same with the CPU preset (8 epochs)
-    python ex1_cnn.py --sweep --cpu                    # plain vs residual at depths 8, 20, 32, 3 seeds
+    python ex1_cnn.py --sweep --cpu                    # plain vs residual at depths 8, 20, 32, 56, 3 seeds
     python ex1_cnn.py --sweep --cpu --plot-only        # redraw the README's table and figure
     python ex1_cnn.py --sweep --shard 0/4              # a quarter of a sweep (e.g. a SLURM array task)
 
@@ -17,7 +17,7 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
 from models import build_model
-from report import (epoch_times, fastest_epoch_seconds, format_result, print_result,
+from report import (depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result, print_result,
                     run_result, save_figure, sweep_destination, sweep_results, write_table)
 import runs
 from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
@@ -27,10 +27,11 @@ from utils import (ArgumentParser, UserError, add_run_flags, check_positive, che
 
 PROG = "ex1_cnn.py"
 EXERCISE = "ex1_cnn"
-SWEEP_BLOCKS = (1, 3, 5)
+SWEEP_BLOCKS = (1, 3, 5, 9)  # depths 8, 20, 32 and 56 (He et al.'s Fig. 6 goes to 56 and 110)
+GAP_BLOCKS = (3, 9)          # the depth gap the README measures: 56 layers against 20
 DEFAULTS = {"epochs": 40, "seeds": 3}
-# The CPU preset: what a 2-core machine affords for the README's sweep (six networks, three
-# seeds, about an hour per seed): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
+# The CPU preset: what a 2-core machine affords for the README's sweep (eight networks, three
+# seeds, about two hours per seed): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
 # on the JPEG copy; 8 take it past 0.80. On a GPU use the defaults.
 CPU_PRESET = {"epochs": 8}
 README_SWEEP = ["--sweep", "--cpu"]  # the command whose results the README shows
@@ -64,7 +65,7 @@ def get_args(argv=None):
     p.add_argument("--sweep", action="store_true",
                    help="plain vs residual at each --blocks-list, --seeds seeds; skips finished runs")
     p.add_argument("--blocks-list", default=",".join(map(str, SWEEP_BLOCKS)),
-                   help="sweep blocks per stage (add 9 for depth 56 on a GPU)")
+                   help="sweep blocks per stage (depth 6n+2)")
     p.add_argument("--seeds", type=int, default=None,
                    help=f"sweep seeds 0..N-1 (default: {DEFAULTS['seeds']})")
     p.add_argument("--workers", type=int, default=0,
@@ -214,6 +215,35 @@ def _by_network(found):
     return groups
 
 
+GAP_COLUMNS = (("final val. accuracy", _final("val_acc")), ("final train loss", _final("train_loss")),
+               ("test accuracy (best val.)", run_result))
+
+
+def depth_gaps(groups, shallow=GAP_BLOCKS[0], deep=GAP_BLOCKS[1]):
+    """{residual: [depth_gap of each GAP_COLUMNS]} for the networks with runs at both depths."""
+    return {residual: [depth_gap(groups[(residual, deep)], groups[(residual, shallow)], key)
+                       for _, key in GAP_COLUMNS]
+            for residual in (False, True) if (residual, deep) in groups and (residual, shallow) in groups}
+
+
+def gap_table(groups, shallow=GAP_BLOCKS[0], deep=GAP_BLOCKS[1]):
+    """Lines of the table of the depth gap (deep minus shallow), per network, with per-seed signs."""
+    gaps = depth_gaps(groups, shallow, deep)
+    if not gaps:
+        return []
+    lines = ["", f"| {6 * deep + 2} minus {6 * shallow + 2} layers | "
+             + " | ".join(name for name, _ in GAP_COLUMNS) + " | val. accuracy, per seed | train loss, per seed |",
+             "|---|" + "---:|" * (len(GAP_COLUMNS) + 2)]
+    for residual, row in gaps.items():
+        per_seed = [", ".join(f"{d:+.3f}" for d in row[i][2].values()) if row[i] else "-" for i in (0, 1)]
+        lines.append(f"| {'residual' if residual else 'plain'} | "
+                     + " | ".join(format_gap(g) for g in row) + " | " + " | ".join(per_seed) + " |")
+    lines += ["", f"Depth {6 * deep + 2} minus depth {6 * shallow + 2}: the difference of the means over the "
+                  "seeds ± its standard error (sqrt(s1²/n1 + s2²/n2), seeds as independent draws), and the "
+                  "same difference within each seed, in the order of the seeds."]
+    return lines
+
+
 def make_table(found, args, missing):
     groups = _by_network(found)
     lines = ["| depth | network | final val. accuracy | final train loss | test accuracy (best val.) "
@@ -239,6 +269,7 @@ def make_table(found, args, missing):
                   "training plus validation, and each run's fastest epoch is the one least slowed by other "
                   f"work on the machine.{total} {_caption(found, args)}.{gaps} "
                   f"Made by `python {PROG} {command}`."]
+    lines += gap_table(groups)
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,7 @@
     python ex2_why.py                      # all four analyses (about 20 min on a 2-core CPU)
     python ex2_why.py gradients            # gradient norm of each conv layer, at init and trained
     python ex2_why.py responses            # std of each 3x3 layer's response (He et al. 2016, Fig. 7)
-    python ex2_why.py lesion               # delete blocks of the depth-32 nets (Veit et al. 2016)
+    python ex2_why.py lesion               # delete blocks of the depth-32 and -56 nets (Veit et al. 2016)
     python ex2_why.py landscape --grid 21  # 2-D loss slices (Li et al. 2018); finer on a GPU
 
 It reads the checkpoints of ex1_cnn.py (the published seed-0 CPU-preset runs in
@@ -23,7 +23,7 @@ from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
 from report import output_dir, save_figure, write_table
 from runs import CHECKPOINT_FILE, published_dir, read_record
-from storage import load_model
+from storage import load_model, savefig_atomic
 from utils import (ArgumentParser, UserError, check_positive, check_writable, command_line, count,
                    get_device, hardware, run_cli, seed_everything, set_threads)
 
@@ -31,8 +31,9 @@ PROG = "ex2_why.py"
 ANALYSES = ("gradients", "responses", "lesion", "landscape")
 SCRATCH_DIR = os.path.join("runs", "ex2_why")  # figures of other checkpoints or settings
 MAKE_CHECKPOINTS = "python ex1_cnn.py --sweep --cpu --seeds 1"
-BLOCKS = (1, 3, 5)           # depths 8, 20, 32
-LESION_BLOCKS = 5            # the depth-32 networks
+BLOCKS = (1, 3, 5, 9)        # depths 8, 20, 32, 56
+LESION_BLOCKS = (5, 9)       # the lesion study and the landscape: the depth-32 and depth-56 networks
+LESION_DEPTHS = " or ".join(str(6 * b + 2) for b in LESION_BLOCKS)
 GRADIENT_BATCH = 128         # one training batch, as in training
 EVAL_BATCH = 500
 LOSS_CAP = 10.0              # landscape contours stop here: chance level is ln(10) = 2.3
@@ -196,7 +197,7 @@ def responses(nets, data, n_images):
 def plot_responses(stds, caption, path):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = dict(zip(BLOCKS, ("tab:green", "tab:orange", "tab:purple")))
+    colors = dict(zip(BLOCKS, ("tab:green", "tab:orange", "tab:purple", "tab:brown")))
     for (residual, b), s in sorted(stds.items()):
         style = {"color": colors.get(b), "ls": "-" if residual else "--", "label": label(residual, b)}
         axes[0].plot(range(1, len(s) + 1), s, **style)
@@ -221,6 +222,12 @@ class Shortcut(nn.Module):
 
     def forward(self, x):
         return shortcut(x, self.out_channels, self.stride)
+
+
+def lesion_networks(nets):
+    """The keys (residual, blocks) of the networks the lesion study and the landscape read,
+    deepest last: plain before residual at each depth."""
+    return [(residual, b) for b in LESION_BLOCKS for residual in (False, True) if (residual, b) in nets]
 
 
 def blocks_of(model):
@@ -251,10 +258,7 @@ def lesion(nets, data, args, progress):
     idx = torch.randperm(len(data.test), generator=generator)[:args.lesion_images]
     x, y = data.test.x[idx], data.test.y[idx]
     out = {}
-    for residual in (False, True):
-        key = (residual, LESION_BLOCKS)
-        if key not in nets:
-            continue
+    for key in lesion_networks(nets):
         model = nets[key][1]
         n = len(blocks_of(model))
         generator = torch.Generator().manual_seed(args.seed)
@@ -269,34 +273,44 @@ def lesion(nets, data, args, progress):
                 deleted = torch.randperm(n, generator=generator)[:k].tolist()
                 random_k[k].append(accuracy(lesioned(model, deleted), x, y))
                 progress.update(1)
-        out[residual] = {"intact": accuracy(model, x, y), "single": single, "random": random_k,
+        out[key] = {"intact": accuracy(model, x, y), "single": single, "random": random_k,
                          "downsampling": [j for j, i in enumerate(blocks_of(model))
                                           if model.features[i].stride > 1]}
     return out
 
 
 def plot_lesion(result, caption, path):
+    """A row per depth: accuracy with each block deleted, and with k random blocks deleted."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    depths = sorted({b for _, b in result})
+    fig, axes = plt.subplots(len(depths), 2, figsize=(11, 4.2 * len(depths)), squeeze=False)
     colors = {False: "tab:red", True: "tab:blue"}
-    for residual, r in sorted(result.items()):
-        name = label(residual, LESION_BLOCKS)
-        c = colors[residual]
-        axes[0].plot(range(1, len(r["single"]) + 1), r["single"], marker="o", color=c, label=name)
-        axes[0].axhline(r["intact"], color=c, ls=":", lw=1)
-        ks = sorted(r["random"], key=int)
-        means = [sum(r["random"][k]) / len(r["random"][k]) for k in ks]
-        spread = [torch.tensor(r["random"][k]).std().item() if len(r["random"][k]) > 1 else 0.0 for k in ks]
-        axes[1].errorbar([0] + [int(k) for k in ks], [r["intact"]] + means, yerr=[0.0] + spread, marker="o",
-                         capsize=3, color=c, label=name)
-    for j in next(iter(result.values()))["downsampling"]:
-        axes[0].axvline(j + 1, color="gray", lw=0.8, ls="--")
-    axes[0].set(xlabel="deleted block (dashed: downsampling blocks, replaced by the strided shortcut)",
-                ylabel="test accuracy", title="one block deleted (dotted: intact network)")
-    axes[1].set(xlabel="random blocks deleted k", ylabel="test accuracy", title="k random blocks deleted")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    for row, b in zip(axes, depths):
+        for residual in (False, True):
+            r = result.get((residual, b))
+            if r is None:
+                continue
+            name, c = label(residual, b), colors[residual]
+            row[0].plot(range(1, len(r["single"]) + 1), r["single"], marker="o", ms=4, color=c, label=name)
+            row[0].axhline(r["intact"], color=c, ls=":", lw=1)
+            ks = sorted(r["random"], key=int)
+            means = [sum(r["random"][k]) / len(r["random"][k]) for k in ks]
+            spread = [torch.tensor(r["random"][k]).std().item() if len(r["random"][k]) > 1 else 0.0
+                      for k in ks]
+            row[1].errorbar([0] + [int(k) for k in ks], [r["intact"]] + means, yerr=[0.0] + spread, marker="o",
+                            capsize=3, color=c, label=name)
+            downsampling = r["downsampling"]
+        for j in downsampling:
+            row[0].axvline(j + 1, color="gray", lw=0.8, ls="--")
+        row[0].set(xlabel="deleted block (dashed: downsampling blocks, replaced by the strided shortcut)",
+                   ylabel="test accuracy", title=f"depth {6 * b + 2}: one block deleted (dotted: intact network)")
+        row[1].set(xlabel="random blocks deleted k", ylabel="test accuracy",
+                   title=f"depth {6 * b + 2}: k random blocks deleted")
+        row[0].xaxis.get_major_locator().set_params(integer=True)
+        row[1].xaxis.get_major_locator().set_params(integer=True)
+        for ax in row:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     save_figure(fig, caption, path)
 
 
@@ -351,38 +365,44 @@ def landscape(nets, data, args, progress):
     x, y = data.train.x[idx], data.train.y[idx]
     coords = torch.linspace(-args.span, args.span, args.grid).tolist()
     out = {}
-    for residual in (False, True):
-        key = (residual, LESION_BLOCKS)
-        if key in nets:
-            model = nets[key][1]
-            g = torch.Generator().manual_seed(args.seed)  # the same random draw for both networks
-            directions = (filter_normalized_direction(model, g), filter_normalized_direction(model, g))
-            out[residual] = loss_surface(model, x, y, directions, coords, progress)
+    for key in lesion_networks(nets):
+        model = nets[key][1]
+        g = torch.Generator().manual_seed(args.seed)  # the same random draw for every network
+        directions = (filter_normalized_direction(model, g), filter_normalized_direction(model, g))
+        out[key] = loss_surface(model, x, y, directions, coords, progress)
     return coords, out
 
 
 def plot_landscape(coords, surfaces, caption, path):
-    """Filled contours of log10(loss) of each surface, with the same levels for both, from the
-    lowest loss of either network up to LOSS_CAP (beyond it: far worse than chance)."""
+    """Filled contours of log10(loss) of each surface, a row per depth, with the same levels for
+    all, from the lowest loss of any network up to LOSS_CAP (beyond it: far worse than chance)."""
     import matplotlib.pyplot as plt
     import numpy as np
-    fig, axes = plt.subplots(1, len(surfaces), figsize=(5.2 * len(surfaces) + 1, 4.8), squeeze=False)
+    depths = sorted({b for _, b in surfaces})
+    fig, axes = plt.subplots(len(depths), 2, figsize=(11.4, 4.8 * len(depths)), squeeze=False)
     low = min(float(s.min()) for s in surfaces.values())
     levels = np.linspace(np.log10(max(low, 1e-3)), np.log10(max(LOSS_CAP, 2 * low)), 17)
-    for ax, (residual, s) in zip(axes[0], sorted(surfaces.items())):
-        z = s.T.log10().numpy()
-        filled = ax.contourf(coords, coords, z, levels=levels, cmap="viridis", extend="max")
-        ax.contour(coords, coords, z, levels=levels, colors="k", linewidths=0.4)
-        ax.plot(0, 0, "r+", ms=12)
-        ax.set(xlabel="direction 1", aspect="equal",
-               title=f"{label(residual, LESION_BLOCKS)}: training loss (lowest {float(s.min()):.2f})")
-    axes[0, 0].set_ylabel("direction 2")
-    bar = fig.colorbar(filled, ax=axes[0].tolist(), label="training loss")
+    filled = None
+    for row, b in zip(axes, depths):
+        for ax, residual in zip(row, (False, True)):
+            s = surfaces.get((residual, b))
+            if s is None:
+                ax.set_visible(False)
+                continue
+            z = s.T.log10().numpy()
+            filled = ax.contourf(coords, coords, z, levels=levels, cmap="viridis", extend="max")
+            ax.contour(coords, coords, z, levels=levels, colors="k", linewidths=0.4)
+            ax.plot(0, 0, "r+", ms=12)
+            ax.set(xlabel="direction 1", ylabel="" if residual else "direction 2", aspect="equal",
+                   title=f"{label(residual, b)}: training loss (lowest {float(s.min()):.2f})")
+    bar = fig.colorbar(filled, ax=axes.ravel().tolist(), label="training loss")
     ticks = levels[::4]
     bar.set_ticks(ticks, labels=[f"{10 ** t:.2g}" for t in ticks])
     fig.text(0.01, 0.005, caption, fontsize=8, wrap=True, va="bottom")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        savefig_atomic(fig, path, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- main
@@ -430,12 +450,11 @@ def main(args):
             table = response_table(stds, args, made_by(analysis))
             written.append(write_table(table, "ex2_why_responses", fig_dir, publish))
         elif analysis == "lesion":
-            lesion_nets = [r for r in (False, True) if (r, LESION_BLOCKS) in nets]
-            total = len(lesion_nets) * (3 * LESION_BLOCKS + args.lesion_draws * args.lesion_max_k)
+            total = sum(3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b) for _, b in lesion_networks(nets))
             with tqdm(total=total, desc="lesion", unit="eval") as bar:
                 result = lesion(nets, data, args, bar)
             if not result:
-                print(f"lesion skipped: no depth-{6 * LESION_BLOCKS + 2} network")
+                print(f"lesion skipped: no network of depth {LESION_DEPTHS}")
                 continue
             written.append(os.path.join(fig_dir, "ex2_why_lesion.png"))
             n_images = min(args.lesion_images, len(data.test))
@@ -444,11 +463,11 @@ def main(args):
             table = lesion_table(result, n_images, made_by(analysis))
             written.append(write_table(table, "ex2_why_lesion", fig_dir, publish))
         else:
-            n = sum((r, LESION_BLOCKS) in nets for r in (False, True))
+            n = len(lesion_networks(nets))
             with tqdm(total=n * args.grid ** 2, desc="landscape", unit="point") as bar:
                 coords, surfaces = landscape(nets, data, args, bar)
             if not surfaces:
-                print(f"landscape skipped: no depth-{6 * LESION_BLOCKS + 2} network")
+                print(f"landscape skipped: no network of depth {LESION_DEPTHS}")
                 continue
             written.append(os.path.join(fig_dir, "ex2_why_landscape.png"))
             plot_landscape(coords, surfaces, f"{source}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
@@ -476,14 +495,14 @@ def lesion_table(result, n_images, made_by):
     ks = sorted(next(iter(result.values()))["random"])
     lines = ["| network | intact | one block deleted: mean | worst (block) | k random blocks deleted: "
              + " | ".join(f"k={k}" for k in ks) + " |", "|---|---:|---:|---:|" + "---:|" * len(ks)]
-    for residual, r in sorted(result.items()):
+    for (residual, b), r in sorted(result.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         worst = min(range(len(r["single"])), key=lambda j: r["single"][j])
         randoms = [sum(v) / len(v) for _, v in sorted(r["random"].items())]
-        lines.append(f"| {label(residual, LESION_BLOCKS)} | {r['intact']:.3f} | "
+        lines.append(f"| {label(residual, b)} | {r['intact']:.3f} | "
                      f"{sum(r['single']) / len(r['single']):.3f} | {r['single'][worst]:.3f} ({worst + 1}) | "
                      + " | ".join(f"{v:.3f}" for v in randoms) + " |")
     lines += ["", f"Test accuracy on {n_images} test images (a seeded sample); k random blocks: mean "
-                  f"over the draws. Blocks are numbered from the input, 1 to {3 * LESION_BLOCKS}. "
+                  f"over the draws. Blocks are numbered from the input, 1 to 3n (15 at depth 32, 27 at depth 56). "
                   + made_by]
     return "\n".join(lines) + "\n"
 
@@ -491,10 +510,10 @@ def lesion_table(result, n_images, made_by):
 def landscape_table(coords, surfaces, made_by):
     lines = ["| network | lowest loss | share of the slice below 2 x lowest | below ln 10 (chance) |",
              "|---|---:|---:|---:|"]
-    for residual, s in sorted(surfaces.items()):
+    for (residual, b), s in sorted(surfaces.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         low = float(s.min())
         near, below_chance = (float(share.float().mean()) for share in (s < 2 * low, s < math.log(10)))
-        lines.append(f"| {label(residual, LESION_BLOCKS)} | {low:.3f} | {near:.2f} | {below_chance:.2f} |")
+        lines.append(f"| {label(residual, b)} | {low:.3f} | {near:.2f} | {below_chance:.2f} |")
     lines += ["", f"Over the {len(coords)}x{len(coords)} grid of the slice, ±{coords[-1]:g} along each "
                   f"direction: the wider the basin, the larger the shares. " + made_by]
     return "\n".join(lines) + "\n"

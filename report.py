@@ -10,7 +10,7 @@ import os
 import torch
 
 from runs import CHECKPOINT_FILE, collect
-from storage import write_text_atomic
+from storage import savefig_atomic, write_text_atomic
 from utils import UserError, check_writable, count
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -80,9 +80,10 @@ def save_figure(fig, caption, path, caption_lines=1, top_inches=0.0):
     fig.text(0.01, 0.005, caption, fontsize=CAPTION_FONTSIZE, wrap=True, va="bottom")
     height = fig.get_size_inches()[1]
     fig.tight_layout(rect=(0, (0.03 + 0.16 * caption_lines) / height, 1, 1 - top_inches / height))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        savefig_atomic(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def remove_stale(paths):
@@ -142,6 +143,31 @@ def mean_std(values):
     """(mean, std) with the sample std (n-1); std is 0 for a single value."""
     t = torch.tensor(values, dtype=torch.float64)
     return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def depth_gap(deep, shallow, key):
+    """How much `key` changes from the runs `shallow` to the runs `deep` (two lists of records
+    of different networks): (difference of the means, its standard error, {seed: difference
+    on that seed}). The standard error is sqrt(s1^2/n1 + s2^2/n2), the seeds taken as
+    independent draws (None with fewer than 2 runs in a group); runs without a finite value
+    are left out, as in `finished_results`."""
+    values = [{r["config"]["seed"]: key(r) for r in records if key(r) is not None and math.isfinite(key(r))}
+              for records in (deep, shallow)]
+    if not all(values):
+        return None
+    (m_deep, s_deep), (m_shallow, s_shallow) = (mean_std(list(v.values())) for v in values)
+    n_deep, n_shallow = (len(v) for v in values)
+    se = math.sqrt(s_deep ** 2 / n_deep + s_shallow ** 2 / n_shallow) if min(n_deep, n_shallow) > 1 else None
+    per_seed = {seed: values[0][seed] - values[1][seed] for seed in sorted(values[0].keys() & values[1].keys())}
+    return m_deep - m_shallow, se, per_seed
+
+
+def format_gap(gap, digits=3):
+    """A table cell of `depth_gap`: '+0.012 ± 0.004' (difference ± standard error)."""
+    if gap is None:
+        return "-"
+    diff, se, _ = gap
+    return f"{diff:+.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
 
 
 def print_result(record, run_dir):

@@ -50,6 +50,13 @@ def save_atomic(obj, path):
     _atomic(path, lambda f: torch.save(obj, f))
 
 
+def savefig_atomic(fig, path, **kwargs):
+    """A matplotlib figure written like every other result: whole, or not at all. A failed write
+    (full disk, file-size limit) leaves the figure that was there before."""
+    fmt = os.path.splitext(path)[1][1:] or "png"
+    _atomic(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+
+
 def read_json(path, remedy):
     """The JSON object in `path`, None if there is no such file; a one-line error naming the
     file and `remedy` (what to do) if it is unreadable or not a JSON object."""

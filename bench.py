@@ -16,8 +16,8 @@ from data import (CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, MNIST_MEAN, MNIST_STD
                   epoch_order, load_cifar10, load_mnist, normalize_images, random_crop_flip)
 from models import MLP, CifarResNet
 from report import output_dir, write_table
-from utils import (ArgumentParser, UserError, check_positive, check_writable, command_line, get_device,
-                   machine, run_cli)
+from utils import (ArgumentParser, MAX_BATCH, MAX_IMAGES, UserError, check_writable, command_line,
+                   count_flag, get_device, machine, run_cli)
 
 PROG = "bench.py"
 SCRATCH_DIR = os.path.join("runs", "bench")  # results of non-default flags: never the README's
@@ -31,24 +31,26 @@ MATMUL_SIZE = 2048
 CNN_SGD = {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
 
 
-def get_args(argv=None):
+def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("what", choices=["mlp", "cnn"], help="which training to time")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA if available, else the CPU")
     p.add_argument("--data-dir", default="data", help="where MNIST / CIFAR-10 are")
-    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
-    p.add_argument("--val-size", type=int, default=5000,
+    p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="training batch size")
+    p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=5000,
                    help="held out as in training, so the epoch is the same")
     p.add_argument("--fig-dir", default=None,
                    help=f"where the printed results are also written (default: figures/ and the README "
                         f"with the default flags, else {SCRATCH_DIR})")
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=count_flag(MAX_IMAGES), default=None,
                    help="time at most this many steps per measurement (default: a whole epoch for mlp, "
                         f"{CNN_STEPS} for cnn)")
-    args = p.parse_args(argv)
-    check_positive(p, args, "batch_size", "val_size", "max_steps")
-    return args
+    return p
+
+
+def get_args(argv=None):
+    return make_parser().parse_args(argv)
 
 
 def cnn_optimizer(model):

@@ -22,8 +22,9 @@ from report import (depth_gap, epoch_times, fastest_epoch_seconds, format_gap, f
 import runs
 from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from training import fit
-from utils import (ArgumentParser, UserError, add_run_flags, check_positive, check_writable, count,
-                   get_device, hardware, run_cli, seed_everything, set_threads)
+from utils import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number,
+                   SEED, UserError, add_run_flags, check_writable, count, count_flag, get_device, hardware,
+                   run_cli, seed_everything, set_threads)
 
 PROG = "ex1_cnn.py"
 EXERCISE = "ex1_cnn"
@@ -34,27 +35,31 @@ DEFAULTS = {"epochs": 40, "seeds": 3}
 # seeds, about two hours per seed): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
 # on the JPEG copy; 8 take it past 0.80. On a GPU use the defaults.
 CPU_PRESET = {"epochs": 8}
+MAX_BLOCKS, MAX_WIDTH = 200, 1024  # depth 1202, He et al.'s deepest CIFAR network; 64x its width
 README_SWEEP = ["--sweep", "--cpu"]  # the command whose results the README shows
 
 
-def get_args(argv=None):
+def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("--blocks", type=int, default=3, help="blocks per stage n; depth is 6n+2")
-    p.add_argument("--width", type=int, default=16, help="channels of the first stage w (then 2w, 4w)")
+    p.add_argument("--blocks", type=count_flag(MAX_BLOCKS), default=3, help="blocks per stage n; depth is 6n+2")
+    p.add_argument("--width", type=count_flag(MAX_WIDTH), default=16,
+                   help="channels of the first stage w (then 2w, 4w)")
     p.add_argument("--residual", action="store_true", help="add the identity shortcuts")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=None,
                    help=f"training epochs (default: {DEFAULTS['epochs']}, {CPU_PRESET['epochs']} with --cpu)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate")
-    p.add_argument("--warmup-epochs", type=float, default=1.0,
+    p.add_argument("--lr", type=LR, default=0.1, help="peak SGD learning rate")
+    p.add_argument("--warmup-epochs", type=Number(float, 0, MAX_EPOCHS), default=1.0,
                    help="linear warm-up to --lr, then cosine decay to 0")
-    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 penalty of SGD")
-    p.add_argument("--batch-size", type=int, default=128, help="training images per step")
-    p.add_argument("--train-subset", type=int, default=0,
+    p.add_argument("--momentum", type=Number(float, 0, 1, open_low=True, open_high=True,
+                                             why="Nesterov momentum: above 0, below 1"),
+                   default=0.9, help="Nesterov momentum")
+    p.add_argument("--weight-decay", type=Number(float, 0, 1), default=5e-4, help="L2 penalty of SGD")
+    p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="training images per step")
+    p.add_argument("--train-subset", type=count_flag(MAX_IMAGES, low=0), default=0,
                    help="train on the first N images of the (shuffled) training split; 0: all")
-    p.add_argument("--val-size", type=int, default=CIFAR10_VAL_SIZE,
+    p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=CIFAR10_VAL_SIZE,
                    help="validation images held out of the training set (seeded split)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialization, batch order and augmentation")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of initialization, batch order and augmentation")
     p.add_argument("--cpu", action="store_true",
                    help="the CPU preset: fewer epochs, unless --epochs is given (the device is --device's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -66,25 +71,27 @@ def get_args(argv=None):
                    help="plain vs residual at each --blocks-list, --seeds seeds; skips finished runs")
     p.add_argument("--blocks-list", default=",".join(map(str, SWEEP_BLOCKS)),
                    help="sweep blocks per stage (depth 6n+2)")
-    p.add_argument("--seeds", type=int, default=None,
+    p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=None,
                    help=f"sweep seeds 0..N-1 (default: {DEFAULTS['seeds']})")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=count_flag(MAX_WORKERS, low=0), default=0,
                    help="sweep processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
+    return p
+
+
+def get_args(argv=None):
+    p = make_parser()
     args = p.parse_args(argv)
     for key, value in DEFAULTS.items():  # a flag the user gave always wins over the preset
         if getattr(args, key) is None:
             setattr(args, key, CPU_PRESET.get(key, value) if args.cpu else value)
-    check_positive(p, args, "blocks", "width", "epochs", "lr", "batch_size", "seeds", "val_size")
-    if args.train_subset < 0 or args.warmup_epochs < 0 or args.weight_decay < 0 or args.workers < 0:
-        p.error("--train-subset, --warmup-epochs, --weight-decay and --workers must not be negative")
     try:
         args.blocks_list = list(dict.fromkeys(int(b) for b in args.blocks_list.split(",")))
         args.shard = parse_shard(args.shard) if args.shard else None
     except ValueError as e:
         p.error(str(e) if "shard" in str(e) else f"--blocks-list takes comma-separated integers, "
                                                   f"got {args.blocks_list!r}")
-    if any(b < 1 for b in args.blocks_list):
-        p.error("--blocks-list must be positive")
+    if any(not 1 <= b <= MAX_BLOCKS for b in args.blocks_list):
+        p.error(f"--blocks-list must be from 1 to {MAX_BLOCKS}")
     return args
 
 

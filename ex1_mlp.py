@@ -21,8 +21,9 @@ import runs
 from runs import CHECKPOINT_FILE, Run, folder_name, parse_shard, published_dir, run_sweep, unique
 from storage import load_model, read_json, write_json_atomic
 from training import fit
-from utils import (ArgumentParser, UserError, add_run_flags, check_positive, check_writable, count,
-                   get_device, hardware, run_cli, seed_everything, set_threads)
+from utils import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED,
+                   UserError, add_run_flags, check_writable, count, count_flag, get_device, hardware,
+                   run_cli, seed_everything, set_threads)
 
 PROG = "ex1_mlp.py"
 EXERCISE = "ex1_mlp"
@@ -44,39 +45,45 @@ VARIANT_LABELS = {
     "res2": "residual, 2 layers/block",
     "res1-rezero": "residual, 1 layer/block + ReZero",
 }
+MAX_WIDTH, MAX_DEPTH = 4096, 1024  # the largest MLP a flag may ask for
 GRADIENT_DEPTHS = (32, 64)
 GRADIENT_BATCH = 128  # one training batch, as in training
 STATS_FILE = "layer_stats.json"  # gradient norms and forward RMS, beside the run they describe
 
 
-def get_args(argv=None):
+def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("--width", type=int, default=16, help="units per hidden layer")
-    p.add_argument("--depth", type=int, default=8, help="hidden width x width layers (stem not counted)")
+    p.add_argument("--width", type=count_flag(MAX_WIDTH), default=16, help="units per hidden layer")
+    p.add_argument("--depth", type=count_flag(MAX_DEPTH), default=8,
+                   help="hidden width x width layers (stem not counted)")
     p.add_argument("--residual", action="store_true", help="add identity skips around each block")
-    p.add_argument("--layers-per-block", type=int, default=1, help="Linear+ReLU layers per residual block")
+    p.add_argument("--layers-per-block", type=count_flag(MAX_DEPTH), default=1,
+                   help="Linear+ReLU layers per residual block")
     p.add_argument("--rezero", action="store_true",
                    help="scale each residual branch by a learnable scalar initialized to 0 (ReZero)")
-    p.add_argument("--epochs", type=int, default=21, help="training epochs")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=128, help="training images per step")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")
+    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=21, help="training epochs")
+    p.add_argument("--lr", type=LR, default=1e-4, help="Adam learning rate")
+    p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="training images per step")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of initialization and batch order")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA if available, else the CPU")
     p.add_argument("--data-dir", default="data", help="where MNIST is (or is downloaded to)")
-    p.add_argument("--val-size", type=int, default=MNIST_VAL_SIZE,
+    p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=MNIST_VAL_SIZE,
                    help="validation images held out of the training set (seeded split)")
     add_run_flags(p, EXERCISE)
     p.add_argument("--sweep", action="store_true",
                    help="all depths x variants x seeds; resumes, skipping finished runs")
     p.add_argument("--depths", default=",".join(map(str, SWEEP_DEPTHS)), help="sweep depths")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"sweep variants, of {', '.join(VARIANTS)}")
-    p.add_argument("--seeds", type=int, default=3, help="sweep seeds: 0..N-1")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=3, help="sweep seeds: 0..N-1")
+    p.add_argument("--workers", type=count_flag(MAX_WORKERS), default=os.cpu_count() or 1,
                    help="sweep processes, of one thread each (one per core is fastest)")
+    return p
+
+
+def get_args(argv=None):
+    p = make_parser()
     args = p.parse_args(argv)
-    check_positive(p, args, "width", "depth", "layers_per_block", "epochs", "lr", "batch_size",
-                   "seeds", "workers", "val_size")
     try:
         args.depths = list(dict.fromkeys(int(d) for d in args.depths.split(",")))
     except ValueError:
@@ -89,8 +96,8 @@ def get_args(argv=None):
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    if any(d < 1 for d in args.depths):
-        p.error("--depths must be positive")
+    if any(not 1 <= d <= MAX_DEPTH for d in args.depths):
+        p.error(f"--depths must be from 1 to {MAX_DEPTH}")
     if args.depth % args.layers_per_block:
         p.error(f"--depth {args.depth} is not a multiple of --layers-per-block {args.layers_per_block}")
     if args.rezero and not args.residual:

@@ -20,7 +20,8 @@ from models import CifarResNet
 from report import format_mean_std, output_dir, save_figure, write_table
 from runs import CHECKPOINT_FILE, published_dir, read_record
 from storage import load_model
-from utils import ArgumentParser, UserError, check_writable, get_device, hardware, run_cli
+from utils import (ArgumentParser, MAX_IMAGES, SEED, UserError, check_writable, count_flag, get_device,
+                   hardware, run_cli)
 
 PROG = "ex2_cam.py"
 CNN_RUNS = os.path.join("runs", "ex1_cnn")
@@ -28,6 +29,8 @@ SCRATCH_DIR = os.path.join("runs", "ex2_cam")  # figures of other checkpoints or
 MAKE_CHECKPOINT = "python ex1_cnn.py --blocks 3 --residual --cpu"
 INTERRUPTED = "nothing was written"  # what Ctrl-C leaves: figures are written whole, at the end
 MAX_FIGURE_IMAGES = 32  # a column per image: more would make a figure no screen shows
+MAX_CLASSES = 1000      # ImageNet's; a CIFAR-10 network checks --class-index against its 10
+MAX_STEPS = 1024        # deletion/insertion steps: one pixel each on CIFAR-10
 PUBLISHED_SEED = 0  # the seed whose checkpoints are committed
 # Imagenette's ten WordNet ids, in torchvision's (sorted) label order, and their ImageNet-1k index
 IMAGENETTE_TO_IMAGENET = {
@@ -42,15 +45,15 @@ IMAGENETTE_BATCH = 64
 METHODS = ("CAM", "Grad-CAM", "random")
 
 
-def get_args(argv=None):
+def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
     sub = p.add_subparsers(dest="dataset", metavar="{cifar10,imagenette}", required=True,
                            parser_class=ArgumentParser)
     common = ArgumentParser(add_help=False)
-    common.add_argument("--num-images", type=int, default=8,
+    common.add_argument("--num-images", type=count_flag(MAX_FIGURE_IMAGES), default=8,
                         help=f"images in the figure (at most {MAX_FIGURE_IMAGES})")
-    common.add_argument("--seed", type=int, default=0, help="picks the images")
-    common.add_argument("--class-index", type=int, default=None,
+    common.add_argument("--seed", type=SEED, default=0, help="picks the images")
+    common.add_argument("--class-index", type=count_flag(MAX_CLASSES - 1, low=0), default=None,
                         help="explain this class for every image (default: the predicted class)")
     common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: CUDA if available, else the CPU")
@@ -64,20 +67,19 @@ def get_args(argv=None):
                         f"accuracy in {CNN_RUNS}, else among the published seed-0 runs in results/ex1_cnn)")
     c.add_argument("--evaluate", action="store_true",
                    help="deletion/insertion AUC, Average Drop, Increase in Confidence")
-    c.add_argument("--eval-images", type=int, default=1000, help="test images for --evaluate")
-    c.add_argument("--steps", type=int, default=8,
+    c.add_argument("--eval-images", type=count_flag(MAX_IMAGES), default=1000, help="test images for --evaluate")
+    c.add_argument("--steps", type=count_flag(MAX_STEPS), default=8,
                    help="deletion/insertion steps (1024 pixels / 8 = 128 per step on CIFAR-10)")
     i = sub.add_parser("imagenette", parents=[common], help="torchvision's ImageNet ResNet-18")
     i.add_argument("--weights", default=None,
                    help="a local ResNet-18 state dict (default: torchvision's IMAGENET1K_V1, hub cache)")
-    i.add_argument("--max-eval", type=int, default=0,
+    i.add_argument("--max-eval", type=count_flag(MAX_IMAGES, low=0), default=0,
                    help="images for the top-1 accuracy (0: all of Imagenette val)")
-    args = p.parse_args(argv)
-    if not 1 <= args.num_images <= MAX_FIGURE_IMAGES:
-        p.error(f"--num-images must be between 1 and {MAX_FIGURE_IMAGES}, got {args.num_images}")
-    if args.dataset == "cifar10" and (args.eval_images < 1 or args.steps < 1):
-        p.error("--eval-images and --steps must be positive")
-    return args
+    return p
+
+
+def get_args(argv=None):
+    return make_parser().parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10

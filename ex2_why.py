@@ -24,8 +24,9 @@ from models import CifarResNet, ConvBlock, build_model, shortcut
 from report import output_dir, save_figure, write_table
 from runs import CHECKPOINT_FILE, published_dir, read_record
 from storage import load_model, savefig_atomic
-from utils import (ArgumentParser, UserError, check_positive, check_writable, command_line, count,
-                   get_device, hardware, run_cli, seed_everything, set_threads)
+from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError, check_writable,
+                   command_line, count, count_flag, get_device, hardware, run_cli, seed_everything,
+                   set_threads)
 
 PROG = "ex2_why.py"
 ANALYSES = ("gradients", "responses", "lesion", "landscape")
@@ -37,41 +38,51 @@ LESION_DEPTHS = " or ".join(str(6 * b + 2) for b in LESION_BLOCKS)
 GRADIENT_BATCH = 128         # one training batch, as in training
 EVAL_BATCH = 500
 LOSS_CAP = 10.0              # landscape contours stop here: chance level is ln(10) = 2.3
+MAX_DRAWS, MAX_GRID = 1000, 1001
+MAX_SPAN = 100.0             # Li et al. plot within ±1
 INTERRUPTED = "the figures it reported written are complete; nothing else was written"
 
 
-def get_args(argv=None):
+def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("analyses", nargs="*", default=list(ANALYSES), metavar="ANALYSIS",
                    help=f"any of {', '.join(ANALYSES)} (default: all)")
     p.add_argument("--runs-dir", default=None,
                    help="where the ex1_cnn.py run folders are (default: results/ex1_cnn, "
                         "else runs/ex1_cnn)")
-    p.add_argument("--epochs", type=int, default=8, help="the epochs of the runs to read (8: the CPU preset)")
-    p.add_argument("--seed", type=int, default=0, help="the seed of the runs to read")
-    p.add_argument("--response-images", type=int, default=1000, help="validation images for the responses")
-    p.add_argument("--lesion-images", type=int, default=1000,
+    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=8,
+                   help="the epochs of the runs to read (8: the CPU preset)")
+    p.add_argument("--seed", type=SEED, default=0, help="the seed of the runs to read")
+    p.add_argument("--response-images", type=count_flag(MAX_IMAGES), default=1000,
+                   help="validation images for the responses")
+    p.add_argument("--lesion-images", type=count_flag(MAX_IMAGES), default=1000,
                    help="test images (a seeded sample) per lesioned network; 10000 for all on a GPU")
-    p.add_argument("--lesion-draws", type=int, default=5, help="random draws of k deleted blocks, per k")
-    p.add_argument("--lesion-max-k", type=int, default=5, help="delete up to this many random blocks")
-    p.add_argument("--grid", type=int, default=11, help="landscape points per axis (odd puts (0, 0) on it)")
-    p.add_argument("--span", type=float, default=1.0, help="landscape coordinates run from -span to span")
-    p.add_argument("--landscape-images", type=int, default=1000,
+    p.add_argument("--lesion-draws", type=count_flag(MAX_DRAWS), default=5,
+                   help="random draws of k deleted blocks, per k")
+    p.add_argument("--lesion-max-k", type=count_flag(MAX_DRAWS), default=5,
+                   help="delete up to this many random blocks")
+    p.add_argument("--grid", type=count_flag(MAX_GRID, low=2), default=11,
+                   help="landscape points per axis (odd puts (0, 0) on it)")
+    p.add_argument("--span", type=Number(float, 0, MAX_SPAN, open_low=True,
+                                         why="filter-normalized steps beyond it only overflow"),
+                   default=1.0, help="landscape coordinates run from -span to span")
+    p.add_argument("--landscape-images", type=count_flag(MAX_IMAGES), default=1000,
                    help="training images (a seeded subset) for each landscape loss")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA if available, else the CPU")
     p.add_argument("--data-dir", default="data", help="where CIFAR-10 is")
     p.add_argument("--fig-dir", default=None,
                    help=f"where figures go (default: figures/ for the README's settings, else {SCRATCH_DIR})")
+    return p
+
+
+def get_args(argv=None):
+    p = make_parser()
     args = p.parse_args(argv)
     unknown = [a for a in args.analyses if a not in ANALYSES]
     if unknown:
         p.error(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
     args.analyses = list(dict.fromkeys(args.analyses))
-    check_positive(p, args, "epochs", "response_images", "lesion_images", "lesion_draws", "lesion_max_k",
-                   "grid", "span", "landscape_images")
-    if args.grid < 2:
-        p.error(f"--grid must be at least 2, got {args.grid}")
     return args
 
 

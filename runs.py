@@ -27,6 +27,7 @@ CHECKPOINT_FILE = "best.pt"
 LAST_FILE = "last.pt"
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FINISHED = ("complete", "diverged")
+MAX_SHARDS = 10_000  # more parts than any sweep has runs
 STATUSES = ("running",) + FINISHED
 
 
@@ -155,8 +156,8 @@ def parse_shard(text):
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
         raise ValueError(f"--shard takes K/N, e.g. 0/4, got {text!r}")
-    if not 0 <= k < n:
-        raise ValueError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    if not 0 <= k < n <= MAX_SHARDS:
+        raise ValueError(f"--shard K/N needs 0 <= K < N <= {MAX_SHARDS}, got {text!r}")
     return k, n
 
 

@@ -1,5 +1,6 @@
 """Command-line plumbing shared by the scripts: one-line errors, device, threads, seeds."""
 import argparse
+import math
 import os
 import platform
 import signal
@@ -34,6 +35,53 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# The limits of numeric flags: beyond them a run cannot be what the user meant (or fit in memory)
+SEED_MAX = 2 ** 32 - 1   # the seed range every library here accepts (numpy's is the smallest)
+MAX_IMAGES = 10 ** 7     # more than any dataset these scripts read
+MAX_EPOCHS = 10 ** 4
+MAX_BATCH = 2 ** 16
+MAX_SEEDS = 100
+MAX_WORKERS = 256
+MAX_LR = 1e30            # far past divergence, which a run records (status "diverged")
+
+
+class Number:
+    """An argparse `type`: the one place a numeric flag is checked. `kind` (int or float),
+    finite, in [low, high] (an end excluded if `open_low` / `open_high`); `why` says why, in
+    the one-line error a flag out of range gives (exit code 2)."""
+
+    def __init__(self, kind, low, high, open_low=False, open_high=False, why=""):
+        self.kind, self.low, self.high, self.open_low, self.open_high = kind, low, high, open_low, open_high
+        self.why = why
+        self.__name__ = "integer" if kind is int else "number"  # argparse names the type in errors
+
+    def describe(self):
+        if self.kind is int and not self.open_low and not self.open_high:
+            return f"an integer from {self.low} to {self.high}"
+        return (f"{'an integer' if self.kind is int else 'a number'} in {'(' if self.open_low else '['}"
+                f"{self.low:g}, {self.high:g}{')' if self.open_high else ']'}")
+
+    def __call__(self, text):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes {self.describe()}, got {text!r}")
+        if not math.isfinite(value) or value < self.low or value > self.high \
+                or (self.open_low and value == self.low) or (self.open_high and value == self.high):
+            why = f" ({self.why})" if self.why else ""
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}{why}, got {text}")
+        return value
+
+
+def count_flag(high, low=1):
+    """An integer flag from `low` (1: a positive count) to `high`."""
+    return Number(int, low, high)
+
+
+SEED = Number(int, 0, SEED_MAX)
+LR = Number(float, 0, MAX_LR, open_low=True)
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (a cluster scheduler's stop) ends like Ctrl-C
 
@@ -52,6 +100,10 @@ def run_cli(main, args, prog, interrupted="finished runs are saved; rerun the co
     except OSError as e:  # a folder that cannot be written, a full disk: the user's to fix
         print(f"{prog}: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         sys.exit(2)
+    except MemoryError:
+        print(f"{prog}: error: out of memory; use smaller sizes (width, batch, images) or a larger "
+              "machine", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         sys.exit(130)
@@ -69,14 +121,6 @@ def add_run_flags(parser, exercise):
     parser.add_argument("--shard", default=None, metavar="K/N",
                         help="train only the K-th (0-based) of N disjoint parts of the sweep")
     parser.add_argument("--plot-only", action="store_true", help="with --sweep: redraw from saved runs")
-
-
-def check_positive(parser, args, *names):
-    """parser.error (one line, exit 2) for the first of `names` that is not > 0 (NaN included)."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
 def command_line(prog, positionals, args, defaults):

@@ -33,9 +33,9 @@ def test_cnn_benchmark_reports_every_layout_against_torch_mm(cifar_folder, tmp_p
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["mlp", "--batch-size", "0"], "--batch-size must be positive"),
-    (["mlp", "--max-steps", "-1"], "--max-steps must be positive"),
-    (["mlp", "--batch-size", "100000", "--val-size", "50"], "too few batches to time"),
+    (["mlp", "--batch-size", "0"], "--batch-size: must be an integer from 1"),
+    (["mlp", "--max-steps", "-1"], "--max-steps: must be an integer from 1"),
+    (["mlp", "--batch-size", "60000", "--val-size", "50"], "too few batches to time"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, mnist_dir, tmp_path, capsys):
     argv = argv + ["--data-dir", mnist_dir, "--device", "cpu", "--fig-dir", str(tmp_path)]

@@ -188,8 +188,8 @@ def test_imagenette_class_order_matches_torchvision(tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["cifar10", "--checkpoint", "{tmp}/none.pt"], "not found"),
     (["cifar10", "--checkpoint", "{mismatch}"], "not a checkpoint"),
-    (["cifar10", "--num-images", "0"], "--num-images must be between 1 and 32"),
-    (["cifar10", "--num-images", "1500"], "--num-images must be between 1 and 32"),
+    (["cifar10", "--num-images", "0"], "--num-images: must be an integer from 1 to 32"),
+    (["cifar10", "--num-images", "1500"], "--num-images: must be an integer from 1 to 32"),
     (["cifar10", "--checkpoint", "{empty}"], "empty.pt is not a checkpoint"),
     (["cifar10", "--checkpoint", "{mlp}"], "not a checkpoint of a CifarResNet"),
     (["cifar10", "--checkpoint", "{ckpt}", "--class-index", "10", "--data-dir", "{cifar}"], "out of range"),

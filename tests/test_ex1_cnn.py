@@ -118,9 +118,9 @@ def test_sweep_then_plot_only(cifar_folder, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--blocks", "0"], "--blocks must be positive"),
-    (["--width", "0"], "--width must be positive"),
-    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--blocks", "0"], "--blocks: must be an integer from 1"),
+    (["--width", "0"], "--width: must be an integer from 1"),
+    (["--batch-size", "0"], "--batch-size: must be an integer from 1"),
     (["--data-dir", "{tmp}/none"], "CIFAR-10 not found"),
     (["--sweep", "--plot-only", "--epochs", "3"], "no finished runs"),
     (["--sweep", "--shard", "2/2"], "--shard K/N needs 0 <= K < N"),

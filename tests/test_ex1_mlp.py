@@ -143,11 +143,11 @@ def test_interrupted_run_resumes_from_its_last_epoch(mnist_dir, tmp_path, monkey
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--depth", "0"], "--depth must be positive"),
+    (["--depth", "0"], "--depth: must be an integer from 1"),
     (["--depth", "7", "--residual", "--layers-per-block", "2"], "not a multiple"),
-    (["--width", "-3"], "--width must be positive"),
-    (["--epochs", "0"], "--epochs must be positive"),
-    (["--lr", "-1"], "--lr must be positive"),
+    (["--width", "-3"], "--width: must be an integer from 1"),
+    (["--epochs", "0"], "--epochs: must be an integer from 1"),
+    (["--lr", "-1"], "--lr: must be a number in (0,"),
     (["--device", "tpu"], "invalid choice"),
     (["--data-dir", "{tmp}/missing"], "MNIST not found"),
 ])

@@ -103,7 +103,7 @@ def write_run(root, name, state):
     ("missing", "no finished ex1_cnn.py runs with 8 epochs and seed 0"),
     ("other-exercise", "not a checkpoint of a CifarResNet"),
     ("empty", "best.pt is not a checkpoint"),
-    ("grid", "--grid must be positive, got 0"),
+    ("grid", "--grid: must be an integer from 2 to 1001, got 0"),
     ("analysis", "unknown analysis lesions"),
 ])
 def test_bad_inputs_are_one_line_errors(case, message, tmp_path, capsys):

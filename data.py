@@ -5,10 +5,13 @@ sliced into batches, and augmentation is a batched tensor op. No DataLoader, no
 per-sample transform in the training loop.
 """
 import hashlib
+import io
 import math
 import os
 import shutil
 import struct
+import sys
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +20,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 MNIST_VAL_SIZE = 5_000
+MNIST_IMAGE_SHAPE = (28, 28)
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -24,6 +28,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 CIFAR10_VAL_SIZE = 5_000
 CIFAR10_JPEG_DIR = "cifar10-jpeg"   # the ImageFolder copy made by ../shared/datasets/install.sh
+CIFAR10_CACHE = "decoded_uint8.pt"  # the decoded images, beside an ImageFolder copy
 CIFAR10_IMAGE_SHAPE = (3, 32, 32)
 CROP_PADDING = 4
 
@@ -120,6 +125,11 @@ def load_mnist(data_dir, device, n_val=MNIST_VAL_SIZE, split_seed=SPLIT_SEED):
                             f"../shared/datasets/install.sh {data_dir}")
 
     def tensors(ds):
+        if tuple(ds.data.shape[1:]) != MNIST_IMAGE_SHAPE or len(ds.targets) != len(ds.data) or (
+                len(ds.targets) and not 0 <= int(ds.targets.min()) <= int(ds.targets.max()) <= 9):
+            raise DataError(f"the MNIST files in {raw} hold {tuple(ds.data.shape)} images and labels "
+                            f"outside 0..9 or of another count; re-unpack MNIST, e.g. "
+                            f"../shared/datasets/install.sh {data_dir}")
         x = (ds.data.to(device).flatten(1).float() / 255 - MNIST_MEAN) / MNIST_STD
         return x, ds.targets.to(device)
 
@@ -147,7 +157,30 @@ def _cifar_official(data_dir):
 
 def _cifar_arrays(ds):
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> NCHW
-    return x, torch.tensor(ds.targets, dtype=torch.int64)
+    y = torch.tensor(ds.targets, dtype=torch.int64)
+    problem = _arrays_problem((x, y))
+    if problem:
+        raise DataError(f"the CIFAR-10 files in {ds.root} hold {problem}; delete cifar-10-batches-py/ there "
+                        "and unpack or download it again")
+    return x, y
+
+
+def _arrays_problem(arrays, sizes=None):
+    """What is wrong with CIFAR-10 arrays (x, y, ...) pairs, None if nothing: uint8 images of
+    CIFAR10_IMAGE_SHAPE, int64 labels of the 10 classes, one per image (`sizes`: the counts)."""
+    if not isinstance(arrays, (tuple, list)) or len(arrays) % 2 or not all(isinstance(a, torch.Tensor)
+                                                                            for a in arrays):
+        return "no (images, labels) tensors"
+    for i, (x, y) in enumerate(zip(arrays[::2], arrays[1::2])):
+        if x.dtype != torch.uint8 or tuple(x.shape[1:]) != CIFAR10_IMAGE_SHAPE:
+            return f"images of {x.dtype} {tuple(x.shape)}, not uint8 (N, 3, 32, 32)"
+        if y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(x):
+            return f"labels of {y.dtype} {tuple(y.shape)}, not one int64 label per image"
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(CIFAR10_CLASSES):
+            return f"labels from {int(y.min())} to {int(y.max())}, outside 0..{len(CIFAR10_CLASSES) - 1}"
+        if sizes is not None and len(y) != sizes[i]:
+            return f"{len(y)} images where the folder has {sizes[i]}"
+    return None
 
 
 def _list_image_folder(root):
@@ -199,27 +232,39 @@ def _folder_signature(items):
 def _cifar_image_folder(root):
     """Decode an ImageFolder copy once; later runs read the cached uint8 tensors in seconds."""
     splits = {s: _list_image_folder(os.path.join(root, s)) for s in ("train", "test")}
-    cache = os.path.join(root, "decoded_uint8.pt")
+    cache = os.path.join(root, CIFAR10_CACHE)
     key = {s: _folder_signature(items) for s, items in splits.items()}
+    sizes = [len(splits["train"]), len(splits["test"])]
     if os.path.exists(cache):
         try:
             cached = torch.load(cache, weights_only=True)
-            if cached["key"] == key:
-                return cached["arrays"]
+            if cached["key"] == key and _arrays_problem(cached["arrays"], sizes) is None:
+                return tuple(cached["arrays"])
         except Exception:
-            pass  # an unreadable or foreign cache is rebuilt below
+            pass  # an unreadable, stale or foreign cache is rebuilt below
     arrays = (_decode_images(splits["train"], "decoding train")
               + _decode_images(splits["test"], "decoding test"))
-    tmp = f"{cache}.{os.getpid()}.tmp"
-    try:  # written whole, then renamed: a reader never sees half a cache
-        torch.save({"key": key, "arrays": arrays}, tmp)
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only data folder just means decoding again next time
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _write_cache({"key": key, "arrays": arrays}, cache)
     return arrays
+
+
+def _write_cache(obj, cache):
+    """Write the decoded cache whole (a temporary file, then a rename) or not at all: it only
+    saves decoding next time, so a read-only folder or a full disk is a note, not an error."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache), prefix=".tmp-decoded-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getbuffer())
+        os.replace(tmp, cache)
+    except OSError as e:
+        print(f"note: could not write the decoded-image cache {cache} ({os.strerror(e.errno) if e.errno else e}); "
+              "going on without it (the images are decoded again next time)", file=sys.stderr)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED):

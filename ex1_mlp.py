@@ -279,6 +279,24 @@ def layer_stats(model, x, y):
             "activation_rms": [a.detach().pow(2).mean().sqrt().item() for a in activations]}
 
 
+STATS_KEYS = ("weight", "bias", "activation_rms")
+
+
+def stats_problem(stats):
+    """What is wrong with the fields of a layer_stats.json, None if nothing: lists of numbers
+    (NaN and inf allowed: an underflowed or exploded gradient is a result) per key and moment."""
+    for when in ("init", "trained"):
+        moment = stats.get(when)
+        if not isinstance(moment, dict):
+            return f"no {when!r} statistics"
+        for key in STATS_KEYS:
+            values = moment.get(key)
+            if not isinstance(values, list) or not values or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                return f"{when!r} has no list of numbers {key!r}"
+    return None
+
+
 def gradient_stats(args, device, found):
     """{(variant, depth): {'init': stats, 'trained': stats}} for the seed-0 runs at the gradient
     depths. The stats are saved beside each run (layer_stats.json), so they are computed once,
@@ -289,7 +307,11 @@ def gradient_stats(args, device, found):
         if c["seed"] != 0 or c["depth"] not in wanted:
             continue
         path = os.path.join(folder, STATS_FILE)
-        stats = read_json(path, f"delete {path} and rerun with MNIST unpacked to recompute it")
+        remedy = f"delete {path} and rerun with MNIST unpacked to recompute it"
+        stats = read_json(path, remedy)
+        problem = stats and stats_problem(stats)
+        if problem:
+            raise UserError(f"{path} is not a layer-statistics file of this code ({problem}); {remedy}")
         if stats is None:
             if data is None:
                 data = load_mnist(args.data_dir, device, args.val_size)

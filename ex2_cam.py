@@ -20,7 +20,7 @@ from models import CifarResNet
 from report import format_mean_std, output_dir, save_figure, write_table
 from runs import CHECKPOINT_FILE, published_dir, read_record
 from storage import load_model
-from utils import (ArgumentParser, MAX_IMAGES, SEED, UserError, check_writable, count_flag, get_device,
+from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, check_writable, count_flag, get_device,
                    hardware, run_cli)
 
 PROG = "ex2_cam.py"
@@ -31,6 +31,8 @@ INTERRUPTED = "nothing was written"  # what Ctrl-C leaves: figures are written w
 MAX_FIGURE_IMAGES = 32  # a column per image: more would make a figure no screen shows
 MAX_CLASSES = 1000      # ImageNet's; a CIFAR-10 network checks --class-index against its 10
 MAX_STEPS = 1024        # deletion/insertion steps: one pixel each on CIFAR-10
+# what the figure reads of the run a checkpoint comes from
+CONFIG_FIELDS = {"val_size": count_flag(MAX_IMAGES), "residual": bool, "blocks": count_flag(MAX_IMAGES)}
 PUBLISHED_SEED = 0  # the seed whose checkpoints are committed
 # Imagenette's ten WordNet ids, in torchvision's (sorted) label order, and their ImageNet-1k index
 IMAGENETTE_TO_IMAGENET = {
@@ -105,7 +107,7 @@ def find_checkpoint(roots=None):
 def load_cnn(path, device):
     """The network of an ex1_cnn.py checkpoint, rebuilt from the description it carries."""
     remedy = f"pass a best.pt of ex1_cnn.py, or make one with `{MAKE_CHECKPOINT}`"
-    return load_model(path, device, CifarResNet, remedy, keys=("model", "arch", "config", "val_acc"))
+    return load_model(path, device, CifarResNet, remedy, config_fields=CONFIG_FIELDS, fields={"val_acc": FRACTION})
 
 
 def denormalize(x, mean, std):

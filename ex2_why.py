@@ -40,6 +40,7 @@ EVAL_BATCH = 500
 LOSS_CAP = 10.0              # landscape contours stop here: chance level is ln(10) = 2.3
 MAX_DRAWS, MAX_GRID = 1000, 1001
 MAX_SPAN = 100.0             # Li et al. plot within ±1
+CONFIG_FIELDS = {"seed": SEED, "val_size": count_flag(MAX_IMAGES)}  # what the analyses read of a run
 INTERRUPTED = "the figures it reported written are complete; nothing else was written"
 
 
@@ -112,7 +113,7 @@ def find_networks(roots, epochs, seed):
 def load_network(path, device):
     """(model in eval mode, checkpoint) of an ex1_cnn.py best.pt; anything else is refused."""
     remedy = f"pass the run folders of ex1_cnn.py, or make them with `{MAKE_CHECKPOINTS}`"
-    return load_model(path, device, CifarResNet, remedy)
+    return load_model(path, device, CifarResNet, remedy, config_fields=CONFIG_FIELDS)
 
 
 def initial_network(ckpt, device):

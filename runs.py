@@ -20,7 +20,7 @@ import time
 
 from data import DataError
 from storage import FolderLock, read_json, write_json_atomic
-from utils import UserError, check_writable, count, set_threads
+from utils import FRACTION, Number, UserError, check_writable, count, fields_problem, set_threads
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "best.pt"
@@ -28,6 +28,11 @@ LAST_FILE = "last.pt"
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FINISHED = ("complete", "diverged")
 MAX_SHARDS = 10_000  # more parts than any sweep has runs
+EPOCH = Number(int, 1, 10 ** 6)
+RECORD_FIELDS = {"config": dict, "meta": dict, "status": str, "epochs": list}
+# a finished run's summary (absent if it diverged before its first validation)
+SUMMARY_FIELDS = {"best_epoch": EPOCH, "best_val_acc": FRACTION, "test_acc": FRACTION,
+                  "test_loss": Number(float, 0, float("inf"))}
 STATUSES = ("running",) + FINISHED
 
 
@@ -53,11 +58,32 @@ def read_record(folder):
     record = read_json(path, remedy)
     if record is None:
         return None
-    if (not isinstance(record.get("config"), dict) or record.get("status") not in STATUSES
-            or not isinstance(record.get("epochs"), list)
-            or not all(isinstance(e, dict) for e in record["epochs"])):
-        raise UserError(f"{path} lacks a config, a status or the epochs of a run; {remedy}")
+    problem = record_problem(record)
+    if problem:
+        raise UserError(f"{path} is not a run record this code can use ({problem}); {remedy}")
     return record
+
+
+def record_problem(record):
+    """What is wrong with the fields of a run record, None if nothing: their presence, types and
+    ranges, so no table, figure or resume meets a field it cannot use."""
+    problem = fields_problem(record, RECORD_FIELDS)
+    if problem:
+        return problem
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r}, not one of {', '.join(STATUSES)}"
+    for i, epoch in enumerate(record["epochs"]):
+        if not isinstance(epoch, dict):
+            return f"epoch {i + 1} is a {type(epoch).__name__}"
+        numbers = {k: (int, float) for k in epoch if k != "epoch"}
+        problem = fields_problem(epoch, {"epoch": EPOCH, **numbers})  # NaN allowed: a diverged epoch
+        if problem:
+            return f"epoch {i + 1}: {problem}"
+    present = {k: v for k, v in SUMMARY_FIELDS.items() if k in record}
+    if record["status"] == "complete" and "test_acc" not in record:
+        return "a complete run without its test accuracy"
+    problem = fields_problem(record, present)
+    return problem and f"its summary has {problem}"
 
 
 def find_finished(roots, name, config):

@@ -5,6 +5,8 @@ file another machine or person may have made check it and name it, in one line, 
 it is not what it should be. Checkpoints hold only tensors, numbers, strings, lists and
 dicts, so `torch.load(..., weights_only=True)` reads them and no pickle can run code.
 """
+import errno
+import io
 import json
 import os
 import tempfile
@@ -12,7 +14,9 @@ import tempfile
 import torch
 
 from models import build_model
-from utils import UserError
+from utils import UserError, fields_problem
+
+ARCH_FIELDS = {"name": str, "kwargs": dict}  # what models.build_model reads
 
 try:
     import fcntl
@@ -20,22 +24,36 @@ except ImportError:  # Windows: no advisory locks; two processes must not share 
     fcntl = None
 
 
+TMP_PREFIX = ".tmp-"  # an interrupted write's leftover; .gitignore keeps them out of git
+
+
+class WriteError(UserError):
+    """A file could not be written (full disk, file-size limit, read-only folder): the message
+    names the file and the reason; the file as it was before is intact."""
+
+
 def _atomic(path, write):
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    """Write to a temporary file in the same folder, then rename: never a half-written file.
+    A failed write raises WriteError naming `path` and leaves what was there before."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        hint = " (free some space or raise the limit, then rerun)" if e.errno in (errno.ENOSPC, errno.EFBIG,
+                                                                                  errno.EDQUOT) else ""
+        raise WriteError(f"cannot write {path}: {reason}{hint}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
 
 
 def write_json_atomic(obj, path):
@@ -47,7 +65,11 @@ def write_text_atomic(text, path):
 
 
 def save_atomic(obj, path):
-    _atomic(path, lambda f: torch.save(obj, f))
+    """torch.save, atomically. Serialized in memory first: torch's own writer turns a full disk
+    into a RuntimeError without its errno, a plain write keeps it."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _atomic(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def savefig_atomic(fig, path, **kwargs):
@@ -124,16 +146,35 @@ class FolderLock:
         self.release()
 
 
-def load_model(path, device, expected, remedy, keys=("model", "arch", "config")):
+def load_model(path, device, expected, remedy, keys=("model", "arch", "config"), config_fields=None,
+               fields=None):
     """(model in eval mode, checkpoint): the network a checkpoint describes, rebuilt and
-    loaded; a checkpoint of anything but an `expected` network is refused in one line."""
+    loaded. Refused in one line: a checkpoint of anything but an `expected` network, one whose
+    `config` lacks `config_fields` or whose top level lacks `fields` (each {key: Number or
+    type}, as utils.fields_problem checks them), and weights that are not all finite."""
     ckpt = load_checkpoint(path, remedy, device, keys=keys)
+
+    def refuse(problem):
+        return UserError(f"{path} is not a checkpoint of a {expected.__name__} ({problem}); {remedy}")
+
+    problem = fields_problem(ckpt.get("arch"), ARCH_FIELDS)
+    if problem:
+        raise refuse(f"its arch has {problem}")
     try:
         model = build_model(ckpt["arch"])
-        if not isinstance(model, expected):
-            raise ValueError(f"a {type(model).__name__}")
+    except (ValueError, TypeError, KeyError) as e:
+        raise refuse(str(e).splitlines()[0][:80] or type(e).__name__)
+    if not isinstance(model, expected):
+        raise refuse(f"a {type(model).__name__}")
+    for what, mapping, wanted in (("config", ckpt.get("config"), config_fields or {}),
+                                  ("top level", ckpt, fields or {})):
+        problem = fields_problem(mapping, wanted)
+        if problem:
+            raise refuse(f"its {what} has {problem}")
+    try:
         model.load_state_dict(ckpt["model"])
-    except (ValueError, RuntimeError) as e:
-        raise UserError(f"{path} is not a checkpoint of a {expected.__name__} "
-                        f"({str(e).splitlines()[0][:80]}); {remedy}")
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise refuse(str(e).splitlines()[0][:80] or type(e).__name__)
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise refuse("non-finite weights, NaN or inf: a diverged or damaged network")
     return model.to(device).eval(), ckpt

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from data import batches, epoch_order
-from runs import CHECKPOINT_FILE, LAST_FILE
+from runs import CHECKPOINT_FILE, LAST_FILE, record_problem
 from storage import load_checkpoint, save_atomic
 from utils import UserError
 
@@ -101,31 +101,33 @@ def _fit(model, arch, data, optimizer, run, epochs, batch_size, generator, sched
     status = "complete"
     bar = tqdm(total=epochs * steps, initial=start_epoch * steps, desc=desc, unit="step",
                disable=not progress, dynamic_ncols=True)
-    for epoch in range(start_epoch + 1, epochs + 1):
-        started = time.perf_counter()
-        order = epoch_order(len(data.train), generator, device)
-        train = train_one_epoch(model, batches(data.train, batch_size, order, train_transform),
-                                optimizer, scheduler, bar)
-        metrics = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
-        if math.isfinite(train["loss"]):
-            val = evaluate(model, batches(data.val, EVAL_BATCH_SIZE, transform=eval_transform))
-            metrics.update(val_loss=val["loss"], val_acc=val["acc"])
-        metrics["seconds"] = time.perf_counter() - started
-        if not all(math.isfinite(metrics.get(k, math.nan)) for k in ("train_loss", "val_loss")):
-            status = "diverged"
+    try:  # the bar is closed before an error's one line, which must come last
+        for epoch in range(start_epoch + 1, epochs + 1):
+            started = time.perf_counter()
+            order = epoch_order(len(data.train), generator, device)
+            train = train_one_epoch(model, batches(data.train, batch_size, order, train_transform),
+                                    optimizer, scheduler, bar)
+            metrics = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
+            if math.isfinite(train["loss"]):
+                val = evaluate(model, batches(data.val, EVAL_BATCH_SIZE, transform=eval_transform))
+                metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+            metrics["seconds"] = time.perf_counter() - started
+            if not all(math.isfinite(metrics.get(k, math.nan)) for k in ("train_loss", "val_loss")):
+                status = "diverged"
+                run.log_epoch(**metrics)
+                break
             run.log_epoch(**metrics)
-            break
-        run.log_epoch(**metrics)
-        bar.set_postfix(train_loss=f"{train['loss']:.3f}", val_acc=f"{val['acc']:.4f}")
-        if val["acc"] > best_val and all_finite(model):
-            best_val = val["acc"]
-            save_atomic({"model": model.state_dict(), "arch": arch, "config": run.config,
-                         "epoch": epoch, "val_acc": val["acc"]}, best_path)
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict() if scheduler else None,
-                     "generator": generator.get_state(), "record": run.record,
-                     "best_val": best_val}, last_path)
-    bar.close()
+            bar.set_postfix(train_loss=f"{train['loss']:.3f}", val_acc=f"{val['acc']:.4f}")
+            if val["acc"] > best_val and all_finite(model):
+                best_val = val["acc"]
+                save_atomic({"model": model.state_dict(), "arch": arch, "config": run.config,
+                             "epoch": epoch, "val_acc": val["acc"]}, best_path)
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict() if scheduler else None,
+                         "generator": generator.get_state(), "record": run.record,
+                         "best_val": best_val}, last_path)
+    finally:
+        bar.close()
     summary = {}
     if os.path.exists(best_path):
         best = load_checkpoint(best_path, f"delete the run folder {run.path} and rerun", device)
@@ -147,6 +149,9 @@ def _resume(last_path, run, model, optimizer, scheduler, generator):
     state = load_checkpoint(last_path, remedy, keys=("model", "optimizer", "generator", "record", "best_val"))
     if not isinstance(state["record"], dict) or state["record"].get("config") != run.config:
         raise UserError(f"{last_path} belongs to a run with other settings; {remedy}")
+    problem = record_problem(state["record"])
+    if problem or not isinstance(state["best_val"], float):
+        raise UserError(f"{last_path} holds a damaged run record ({problem or 'best_val'}); {remedy}")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

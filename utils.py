@@ -61,15 +61,26 @@ class Number:
         return (f"{'an integer' if self.kind is int else 'a number'} in {'(' if self.open_low else '['}"
                 f"{self.low:g}, {self.high:g}{')' if self.open_high else ']'}")
 
+    def problem(self, value):
+        """Why `value` (already a number, e.g. read from a file) is not one of these, or None."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                self.kind is int and not isinstance(value, int)):
+            return f"{value!r} is not {self.describe()}"
+        if not math.isfinite(value) or value < self.low or value > self.high \
+                or (self.open_low and value == self.low) or (self.open_high and value == self.high):
+            why = f" ({self.why})" if self.why else ""
+            return f"must be {self.describe()}{why}, got {value}"
+        return None
+
     def __call__(self, text):
         try:
             value = self.kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"takes {self.describe()}, got {text!r}")
-        if not math.isfinite(value) or value < self.low or value > self.high \
-                or (self.open_low and value == self.low) or (self.open_high and value == self.high):
-            why = f" ({self.why})" if self.why else ""
-            raise argparse.ArgumentTypeError(f"must be {self.describe()}{why}, got {text}")
+        problem = self.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem if problem.startswith("must") else f"must be "
+                                             f"{self.describe()}, got {text}")
         return value
 
 
@@ -80,6 +91,27 @@ def count_flag(high, low=1):
 
 SEED = Number(int, 0, SEED_MAX)
 LR = Number(float, 0, MAX_LR, open_low=True)
+FRACTION = Number(float, 0, 1)  # an accuracy
+
+
+def fields_problem(mapping, fields):
+    """What is wrong with the fields of a dict read from a file, None if nothing: `fields` maps
+    each required key to a Number (checked by value), or to a type or tuple of types."""
+    if not isinstance(mapping, dict):
+        return f"a {type(mapping).__name__} where a dict belongs"
+    for key, check in fields.items():
+        if key not in mapping:
+            return f"no {key!r}"
+        value = mapping[key]
+        if isinstance(check, Number):
+            problem = check.problem(value)
+            if problem:
+                return f"{key!r}: {problem}"
+        elif not isinstance(value, check) or (isinstance(value, bool) and bool not in (
+                check if isinstance(check, tuple) else (check,))):
+            names = "/".join(t.__name__ for t in (check if isinstance(check, tuple) else (check,)))
+            return f"{key!r} is {value!r}, not of type {names}"
+    return None
 
 
 def _terminate(signum, frame):

@@ -121,3 +121,7 @@ def make_cifar_official(root):
 @pytest.fixture
 def cifar_folder(tmp_path):
     return make_cifar_folder(str(tmp_path / "cifar"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts interpreters or processes (pytest -m 'not slow' skips them)")

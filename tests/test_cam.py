@@ -114,7 +114,8 @@ def save_checkpoint(path, residual=True, blocks=1, width=4, val_acc=0.5):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save({"model": model.state_dict(), "arch": arch, "config": config, "epoch": 1,
                 "val_acc": val_acc}, path)
-    record = {"config": config, "status": "complete", "epochs": [], "best_val_acc": val_acc}
+    record = {"config": config, "meta": {}, "status": "complete", "epochs": [], "best_val_acc": val_acc,
+              "test_acc": val_acc}
     with open(os.path.join(os.path.dirname(path), "metrics.json"), "w") as f:
         json.dump(record, f)
     return path

@@ -83,7 +83,7 @@ def test_2_repeated_sweep_values_are_one_run(mnist_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("content,message", [
     ("[1, 2, 3]", "holds a list"),
-    ('{"config": {}, "epochs": []}', "lacks a config, a status"),
+    ('{"config": {}, "epochs": []}', "not a run record this code can use (no 'meta')"),
     ('{"config": {"dep', "unreadable"),
 ])
 def test_5_corrupt_metrics_json(mnist_dir, tmp_path, capsys, content, message):

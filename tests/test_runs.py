@@ -43,13 +43,13 @@ def test_folder_names_differ_for_every_setting_and_are_stable():
 def test_a_run_folder_whose_config_does_not_match_its_name_is_an_error(tmp_path):
     config = {"epochs": 1, "seed": 0, "lr": 0.1}
     name = folder_name("x", config)
-    Run(str(tmp_path / name), dict(config, lr=0.5)).finish("complete")
+    Run(str(tmp_path / name), dict(config, lr=0.5)).finish("complete", test_acc=0.5)
     with pytest.raises(UserError, match="does not match its name; delete that folder"):
         find_finished([str(tmp_path)], name, config)
 
 
 @pytest.mark.parametrize("record,message", [
-    ([1, 2, 3], "holds a list"), ({"config": {}, "epochs": []}, "lacks a config, a status"),
+    ([1, 2, 3], "holds a list"), ({"config": {}, "epochs": []}, "no 'meta'"),
 ])
 def test_corrupt_metrics_are_named_with_what_to_do(tmp_path, record, message):
     folder = tmp_path / "run"

@@ -29,6 +29,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 CIFAR10_VAL_SIZE = 5_000
 CIFAR10_JPEG_DIR = "cifar10-jpeg"   # the ImageFolder copy made by ../shared/datasets/install.sh
 CIFAR10_CACHE = "decoded_uint8.pt"  # the decoded images, beside an ImageFolder copy
+CIFAR10_OFFICIAL_DIR = "cifar-10-batches-py"  # torchvision's own format
 CIFAR10_IMAGE_SHAPE = (3, 32, 32)
 CROP_PADDING = 4
 
@@ -148,10 +149,15 @@ def _cifar_official(data_dir):
     def make(train, download=False):
         return CIFAR10(data_dir, train=train, download=download)
 
+    folder = os.path.join(data_dir, CIFAR10_OFFICIAL_DIR)
+    if not os.path.exists(folder):
+        return None
     try:
         train, test = make(True), make(False)
-    except RuntimeError:
-        return None
+    except Exception as e:  # torchvision's checksum failure, or a file that does not unpickle
+        raise DataError(f"{folder} is corrupt or incomplete ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:60] if str(e) else ''}); delete it and download or "
+                        "unpack CIFAR-10 again")
     return _cifar_arrays(train) + _cifar_arrays(test)
 
 
@@ -195,8 +201,11 @@ def _list_image_folder(root):
     for label, cls in enumerate(CIFAR10_CLASSES):
         folder = os.path.join(root, cls)
         # hidden files (.DS_Store, ._* of macOS, editors' backups) are not images of the set
-        items += [(os.path.join(folder, f), label) for f in sorted(os.listdir(folder))
-                  if not f.startswith(".")]
+        files = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if not f.startswith(".")]
+        if not files:
+            raise DataError(f"the class folder {folder} holds no images: a split without a class would "
+                            "train or test without it; put its images back (e.g. re-unpack the dataset)")
+        items += [(path, label) for path in files]
     return items
 
 
@@ -206,15 +215,29 @@ def _decode_images(items, desc):
     from tqdm import tqdm
 
     x = torch.empty((len(items),) + CIFAR10_IMAGE_SHAPE, dtype=torch.uint8)
+    converted = []
     for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
         try:
             with Image.open(path) as im:
-                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+                if im.mode.startswith("I;16"):  # 16-bit grey: convert("RGB") would clip it to 255
+                    grey = np.array(im).astype(np.uint16) >> 8
+                    img = torch.from_numpy(grey.astype(np.uint8)).expand(3, *grey.shape).contiguous()
+                    converted.append(path)
+                elif im.mode in ("I", "F"):
+                    raise DataError(f"image {path} has 32-bit pixels (mode {im.mode}), which have no faithful "
+                                    "8-bit form; save it as an 8-bit image")
+                else:
+                    img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+        except DataError:
+            raise
         except Exception as e:
             raise DataError(f"cannot read image {path}: {type(e).__name__}")
         if tuple(img.shape) != CIFAR10_IMAGE_SHAPE:
             raise DataError(f"image {path} has shape {tuple(img.shape)}, expected {CIFAR10_IMAGE_SHAPE}")
         x[i] = img
+    if converted:
+        print(f"note: {len(converted)} 16-bit grey image(s), e.g. {converted[0]}, converted to 8-bit RGB "
+              "by their high byte", file=sys.stderr)
     y = torch.tensor([label for _, label in items], dtype=torch.int64)
     return x, y
 
@@ -248,14 +271,39 @@ def _cifar_image_folder(root):
     return arrays
 
 
+CACHE_TMP_PREFIX = ".tmp-decoded-"  # then the writer's process id: .gitignore covers .tmp-*
+
+
+def _remove_stale_temporaries(folder):
+    """Delete the cache's temporary files whose writer is gone (killed mid-write); a live
+    process's file is its own to finish."""
+    for name in os.listdir(folder):
+        if not name.startswith(CACHE_TMP_PREFIX):
+            continue
+        pid = name[len(CACHE_TMP_PREFIX):].split("-")[0]
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer still runs
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
 def _write_cache(obj, cache):
     """Write the decoded cache whole (a temporary file, then a rename) or not at all: it only
     saves decoding next time, so a read-only folder or a full disk is a note, not an error."""
+    folder = os.path.dirname(cache)
+    _remove_stale_temporaries(folder)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache), prefix=".tmp-decoded-")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{CACHE_TMP_PREFIX}{os.getpid()}-")
         with os.fdopen(fd, "wb") as f:
             f.write(buffer.getbuffer())
         os.replace(tmp, cache)

@@ -192,7 +192,7 @@ def sweep(args, device):
                      threads=threads, device=device, shard_spec=args.shard,
                      prepare=lambda: load_data(args, device))  # a data error: one line, not one per worker
     if done:
-        print(f"{done} ({count(workers, 'process', 'processes')} of {count(threads, 'thread')})")
+        print(done)
     make_figures(args, configs)
 
 

@@ -176,8 +176,7 @@ def sweep(args, device):
                      threads=THREADS, device=device, shard_spec=args.shard,
                      prepare=lambda: load_mnist(args.data_dir, device, args.val_size))
     if done:
-        print(f"{done} ({count(args.workers, 'process', 'processes')} of {count(THREADS, 'thread')}, "
-              f"{count(os.cpu_count(), 'core')})")
+        print(f"{done} on {count(os.cpu_count(), 'core')}")
     make_figures(args, configs, device)
 
 

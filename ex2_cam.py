@@ -11,6 +11,7 @@ the map of class c is sum_k w[c, k] A_k over the last feature maps A.
 """
 import glob
 import os
+import shutil
 
 import torch
 
@@ -18,7 +19,7 @@ from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
 from models import CifarResNet
 from report import format_mean_std, output_dir, save_figure, write_table
-from runs import CHECKPOINT_FILE, published_dir, read_record
+from runs import CHECKPOINT_FILE, check_checkpoint_of_run, published_dir, read_record
 from storage import load_model
 from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, check_writable, count_flag, get_device,
                    hardware, run_cli)
@@ -107,7 +108,10 @@ def find_checkpoint(roots=None):
 def load_cnn(path, device):
     """The network of an ex1_cnn.py checkpoint, rebuilt from the description it carries."""
     remedy = f"pass a best.pt of ex1_cnn.py, or make one with `{MAKE_CHECKPOINT}`"
-    return load_model(path, device, CifarResNet, remedy, config_fields=CONFIG_FIELDS, fields={"val_acc": FRACTION})
+    model, ckpt = load_model(path, device, CifarResNet, remedy, config_fields=CONFIG_FIELDS,
+                             fields={"val_acc": FRACTION})
+    check_checkpoint_of_run(path, ckpt, remedy)
+    return model, ckpt
 
 
 def denormalize(x, mean, std):
@@ -323,9 +327,12 @@ def load_imagenette(data_dir):
         return Imagenette(data_dir, split="val", size=IMAGENETTE_SIZE, transform=transform)
     except RuntimeError:
         pass
+    existed = os.path.isdir(data_dir)
     try:
         return Imagenette(data_dir, split="val", size=IMAGENETTE_SIZE, download=True, transform=transform)
     except Exception:
+        if not existed:  # a failed download leaves no empty folder behind
+            shutil.rmtree(data_dir, ignore_errors=True)
         raise UserError(f"Imagenette ({IMAGENETTE_SIZE}) not found in {data_dir}/imagenette2-160/val/<wnid>/ "
                         "and it cannot be downloaded; put torchvision's Imagenette folder under --data-dir")
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
 from report import output_dir, save_figure, write_table
-from runs import CHECKPOINT_FILE, published_dir, read_record
+from runs import CHECKPOINT_FILE, check_checkpoint_of_run, published_dir, read_record
 from storage import load_model, savefig_atomic
 from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError, check_writable,
                    command_line, count, count_flag, get_device, hardware, run_cli, seed_everything,
@@ -113,7 +113,9 @@ def find_networks(roots, epochs, seed):
 def load_network(path, device):
     """(model in eval mode, checkpoint) of an ex1_cnn.py best.pt; anything else is refused."""
     remedy = f"pass the run folders of ex1_cnn.py, or make them with `{MAKE_CHECKPOINTS}`"
-    return load_model(path, device, CifarResNet, remedy, config_fields=CONFIG_FIELDS)
+    model, ckpt = load_model(path, device, CifarResNet, remedy, config_fields=CONFIG_FIELDS)
+    check_checkpoint_of_run(path, ckpt, remedy)
+    return model, ckpt
 
 
 def initial_network(ckpt, device):

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from runs import CHECKPOINT_FILE, collect
+from runs import CHECKPOINT_FILE, METRICS_FILE, collect
 from storage import savefig_atomic, write_text_atomic
 from utils import UserError, check_writable, count
 
@@ -40,6 +40,12 @@ def sweep_results(configs, roots, name_fn, fig_dir, command):
     [(config, record, folder)] of its finished runs in `roots`, an error if there are none."""
     found = collect(configs, roots, name_fn)
     if not found:
+        started = sum(any(os.path.exists(os.path.join(root, name_fn(c), METRICS_FILE)) for root in roots)
+                      for c in configs)
+        if started:
+            raise UserError(f"none of the {count(len(configs), 'run')} of these settings has finished yet: "
+                            f"{started} started in {' or '.join(roots)} (another process may be training "
+                            f"them; else rerun `{command}` to resume)")
         raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; "
                         f"run `{command}` with the same flags first")
     missing = len(configs) - len(found)

@@ -19,7 +19,7 @@ import time
 
 
 from data import DataError
-from storage import FolderLock, read_json, write_json_atomic
+from storage import TMP_PREFIX, FolderLock, read_json, write_json_atomic
 from utils import FRACTION, Number, UserError, check_writable, count, fields_problem, set_threads
 
 METRICS_FILE = "metrics.json"
@@ -86,6 +86,16 @@ def record_problem(record):
     return problem and f"its summary has {problem}"
 
 
+def check_checkpoint_of_run(path, ckpt, remedy):
+    """Refuse, in one line, a checkpoint whose config is not that of the run record beside it
+    (a best.pt copied or swapped between run folders): its numbers would be shown as another
+    network's. A checkpoint with no record beside it (a file passed by hand) is not checked."""
+    record = read_record(os.path.dirname(os.path.abspath(path)))
+    if record is not None and record["config"] != ckpt.get("config"):
+        raise UserError(f"{path} is not the checkpoint of the run in its folder (its config differs from "
+                        f"{METRICS_FILE}'s); {remedy}")
+
+
 def find_finished(roots, name, config):
     """(record, folder) of the finished run `name` with `config` in the first of `roots` that
     has it, or (None, None). A folder of that name with another config is an error."""
@@ -116,8 +126,14 @@ class Run:
         self._lock = FolderLock(path)
 
     def claim(self):
-        """Lock the folder: False if another process holds it. Call release() when done."""
-        return self._lock.acquire()
+        """Lock the folder: False if another process holds it. Call release() when done.
+        Holding it, remove what an interrupted write (kill -9) of this folder left behind."""
+        if not self._lock.acquire():
+            return False
+        for name in os.listdir(self.path):
+            if name.startswith(TMP_PREFIX):
+                os.remove(os.path.join(self.path, name))
+        return True
 
     def release(self):
         self._lock.release()
@@ -142,7 +158,12 @@ def remove_run(folder):
     if not lock.acquire():
         raise UserError(f"{folder} is being trained by another process")
     try:
+        if os.path.islink(folder):
+            raise UserError(f"{folder} is a symbolic link, not a run folder; remove the link (or what "
+                            "it points to) yourself, then rerun")
         shutil.rmtree(folder)
+    except OSError as e:
+        raise UserError(f"cannot delete the run folder {folder}: {e.strerror or e}")
     finally:
         lock.release()
 
@@ -251,8 +272,8 @@ def _worker(fn, jobs, done, device, threads, setup, setup_args, parent_pid):
 
 
 def run_jobs(fn, jobs, workers, device, threads, desc, setup, setup_args):
-    """Run fn(job, context) for every job, in order, on `workers` processes; returns
-    ([fn's results], wall seconds). Each process first builds `context = setup(setup_args)`
+    """Run fn(job, context) for every job, in order, on `workers` processes (no more than there
+    are jobs); returns ([fn's results], wall seconds, processes used). Each process first builds `context = setup(setup_args)`
     (e.g. loads the data) and uses `threads` threads; a job goes to the next free process.
     """
     from tqdm import tqdm
@@ -263,7 +284,7 @@ def run_jobs(fn, jobs, workers, device, threads, desc, setup, setup_args):
         set_threads(device, threads)
         context = setup(setup_args)
         results = [fn(job, context) for job in tqdm(jobs, desc=desc, unit="run")]
-        return results, time.perf_counter() - start
+        return results, time.perf_counter() - start, 1
     ctx = mp.get_context("spawn")  # a clean interpreter per worker: no inherited threads or state
     todo, done = ctx.Queue(), ctx.Queue()
     for job in jobs + [None] * workers:
@@ -298,9 +319,12 @@ def run_jobs(fn, jobs, workers, device, threads, desc, setup, setup_args):
         # the processes hold the queues too: dropping all now frees their semaphores here,
         # not in a resource-tracker warning after the one-line message of an interrupt
         del procs, todo, done
-    if any(code != 0 for code in codes):
-        raise UserError("a sweep worker failed (its error is printed above); rerun to resume")
-    return results, time.perf_counter() - start
+    failed = [code for code in codes if code != 0]
+    if failed:
+        # a worker that raised printed its one line (exit code 2); one killed (OOM, signal) could not
+        said = "its error is printed above" if failed[0] == 2 else f"it exited with code {failed[0]}"
+        raise UserError(f"a sweep worker failed ({said}); rerun to resume")
+    return results, time.perf_counter() - start, workers
 
 
 def summarize_jobs(results):
@@ -330,6 +354,7 @@ def run_sweep(configs, costs, name_fn, out_dir, roots, *, job, setup, setup_args
     if prepare is not None:
         prepare()  # e.g. load the data once here, so an error is one line, not one per worker
     order = sorted(range(len(todo)), key=lambda i: (todo[i]["seed"], -costs[configs.index(todo[i])], i))
-    results, wall = run_jobs(job, [todo[i] for i in order], workers, device, threads, "sweep",
-                             setup, setup_args)
-    return f"sweep: {summarize_jobs(results)} in {wall / 60:.1f} min wall time"
+    results, wall, used = run_jobs(job, [todo[i] for i in order], workers, device, threads, "sweep",
+                                   setup, setup_args)
+    return (f"sweep: {summarize_jobs(results)} in {wall / 60:.1f} min wall time "
+            f"({count(used, 'process', 'processes')} of {count(threads, 'thread')})")

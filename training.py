@@ -149,6 +149,12 @@ def _resume(last_path, run, model, optimizer, scheduler, generator):
     state = load_checkpoint(last_path, remedy, keys=("model", "optimizer", "generator", "record", "best_val"))
     if not isinstance(state["record"], dict) or state["record"].get("config") != run.config:
         raise UserError(f"{last_path} belongs to a run with other settings; {remedy}")
+    if state["record"].get("meta") != run.record["meta"]:
+        # CPU kernels sum in an order that depends on the thread count: a run resumed under
+        # other threads (or data, or hardware) would match no uninterrupted run
+        then, now = (state["record"].get("meta") or {}).get("hardware"), run.record["meta"].get("hardware")
+        raise UserError(f"{last_path} was trained on {then}, this process is {now}: resume it the way it "
+                        f"was started (a single run uses every core, a sweep worker one), or {remedy}")
     problem = record_problem(state["record"])
     if problem or not isinstance(state["best_val"], float):
         raise UserError(f"{last_path} holds a damaged run record ({problem or 'best_val'}); {remedy}")
@@ -160,6 +166,11 @@ def _resume(last_path, run, model, optimizer, scheduler, generator):
         generator.set_state(state["generator"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{last_path} does not fit this run ({type(e).__name__}); {remedy}")
+    best_path = os.path.join(run.path, CHECKPOINT_FILE)
+    if state["best_val"] >= 0 and not os.path.exists(best_path):
+        raise UserError(f"{best_path} is missing, although this run saved one (validation accuracy "
+                        f"{state['best_val']:.4f}): the run cannot be finished without it; delete the run "
+                        f"folder {run.path} and rerun to train it again")
     run.record = state["record"]
     print(f"{run.path}: resuming after epoch {len(run.record['epochs'])}")
     return len(run.record["epochs"]), state["best_val"]

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import ROOT
 
+CHECKPOINT_BUDGET = 20 * 2 ** 20  # the published checkpoints, in all
 GENERATED = ("ex1_mlp_table", "ex1_cnn_table", "ex2_cam_faithfulness", "ex2_why_responses", "bench_mlp",
              "bench_cnn")
 
@@ -52,6 +53,14 @@ def test_the_committed_checkpoints_are_listed_in_the_readme_and_small():
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     readme = read("README.md")
-    assert sum(os.path.getsize(os.path.join(ROOT, f)) for f in files) <= 10 * 2 ** 20
+    assert sum(os.path.getsize(os.path.join(ROOT, f)) for f in files) <= CHECKPOINT_BUDGET
     for f in files:
         assert f"`{os.path.dirname(f)}/`" in readme, f
+
+
+def test_gitignore_admits_exactly_the_checkpoints_the_readme_lists():
+    listed = set(re.findall(r"^\| `(results/[^`]+)/` \|", read("README.md"), re.MULTILINE))
+    admitted = {line[1:].rsplit("/", 1)[0] for line in read(".gitignore").splitlines() if line.startswith("!")}
+    assert listed and listed == admitted
+    assert all(not any(c in line for c in "*?[") for line in read(".gitignore").splitlines()
+               if line.startswith("!"))  # by name, not by a pattern another run could match

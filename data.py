@@ -224,8 +224,8 @@ def _decode_images(items, desc):
                     img = torch.from_numpy(grey.astype(np.uint8)).expand(3, *grey.shape).contiguous()
                     converted.append(path)
                 elif im.mode in ("I", "F"):
-                    raise DataError(f"image {path} has 32-bit pixels (mode {im.mode}), which have no faithful "
-                                    "8-bit form; save it as an 8-bit image")
+                    raise DataError(f"image {path} has 32-bit pixels (mode {im.mode}), which have no "
+                                    "faithful 8-bit form; save it as an 8-bit image")
                 else:
                     img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
         except DataError:
@@ -308,8 +308,9 @@ def _write_cache(obj, cache):
             f.write(buffer.getbuffer())
         os.replace(tmp, cache)
     except OSError as e:
-        print(f"note: could not write the decoded-image cache {cache} ({os.strerror(e.errno) if e.errno else e}); "
-              "going on without it (the images are decoded again next time)", file=sys.stderr)
+        reason = os.strerror(e.errno) if e.errno else e
+        print(f"note: could not write the decoded-image cache {cache} ({reason}); going on without it "
+              "(the images are decoded again next time)", file=sys.stderr)
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

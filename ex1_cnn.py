@@ -41,7 +41,8 @@ README_SWEEP = ["--sweep", "--cpu"]  # the command whose results the README show
 
 def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("--blocks", type=count_flag(MAX_BLOCKS), default=3, help="blocks per stage n; depth is 6n+2")
+    p.add_argument("--blocks", type=count_flag(MAX_BLOCKS), default=3,
+                   help="blocks per stage n; depth is 6n+2")
     p.add_argument("--width", type=count_flag(MAX_WIDTH), default=16,
                    help="channels of the first stage w (then 2w, 4w)")
     p.add_argument("--residual", action="store_true", help="add the identity shortcuts")
@@ -59,7 +60,8 @@ def make_parser():
                    help="train on the first N images of the (shuffled) training split; 0: all")
     p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=CIFAR10_VAL_SIZE,
                    help="validation images held out of the training set (seeded split)")
-    p.add_argument("--seed", type=SEED, default=0, help="seed of initialization, batch order and augmentation")
+    p.add_argument("--seed", type=SEED, default=0,
+                   help="seed of initialization, batch order and augmentation")
     p.add_argument("--cpu", action="store_true",
                    help="the CPU preset: fewer epochs, unless --epochs is given (the device is --device's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -239,7 +241,8 @@ def gap_table(groups, shallow=GAP_BLOCKS[0], deep=GAP_BLOCKS[1]):
     if not gaps:
         return []
     lines = ["", f"| {6 * deep + 2} minus {6 * shallow + 2} layers | "
-             + " | ".join(name for name, _ in GAP_COLUMNS) + " | val. accuracy, per seed | train loss, per seed |",
+             + " | ".join(name for name, _ in GAP_COLUMNS)
+             + " | val. accuracy, per seed | train loss, per seed |",
              "|---|" + "---:|" * (len(GAP_COLUMNS) + 2)]
     for residual, row in gaps.items():
         per_seed = [", ".join(f"{d:+.3f}" for d in row[i][2].values()) if row[i] else "-" for i in (0, 1)]

@@ -21,8 +21,8 @@ from models import CifarResNet
 from report import format_mean_std, output_dir, save_figure, write_table
 from runs import CHECKPOINT_FILE, check_checkpoint_of_run, published_dir, read_record
 from storage import load_model
-from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, check_writable, count_flag, get_device,
-                   hardware, run_cli)
+from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, check_writable, count_flag,
+                   get_device, hardware, run_cli)
 
 PROG = "ex2_cam.py"
 CNN_RUNS = os.path.join("runs", "ex1_cnn")
@@ -70,7 +70,8 @@ def make_parser():
                         f"accuracy in {CNN_RUNS}, else among the published seed-0 runs in results/ex1_cnn)")
     c.add_argument("--evaluate", action="store_true",
                    help="deletion/insertion AUC, Average Drop, Increase in Confidence")
-    c.add_argument("--eval-images", type=count_flag(MAX_IMAGES), default=1000, help="test images for --evaluate")
+    c.add_argument("--eval-images", type=count_flag(MAX_IMAGES), default=1000,
+                   help="test images for --evaluate")
     c.add_argument("--steps", type=count_flag(MAX_STEPS), default=8,
                    help="deletion/insertion steps (1024 pixels / 8 = 128 per step on CIFAR-10)")
     i = sub.add_parser("imagenette", parents=[common], help="torchvision's ImageNet ResNet-18")

@@ -311,13 +311,14 @@ def plot_lesion(result, caption, path):
             means = [sum(r["random"][k]) / len(r["random"][k]) for k in ks]
             spread = [torch.tensor(r["random"][k]).std().item() if len(r["random"][k]) > 1 else 0.0
                       for k in ks]
-            row[1].errorbar([0] + [int(k) for k in ks], [r["intact"]] + means, yerr=[0.0] + spread, marker="o",
-                            capsize=3, color=c, label=name)
+            row[1].errorbar([0] + [int(k) for k in ks], [r["intact"]] + means, yerr=[0.0] + spread,
+                            marker="o", capsize=3, color=c, label=name)
             downsampling = r["downsampling"]
         for j in downsampling:
             row[0].axvline(j + 1, color="gray", lw=0.8, ls="--")
         row[0].set(xlabel="deleted block (dashed: downsampling blocks, replaced by the strided shortcut)",
-                   ylabel="test accuracy", title=f"depth {6 * b + 2}: one block deleted (dotted: intact network)")
+                   ylabel="test accuracy",
+                   title=f"depth {6 * b + 2}: one block deleted (dotted: intact network)")
         row[1].set(xlabel="random blocks deleted k", ylabel="test accuracy",
                    title=f"depth {6 * b + 2}: k random blocks deleted")
         row[0].xaxis.get_major_locator().set_params(integer=True)
@@ -464,7 +465,8 @@ def main(args):
             table = response_table(stds, args, made_by(analysis))
             written.append(write_table(table, "ex2_why_responses", fig_dir, publish))
         elif analysis == "lesion":
-            total = sum(3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b) for _, b in lesion_networks(nets))
+            total = sum(3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b)
+                        for _, b in lesion_networks(nets))
             with tqdm(total=total, desc="lesion", unit="eval") as bar:
                 result = lesion(nets, data, args, bar)
             if not result:
@@ -516,7 +518,8 @@ def lesion_table(result, n_images, made_by):
                      f"{sum(r['single']) / len(r['single']):.3f} | {r['single'][worst]:.3f} ({worst + 1}) | "
                      + " | ".join(f"{v:.3f}" for v in randoms) + " |")
     lines += ["", f"Test accuracy on {n_images} test images (a seeded sample); k random blocks: mean "
-                  f"over the draws. Blocks are numbered from the input, 1 to 3n (15 at depth 32, 27 at depth 56). "
+                  "over the draws. Blocks are numbered from the input, 1 to 3n (15 at depth 32, 27 at "
+                  "depth 56). "
                   + made_by]
     return "\n".join(lines) + "\n"
 

@@ -164,7 +164,8 @@ def depth_gap(deep, shallow, key):
     (m_deep, s_deep), (m_shallow, s_shallow) = (mean_std(list(v.values())) for v in values)
     n_deep, n_shallow = (len(v) for v in values)
     se = math.sqrt(s_deep ** 2 / n_deep + s_shallow ** 2 / n_shallow) if min(n_deep, n_shallow) > 1 else None
-    per_seed = {seed: values[0][seed] - values[1][seed] for seed in sorted(values[0].keys() & values[1].keys())}
+    per_seed = {seed: values[0][seed] - values[1][seed]
+                for seed in sorted(values[0].keys() & values[1].keys())}
     return m_deep - m_shallow, se, per_seed
 
 

@@ -273,7 +273,8 @@ def _worker(fn, jobs, done, device, threads, setup, setup_args, parent_pid):
 
 def run_jobs(fn, jobs, workers, device, threads, desc, setup, setup_args):
     """Run fn(job, context) for every job, in order, on `workers` processes (no more than there
-    are jobs); returns ([fn's results], wall seconds, processes used). Each process first builds `context = setup(setup_args)`
+    are jobs); returns ([fn's results], wall seconds, processes used). Each process first builds
+    `context = setup(setup_args)`
     (e.g. loads the data) and uses `threads` threads; a job goes to the next free process.
     """
     from tqdm import tqdm

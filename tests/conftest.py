@@ -124,4 +124,5 @@ def cifar_folder(tmp_path):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts interpreters or processes (pytest -m 'not slow' skips them)")
+    config.addinivalue_line("markers",
+                            "slow: starts interpreters or processes (pytest -m 'not slow' skips them)")

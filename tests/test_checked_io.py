@@ -36,7 +36,8 @@ def without_times(record):
 
 @pytest.mark.slow
 def test_1_a_checkpoint_write_past_a_file_size_limit_is_one_line_and_the_rerun_is_exact(mnist_dir, tmp_path):
-    argv = TINY + ["--depth", "2", "--epochs", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs")]
+    argv = TINY + ["--depth", "2", "--epochs", "2", "--data-dir", mnist_dir,
+                   "--out-dir", str(tmp_path / "runs")]
     code, err = run_with_file_limit("ex1_mlp.py", argv, limit=8_000)  # metrics.json fits, best.pt does not
     assert_one_line_error(code, err, "best.pt: File too large")
     folder = next((tmp_path / "runs").iterdir())

@@ -37,6 +37,9 @@ def tiny_cnn_sweep(cifar_folder, runs):
     return {p.name.split("_")[0]: p for p in runs.iterdir() if p.name != "figures"}
 
 
+SWAPPED = "is not the checkpoint of the run in its folder"
+
+
 def test_2_a_checkpoint_swapped_between_run_folders_is_refused(cifar_folder, tmp_path, capsys):
     folders = tiny_cnn_sweep(cifar_folder, tmp_path / "runs")
     plain, res = (folders[k] / "best.pt" for k in ("plain", "res"))
@@ -44,9 +47,9 @@ def test_2_a_checkpoint_swapped_between_run_folders_is_refused(cifar_folder, tmp
     plain.write_bytes(b), res.write_bytes(a)
     argv = ["gradients", "--runs-dir", str(tmp_path / "runs"), "--epochs", "1", "--data-dir", cifar_folder,
             "--fig-dir", str(tmp_path / "fig"), "--device", "cpu"]
-    assert_one_line_error(*cli_in_process(ex2_why, argv, capsys), "is not the checkpoint of the run in its folder")
+    assert_one_line_error(*cli_in_process(ex2_why, argv, capsys), SWAPPED)
     argv = ["cifar10", "--checkpoint", str(res), "--data-dir", cifar_folder, "--fig-dir", str(tmp_path / "f")]
-    assert_one_line_error(*cli_in_process(ex2_cam, argv, capsys), "is not the checkpoint of the run in its folder")
+    assert_one_line_error(*cli_in_process(ex2_cam, argv, capsys), SWAPPED)
 
 
 def test_3_a_lost_best_pt_is_not_a_complete_run(mnist_dir, tmp_path, capsys, monkeypatch):
@@ -57,10 +60,12 @@ def test_3_a_lost_best_pt_is_not_a_complete_run(mnist_dir, tmp_path, capsys, mon
     assert json.loads((folder / "metrics.json").read_text())["status"] == "running"
 
 
-def test_6_debris_of_a_killed_write_is_removed_at_the_next_start(mnist_dir, tmp_path, monkeypatch, cifar_folder):
+def test_6_debris_of_a_killed_write_is_removed_at_the_next_start(mnist_dir, tmp_path, monkeypatch,
+                                                                  cifar_folder):
     folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
     (folder / ".tmp-abc123").write_bytes(b"half a checkpoint")
-    assert ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path, "--epochs", "2")))["status"] == "complete"
+    record = ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path, "--epochs", "2")))
+    assert record["status"] == "complete"
     assert not list(folder.glob(".tmp-*"))
     # the CIFAR cache's: a writer that is gone (no such process) left it; a live one's stays
     dead, alive = (os.path.join(cifar_folder, f".tmp-decoded-{pid}-x") for pid in (2 ** 22 + 1, os.getpid()))

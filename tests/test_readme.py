@@ -60,7 +60,8 @@ def test_the_committed_checkpoints_are_listed_in_the_readme_and_small():
 
 def test_gitignore_admits_exactly_the_checkpoints_the_readme_lists():
     listed = set(re.findall(r"^\| `(results/[^`]+)/` \|", read("README.md"), re.MULTILINE))
-    admitted = {line[1:].rsplit("/", 1)[0] for line in read(".gitignore").splitlines() if line.startswith("!")}
+    admitted = {line[1:].rsplit("/", 1)[0] for line in read(".gitignore").splitlines()
+                if line.startswith("!")}
     assert listed and listed == admitted
     assert all(not any(c in line for c in "*?[") for line in read(".gitignore").splitlines()
                if line.startswith("!"))  # by name, not by a pattern another run could match

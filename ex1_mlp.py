@@ -98,6 +98,12 @@ def get_args(argv=None):
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if any(not 1 <= d <= MAX_DEPTH for d in args.depths):
         p.error(f"--depths must be from 1 to {MAX_DEPTH}")
+    if args.sweep:
+        for v in args.variants:
+            odd = [d for d in args.depths if d % VARIANTS[v][1]]
+            if odd:
+                p.error(f"--variants {v} has {VARIANTS[v][1]} layers per block: --depths {odd[0]} is not a "
+                        "multiple of it")
     if args.depth % args.layers_per_block:
         p.error(f"--depth {args.depth} is not a multiple of --layers-per-block {args.layers_per_block}")
     if args.rezero and not args.residual:

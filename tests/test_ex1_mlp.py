@@ -145,6 +145,7 @@ def test_interrupted_run_resumes_from_its_last_epoch(mnist_dir, tmp_path, monkey
 @pytest.mark.parametrize("argv,message", [
     (["--depth", "0"], "--depth: must be an integer from 1"),
     (["--depth", "7", "--residual", "--layers-per-block", "2"], "not a multiple"),
+    (["--sweep", "--depths", "3", "--variants", "res2"], "--depths 3 is not a multiple"),
     (["--width", "-3"], "--width: must be an integer from 1"),
     (["--epochs", "0"], "--epochs: must be an integer from 1"),
     (["--lr", "-1"], "--lr: must be a number in (0,"),

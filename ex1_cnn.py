@@ -35,6 +35,9 @@ DEFAULTS = {"epochs": 40, "seeds": 3}
 # seeds, about two hours per seed): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
 # on the JPEG copy; 8 take it past 0.80. On a GPU use the defaults.
 CPU_PRESET = {"epochs": 8}
+# a single run's epoch per block per stage on our 2-core CPU, for the warning before a long CPU
+# run: bench.py cnn trains ResNet-20 (3 blocks) at 628 images/s on both cores, about 77 s an epoch
+CPU_EPOCH_SECONDS_PER_BLOCK = 26
 MAX_BLOCKS, MAX_WIDTH = 200, 1024  # depth 1202, He et al.'s deepest CIFAR network; 64x its width
 README_SWEEP = ["--sweep", "--cpu"]  # the command whose results the README shows
 
@@ -322,6 +325,11 @@ def single_run(args, device):
     config = run_config(args, args.blocks, args.residual, args.seed)
 
     def train_it():
+        if device.type == "cpu" and not args.cpu:
+            hours = args.epochs * CPU_EPOCH_SECONDS_PER_BLOCK * args.blocks / 3600
+            print(f"note: {args.epochs} epochs on a CPU: about {hours:.1f} h on our idle 2-core CPU, several "
+                  f"times that with other work beside it; --cpu trains the {CPU_PRESET['epochs']}-epoch "
+                  "CPU preset")
         set_threads(device, None)  # one CNN uses every core (a sweep runs one process per core)
         data = load_data(args, device)
         print(f"{run_name(config)} (depth {6 * args.blocks + 2}): {data.source}, "

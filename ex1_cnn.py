@@ -325,7 +325,7 @@ def single_run(args, device):
     config = run_config(args, args.blocks, args.residual, args.seed)
 
     def train_it():
-        if device.type == "cpu" and not args.cpu:
+        if device.type == "cpu" and not args.cpu and args.epochs > CPU_PRESET["epochs"]:
             hours = args.epochs * CPU_EPOCH_SECONDS_PER_BLOCK * args.blocks / 3600
             print(f"note: {args.epochs} epochs on a CPU: about {hours:.1f} h on our idle 2-core CPU, several "
                   f"times that with other work beside it; --cpu trains the {CPU_PRESET['epochs']}-epoch "

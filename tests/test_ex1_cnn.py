@@ -196,3 +196,13 @@ def test_shards_of_a_sweep_train_disjoint_runs_that_plot_together(cifar_folder, 
                                           str(tmp_path / "fig")]))
     table = (tmp_path / "fig" / "ex1_cnn_table.md").read_text()
     assert "over 2 seeds" in table and "not finished" not in table
+
+
+def test_a_long_cpu_run_says_so_before_it_starts(cifar_folder, tmp_path, capsys, monkeypatch):
+    import training
+    monkeypatch.setattr(training, "train_one_epoch", lambda *a, **k: pytest.fail("started first"))
+    monkeypatch.setattr(ex1_cnn, "load_data", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        ex1_cnn.main(ex1_cnn.get_args(["--device", "cpu", "--out-dir", str(tmp_path)]))
+    out = capsys.readouterr().out
+    assert "note: 40 epochs on a CPU: about" in out and "--cpu trains the 8-epoch CPU preset" in out

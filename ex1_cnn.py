@@ -20,7 +20,7 @@ from models import build_model
 from report import (depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result, print_result,
                     run_result, save_figure, sweep_destination, sweep_results, write_table)
 import runs
-from runs import Run, folder_name, parse_shard, published_dir, run_sweep, unique
+from runs import Run, folder_name, parse_shard, run_sweep, unique
 from training import fit
 from utils import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number,
                    SEED, UserError, add_run_flags, check_writable, count, count_flag, get_device, hardware,
@@ -173,8 +173,8 @@ def sweep_configs(args):
 
 
 def roots(args):
-    """Where finished runs are looked up: the run folder, then the committed results."""
-    return [args.out_dir, published_dir(EXERCISE)]
+    """Where finished runs are looked up: the committed results, then the run folder."""
+    return runs.lookup_roots(args.out_dir, EXERCISE)
 
 
 def _sweep_setup(setup_args):
@@ -336,8 +336,8 @@ def single_run(args, device):
               f"{len(data.train)} training images, {hardware(device)}")
         return train(config, data, device, args.out_dir)
 
-    record = runs.single_run(args.out_dir, run_name(config), config, args.force, train_it)
-    print_result(record, os.path.join(args.out_dir, run_name(config)))
+    record, folder = runs.single_run(args.out_dir, run_name(config), config, args.force, train_it, EXERCISE)
+    print_result(record, folder)
     return record
 
 

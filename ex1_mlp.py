@@ -18,7 +18,7 @@ from models import MLP, build_model
 from report import (finished_results, format_result, mean_std, print_result, remove_stale,
                     save_figure, sweep_destination, sweep_results, write_table)
 import runs
-from runs import CHECKPOINT_FILE, Run, folder_name, parse_shard, published_dir, run_sweep, unique
+from runs import CHECKPOINT_FILE, Run, folder_name, parse_shard, run_sweep, unique
 from storage import load_model, read_json, write_json_atomic
 from training import fit
 from utils import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED,
@@ -159,8 +159,8 @@ def sweep_configs(args):
 
 
 def roots(args):
-    """Where finished runs are looked up: the run folder, then the committed results."""
-    return [args.out_dir, published_dir(EXERCISE)]
+    """Where finished runs are looked up: the committed results, then the run folder."""
+    return runs.lookup_roots(args.out_dir, EXERCISE)
 
 
 def _sweep_setup(setup_args):
@@ -425,8 +425,8 @@ def single_run(args, device):
         print(f"{run_name(config)}: {data.source}, {hardware(device)}")
         return train(config, data, device, args.out_dir)
 
-    record = runs.single_run(args.out_dir, run_name(config), config, args.force, train_it)
-    print_result(record, os.path.join(args.out_dir, run_name(config)))
+    record, folder = runs.single_run(args.out_dir, run_name(config), config, args.force, train_it, EXERCISE)
+    print_result(record, folder)
     return record
 
 

@@ -168,22 +168,34 @@ def remove_run(folder):
         lock.release()
 
 
-def single_run(out_dir, name, config, force, train):
-    """A script's single run: the saved record if this run finished in `out_dir` (unless
-    `force`, which deletes it), else the record of `train()` -> (outcome, record)."""
+def lookup_roots(out_dir, exercise):
+    """Where a script looks for finished runs, in this order: the results published with the
+    code, then the run folder. A published run is the reference for its settings: no single run
+    or sweep trains it again, and a user's run of the same settings never stands in for it in a
+    table or figure. (Runs of other settings are the user's, found in the run folder.)"""
+    return [published_dir(exercise), out_dir]
+
+
+def single_run(out_dir, name, config, force, train, exercise):
+    """A script's single run -> (record, its folder): the saved record if this run finished
+    among the published results or in `out_dir`, else what `train()` -> (outcome, record)
+    makes in `out_dir`. `force` trains it again into `out_dir` (deleting a finished run there,
+    never a published one)."""
     folder = os.path.join(out_dir, name)
     check_writable(out_dir)
-    record, _ = find_finished([out_dir], name, config)
+    record, found = find_finished(lookup_roots(out_dir, exercise), name, config)
     if record is not None and not force:
-        print(f"{folder} holds this finished run (retrain it with --force):")
-        return record
-    if record is not None:
+        published = os.path.abspath(found) != os.path.abspath(folder)
+        print(f"{found} holds this finished run{', published with the code' if published else ''} "
+              f"(--force trains it again{' into ' + out_dir if published else ''}):")
+        return record, found
+    if os.path.exists(os.path.join(folder, METRICS_FILE)) and find_finished([out_dir], name, config)[0]:
         remove_run(folder)
         print(f"--force: removed the finished run in {folder}")
     outcome, record = train()
     if outcome == "held":
         raise UserError(f"another process is training {folder}; wait for it or use another --out-dir")
-    return record
+    return record, folder
 
 
 # ----------------------------------------------------------------------------- sweeps

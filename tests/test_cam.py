@@ -134,7 +134,7 @@ def test_cifar_figure_and_evaluation(cifar_folder, tmp_path):
     table = (tmp_path / "fig" / "ex2_cam_faithfulness.md").read_text()
     assert "| CAM |" in table and "| random |" in table and "20 CIFAR-10 test images" in table
     # the residual run with the best validation accuracy (a better plain run does not count)
-    assert ex2_cam.find_checkpoint([str(tmp_path / "runs")]) == ckpt
+    assert ex2_cam.find_checkpoint(str(tmp_path / "runs"))[0] == ckpt
 
 
 def make_imagenette(root, per_class=2):
@@ -194,7 +194,8 @@ def test_imagenette_class_order_matches_torchvision(tmp_path):
     (["cifar10", "--checkpoint", "{empty}"], "empty.pt is not a checkpoint"),
     (["cifar10", "--checkpoint", "{mlp}"], "not a checkpoint of a CifarResNet"),
     (["cifar10", "--checkpoint", "{ckpt}", "--class-index", "10", "--data-dir", "{cifar}"], "out of range"),
-    (["cifar10", "--data-dir", "{tmp}"], "no checkpoint"),
+    (["cifar10", "--data-dir", "{tmp}"], "no published run with the settings"),
+    (["cifar10", "--runs-dir", "{tmp}/no-runs"], "no finished residual ex1_cnn.py run"),
     (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{tmp}/none.pth"], "--weights"),
     (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{ckpt}"], "not a ResNet-18"),
 ])
@@ -242,3 +243,17 @@ def test_ties_in_a_map_are_ranked_in_pixel_order(net):
     tied, ordered = (deletion_insertion(net, x, classes, m, steps=4) for m in (flat, ramp))
     for k in ("deletion", "insertion"):
         torch.testing.assert_close(tied[k], ordered[k])
+
+
+def test_the_default_checkpoint_is_the_published_one_whatever_the_user_trained(tmp_path, monkeypatch, capsys):
+    """A user's better run in runs/ex1_cnn never replaces the README's network; --runs-dir picks it."""
+    from runs import published_dir
+    user = save_checkpoint(str(tmp_path / "runs" / "res_n5_e8_s0_x" / "best.pt"), val_acc=0.99)
+    path, why = ex2_cam.find_checkpoint()
+    assert path.startswith(published_dir("ex1_cnn")) and "res_n5_e8_s0_" in path and "published" in why
+    assert ex2_cam.find_checkpoint(str(tmp_path / "runs"))[0] == user
+    monkeypatch.chdir(tmp_path)  # where runs/ex1_cnn would be
+    args = ex2_cam.get_args(["cifar10"])
+    assert ex2_cam.chosen_checkpoint(args) == path
+    out = capsys.readouterr().out
+    assert "res_n5_e8_s0_" in out and "(the published residual-32, seed 0" in out

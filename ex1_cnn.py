@@ -78,6 +78,9 @@ def make_parser():
                    help="sweep blocks per stage (depth 6n+2)")
     p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=None,
                    help=f"sweep seeds 0..N-1 (default: {DEFAULTS['seeds']})")
+    p.add_argument("--checkpoints", action="store_true",
+                   help="with --sweep: also train again, into --out-dir, the finished runs whose best.pt "
+                        "is not at hand (the published seeds 1 and 2: their checkpoints are not in git)")
     p.add_argument("--workers", type=count_flag(MAX_WORKERS, low=0), default=0,
                    help="sweep processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
     return p
@@ -195,7 +198,8 @@ def sweep(args, device):
     done = run_sweep(configs, [c["blocks"] for c in configs], run_name, args.out_dir, roots(args),
                      job=_sweep_run, setup=_sweep_setup, setup_args=(args, device), workers=workers,
                      threads=threads, device=device, shard_spec=args.shard,
-                     prepare=lambda: load_data(args, device))  # a data error: one line, not one per worker
+                     prepare=lambda: load_data(args, device),  # a data error: one line, not one per worker
+                     need_checkpoints=args.checkpoints)
     if done:
         print(done)
     make_figures(args, configs)

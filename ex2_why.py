@@ -31,7 +31,7 @@ from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserErr
 PROG = "ex2_why.py"
 ANALYSES = ("gradients", "responses", "lesion", "landscape")
 SCRATCH_DIR = os.path.join("runs", "ex2_why")  # figures of other checkpoints or settings
-MAKE_CHECKPOINTS = "python ex1_cnn.py --sweep --cpu --seeds 1"
+MAKE_CHECKPOINTS = "python ex1_cnn.py --sweep --cpu --seeds {seeds} --checkpoints"  # seeds 0..seeds-1
 BLOCKS = (1, 3, 5, 9)        # depths 8, 20, 32, 56
 LESION_BLOCKS = (5, 9)       # the lesion study and the landscape: the depth-32 and depth-56 networks
 LESION_DEPTHS = " or ".join(str(6 * b + 2) for b in LESION_BLOCKS)
@@ -90,12 +90,13 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------- checkpoints
 
 def find_networks(roots, epochs, seed):
-    """{(residual, blocks): best.pt path} of the first of `roots` that has any such run."""
-    for root in roots:
-        found = {}
-        for residual in (False, True):
-            for blocks in BLOCKS:
-                pattern = f"{'res' if residual else 'plain'}_n{blocks}_e{epochs}_s{seed}_*"
+    """{(residual, blocks): best.pt path}, each network from the first of `roots` that has its
+    finished run with a checkpoint (the published one first, then one trained again)."""
+    found = {}
+    for residual in (False, True):
+        for blocks in BLOCKS:
+            pattern = f"{'res' if residual else 'plain'}_n{blocks}_e{epochs}_s{seed}_*"
+            for root in roots:
                 paths = sorted(glob.glob(os.path.join(root, pattern, CHECKPOINT_FILE)))
                 finished = [p for p in paths
                             if (read_record(os.path.dirname(p)) or {}).get("status") == "complete"]
@@ -104,15 +105,16 @@ def find_networks(roots, epochs, seed):
                                     "pass --runs-dir with one of them")
                 if finished:
                     found[(residual, blocks)] = finished[0]
-        if found:
-            return found
-    raise UserError(f"no finished ex1_cnn.py runs with {epochs} epochs and seed {seed} in "
-                    f"{' or '.join(roots)}; make them with `{MAKE_CHECKPOINTS}`")
+                    break
+    if not found:
+        raise UserError(f"no finished ex1_cnn.py runs with checkpoints, {epochs} epochs and seed {seed} in "
+                        f"{' or '.join(roots)}; make them with `{MAKE_CHECKPOINTS.format(seeds=seed + 1)}`")
+    return found
 
 
 def load_network(path, device):
     """(model in eval mode, checkpoint) of an ex1_cnn.py best.pt; anything else is refused."""
-    remedy = f"pass the run folders of ex1_cnn.py, or make them with `{MAKE_CHECKPOINTS}`"
+    remedy = f"pass the run folders of ex1_cnn.py, or make them with `{MAKE_CHECKPOINTS.format(seeds=1)}`"
     model, ckpt = load_model(path, device, CifarResNet, remedy, config_fields=CONFIG_FIELDS)
     check_checkpoint_of_run(path, ckpt, remedy)
     return model, ckpt
@@ -431,13 +433,14 @@ def main(args):
     nets = {key: (path,) + load_network(path, device) for key, path in paths.items()}
     any_ckpt = next(iter(nets.values()))[2]
     data = load_cifar10(args.data_dir, device, any_ckpt["config"]["val_size"])  # the split they trained with
-    published = os.path.abspath(next(iter(paths.values()))).startswith(published_dir("ex1_cnn"))
+    published = all(os.path.abspath(p).startswith(published_dir("ex1_cnn")) for p in paths.values())
     defaults = get_args([])
     publish = published and all(getattr(args, k) == getattr(defaults, k)
                                 for k in vars(args) if k != "analyses")
     fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
     check_writable(fig_dir)
-    where = os.path.relpath(os.path.dirname(os.path.dirname(next(iter(paths.values())))))
+    where = " and ".join(dict.fromkeys(os.path.relpath(os.path.dirname(os.path.dirname(p)))
+                                       for p in paths.values()))
     networks = ", ".join(label(*k) for k in sorted(paths))
     source = (f"checkpoints {where}/*_e{args.epochs}_s{args.seed}_* ({networks}); {data.source}; "
               f"{hardware(device)}")

@@ -245,9 +245,20 @@ def collect(configs, roots, name_fn):
     return found
 
 
-def pending(configs, roots, out_dir, name_fn):
-    """The configs with no finished run in `roots`, with a line saying what is left to train."""
-    todo = [c for c in configs if find_finished(roots, name_fn(c), c)[0] is None]
+def has_checkpoint(roots, name, config):
+    """True if one of `roots` holds the finished run `name` of `config` with its best.pt."""
+    for root in dict.fromkeys(os.path.abspath(r) for r in roots):
+        record, folder = find_finished([root], name, config)
+        if record is not None and os.path.exists(os.path.join(folder, CHECKPOINT_FILE)):
+            return True
+    return False
+
+
+def pending(configs, roots, out_dir, name_fn, need_checkpoints=False):
+    """The configs with no finished run in `roots` (or, if `need_checkpoints`, none with its
+    best.pt), with a line saying what is left to train."""
+    done = has_checkpoint if need_checkpoints else (lambda r, n, c: find_finished(r, n, c)[0] is not None)
+    todo = [c for c in configs if not done(roots, name_fn(c), c)]
     resuming = sum(os.path.exists(os.path.join(out_dir, name_fn(c), LAST_FILE)) for c in todo)
     print(f"sweep: {count(len(configs), 'run')}, {len(configs) - len(todo)} already finished, "
           f"{len(todo)} to train" + (f" ({resuming} of them resume from the last epoch they finished)"
@@ -349,9 +360,11 @@ def summarize_jobs(results):
 
 
 def run_sweep(configs, costs, name_fn, out_dir, roots, *, job, setup, setup_args, workers,
-              threads, device, shard_spec=None, prepare=None):
+              threads, device, shard_spec=None, prepare=None, need_checkpoints=False):
     """Train the pending runs of `configs` (of this `--shard`, if given); returns the line
-    that says what was done, or None if nothing was left to train.
+    that says what was done, or None if nothing was left to train. With `need_checkpoints`, a
+    finished run whose best.pt is nowhere at hand (a published run whose checkpoint is not in
+    git) is pending too: it is trained again into `out_dir`, with the same result.
 
     `prepare()` runs before any job. Jobs run seed by seed, longest first within a seed, so
     the first seeds of a sweep finish first and can be committed while the others train.
@@ -361,7 +374,7 @@ def run_sweep(configs, costs, name_fn, out_dir, roots, *, job, setup, setup_args
         print(f"shard {shard_spec[0]}/{shard_spec[1]}: {count(len(mine), 'run')} of {len(configs)}")
         costs = [costs[configs.index(c)] for c in mine]
         configs = mine
-    todo = pending(configs, roots, out_dir, name_fn)
+    todo = pending(configs, roots, out_dir, name_fn, need_checkpoints)
     if not todo:
         return None
     if prepare is not None:

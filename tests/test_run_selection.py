@@ -37,3 +37,35 @@ def test_a_users_run_of_published_settings_never_replaces_it_in_a_figure(tmp_pat
                                    "--out-dir", str(runs), "--fig-dir", str(tmp_path / "fig")]))
     table = (tmp_path / "fig" / "ex1_cnn_table.md").read_text()
     assert table == open(f"{ROOT}/figures/ex1_cnn_table.md").read() and "0.111" not in table
+
+
+def test_checkpoints_not_in_git_are_trained_again_exactly(cifar_folder, tmp_path, capsys, monkeypatch):
+    """Seeds 1 and 2 are published without checkpoints: --checkpoints makes exactly those, with
+    the published numbers, and ex2_why names that command for the seed it was asked for."""
+    import runs
+    published = tmp_path / "published"
+    argv = ["--sweep", "--blocks-list", "1", "--seeds", "1", "--epochs", "1", "--width", "4",
+            "--val-size", "10", "--batch-size", "8", "--device", "cpu", "--workers", "1",
+            "--data-dir", cifar_folder]
+    ex1_cnn.main(ex1_cnn.get_args(argv + ["--out-dir", str(published)]))
+    for best in published.glob("*/best.pt"):
+        best.unlink()
+    monkeypatch.setattr(runs, "published_dir", lambda exercise: str(published))
+    ex1_cnn.main(ex1_cnn.get_args(argv + ["--out-dir", str(tmp_path / "runs")]))
+    assert "2 already finished, 0 to train" in capsys.readouterr().out
+    ex1_cnn.main(ex1_cnn.get_args(argv + ["--out-dir", str(tmp_path / "runs"), "--checkpoints"]))
+    assert "0 already finished, 2 to train" in capsys.readouterr().out
+    for metrics in published.glob("*/metrics.json"):
+        again = tmp_path / "runs" / metrics.parent.name
+        assert (again / "best.pt").exists()
+        first, second = (json.loads(p.read_text()) for p in (metrics, again / "metrics.json"))
+        assert [dict(e, seconds=0) for e in first["epochs"]] == [dict(e, seconds=0) for e in second["epochs"]]
+        assert first["test_acc"] == second["test_acc"]
+
+
+def test_ex2_why_names_the_command_that_makes_the_missing_seed(tmp_path, capsys):
+    import ex2_why
+    from conftest import assert_one_line_error, cli_in_process
+    argv = ["--seed", "1", "--runs-dir", str(tmp_path), "--device", "cpu"]
+    assert_one_line_error(*cli_in_process(ex2_why, argv, capsys),
+                          "python ex1_cnn.py --sweep --cpu --seeds 2 --checkpoints")

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from data import (CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, MNIST_MEAN, MNIST_STD, batches,
                   epoch_order, load_cifar10, load_mnist, normalize_images, random_crop_flip)
 from models import MLP, CifarResNet
-from report import output_dir, write_table
-from utils import (ArgumentParser, MAX_BATCH, MAX_IMAGES, UserError, check_writable, command_line,
+from report import destination, write_table
+from utils import (ArgumentParser, MAX_BATCH, MAX_IMAGES, UserError, command_line,
                    count_flag, get_device, machine, run_cli)
 
 PROG = "bench.py"
@@ -241,9 +241,7 @@ def bench_cnn(args, device):
 def main(args):
     device = get_device(args.device)
     defaults = get_args([args.what])
-    publish = args == defaults  # only the README's command may replace its numbers
-    fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
-    check_writable(fig_dir)
+    fig_dir, publish = destination(args, defaults, SCRATCH_DIR)  # only the README's command replaces them
     lines = bench_mlp(args, device) if args.what == "mlp" else bench_cnn(args, device)
     text = "\n".join(lines)
     print(text)

@@ -12,6 +12,7 @@ is what ex2_cam.py and ex2_why.py read.
 """
 import math
 import os
+import sys
 
 import torch
 
@@ -192,7 +193,7 @@ def _sweep_run(config, context):
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    check_writable(args.out_dir, sweep_destination(args, is_readme_sweep(args))[0])
+    check_writable(args.out_dir, sweep_destination(args, get_args(README_SWEEP))[0])
     workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
     done = run_sweep(configs, [c["blocks"] for c in configs], run_name, args.out_dir, roots(args),
@@ -316,7 +317,7 @@ def plot_curves(found, args, path):
 
 
 def make_figures(args, configs):
-    fig_dir, publish = sweep_destination(args, is_readme_sweep(args))
+    fig_dir, publish = sweep_destination(args, get_args(README_SWEEP))
     found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...")
     table = make_table(found, args, missing)
     table_path = write_table(table, "ex1_cnn_table", fig_dir, publish)
@@ -333,7 +334,7 @@ def single_run(args, device):
             hours = args.epochs * CPU_EPOCH_SECONDS_PER_BLOCK * args.blocks / 3600
             print(f"note: {args.epochs} epochs on a CPU: about {hours:.1f} h on our idle 2-core CPU, several "
                   f"times that with other work beside it; --cpu trains the {CPU_PRESET['epochs']}-epoch "
-                  "CPU preset")
+                  "CPU preset", file=sys.stderr)
         set_threads(device, None)  # one CNN uses every core (a sweep runs one process per core)
         data = load_data(args, device)
         print(f"{run_name(config)} (depth {6 * args.blocks + 2}): {data.source}, "

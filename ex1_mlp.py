@@ -175,7 +175,7 @@ def _sweep_run(config, context):
 
 def sweep(args, device):
     configs = sweep_configs(args)
-    check_writable(args.out_dir, sweep_destination(args, is_readme_sweep(args))[0])
+    check_writable(args.out_dir, sweep_destination(args, get_args(README_SWEEP))[0])
     costs = [c["depth"] + 2 for c in configs]  # per-step time grows with the number of layers
     done = run_sweep(configs, costs, run_name, args.out_dir, roots(args), job=_sweep_run,
                      setup=_sweep_setup, setup_args=(args, device), workers=args.workers,
@@ -392,7 +392,7 @@ def plot_activations(stats, caption, path):
 
 
 def make_figures(args, configs, device):
-    fig_dir, publish = sweep_destination(args, is_readme_sweep(args))
+    fig_dir, publish = sweep_destination(args, get_args(README_SWEEP))
     found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...")
     groups = _group(found)
     table_path = write_table(make_table(groups, args, missing), "ex1_mlp_table", fig_dir, publish)

@@ -18,10 +18,10 @@ import torch
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
 from models import CifarResNet
-from report import format_mean_std, output_dir, save_figure, write_table
+from report import destination, format_mean_std, save_figure, write_table
 from runs import CHECKPOINT_FILE, check_checkpoint_of_run, published_dir, read_record
 from storage import load_model
-from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, check_writable, count_flag,
+from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, count_flag,
                    get_device, hardware, run_cli)
 
 PROG = "ex2_cam.py"
@@ -178,19 +178,14 @@ def relative(path):
     return path if rel.startswith("..") else rel
 
 
-FIGURE_FLAGS = ("num_images", "seed", "class_index", "eval_images", "steps")
 
 
 def figure_dir(args, checkpoint):
     """figures/ (and the README) only for the README's settings: the default choice among
     the published checkpoints and default flags; else SCRATCH_DIR or --fig-dir."""
-    defaults = get_args([args.dataset])
-    publish = (args.checkpoint is None and args.runs_dir is None
-               and os.path.abspath(checkpoint).startswith(published_dir("ex1_cnn"))
-               and all(getattr(args, k, None) == getattr(defaults, k, None) for k in FIGURE_FLAGS))
-    fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
-    check_writable(fig_dir)
-    return fig_dir, publish
+    published = os.path.abspath(checkpoint).startswith(published_dir("ex1_cnn"))
+    readme = get_args([args.dataset] + (["--evaluate"] if args.evaluate else []))
+    return destination(args, readme, SCRATCH_DIR, inputs_published=published)
 
 
 def check_class_index(args, num_classes):
@@ -303,12 +298,12 @@ def cifar_evaluate(args, device):
     model, ckpt = load_cnn(path, device)
     data = load_cifar10(args.data_dir, device, ckpt["config"]["val_size"])  # the split it trained with
     check_class_index(args, len(data.classes))
+    fig_dir, publish = figure_dir(args, path)  # checked before the evaluation, which takes minutes
     start = time.perf_counter()
     n, stats, curves = faithfulness(model, data, args, device)
     caption = f"{data.source}, checkpoint {relative(path)}, {args.steps} steps; {hardware(device)}"
     target = "the predicted class" if args.class_index is None else f"class {args.class_index}"
     table = faithfulness_table(n, stats, caption, target)
-    fig_dir, publish = figure_dir(args, path)
     table_path = write_table(table, "ex2_cam_faithfulness", fig_dir, publish)
     plot_faithfulness(curves, caption, os.path.join(fig_dir, "ex2_cam_faithfulness.png"))
     print(table)
@@ -371,11 +366,7 @@ def imagenette(args, device):
     check_class_index(args, model.fc.out_features)
     if args.num_images > len(ds):
         raise UserError(f"--num-images {args.num_images} exceeds the {len(ds)} images")
-    defaults = get_args(["imagenette"])
-    publish = args.weights is None and all(getattr(args, k, None) == getattr(defaults, k, None)
-                                           for k in FIGURE_FLAGS)
-    fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
-    check_writable(fig_dir)  # before the evaluation, which can take minutes
+    fig_dir, publish = destination(args, get_args(["imagenette"]), SCRATCH_DIR)  # before the evaluation
     out = os.path.join(fig_dir, "ex2_cam_imagenette.png")
     to_imagenet = torch.tensor([IMAGENETTE_TO_IMAGENET[w][1] for w in ds.wnids], device=device)
     names = {i: name for name, i in IMAGENETTE_TO_IMAGENET.values()}

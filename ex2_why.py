@@ -21,12 +21,11 @@ import torch.nn.functional as F
 
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
-from report import output_dir, save_figure, write_table
+from report import destination, save_figure, write_table
 from runs import CHECKPOINT_FILE, check_checkpoint_of_run, published_dir, read_record
 from storage import load_model, savefig_atomic
-from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError, check_writable,
-                   command_line, count, count_flag, get_device, hardware, run_cli, seed_everything,
-                   set_threads)
+from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError, command_line, count,
+                   count_flag, get_device, hardware, run_cli, seed_everything, set_threads)
 
 PROG = "ex2_why.py"
 ANALYSES = ("gradients", "responses", "lesion", "landscape")
@@ -435,10 +434,7 @@ def main(args):
     data = load_cifar10(args.data_dir, device, any_ckpt["config"]["val_size"])  # the split they trained with
     published = all(os.path.abspath(p).startswith(published_dir("ex1_cnn")) for p in paths.values())
     defaults = get_args([])
-    publish = published and all(getattr(args, k) == getattr(defaults, k)
-                                for k in vars(args) if k != "analyses")
-    fig_dir = output_dir(args.fig_dir, publish, SCRATCH_DIR)
-    check_writable(fig_dir)
+    fig_dir, publish = destination(args, defaults, SCRATCH_DIR, inputs_published=published)
     where = " and ".join(dict.fromkeys(os.path.relpath(os.path.dirname(os.path.dirname(p)))
                                        for p in paths.values()))
     networks = ", ".join(label(*k) for k in sorted(paths))

@@ -27,12 +27,26 @@ def output_dir(fig_dir, publish, scratch_dir):
     return FIGURES_DIR if publish else scratch_dir
 
 
-def sweep_destination(args, readme_sweep):
-    """(folder, publish) for a sweep's tables and figures: `--fig-dir` if given, else the
-    README's figures/ for the README's sweep as a whole (not one shard), else figures/ beside
-    its runs. The one rule for checking the folder before training and writing it after."""
-    publish = readme_sweep and not args.shard
-    return output_dir(args.fig_dir, publish, os.path.join(args.out_dir, "figures")), publish
+# flags that say where things are, or how much of a command to run, not what it computes
+WHERE_FLAGS = ("data_dir", "out_dir", "fig_dir", "workers", "force", "plot_only", "analyses")
+
+
+def destination(args, readme_args, scratch_dir, inputs_published=True):
+    """(folder, publish) for a command's tables and figures, the one rule of every script: the
+    README's figures/ (and the README) when the command is the README's (every flag outside
+    WHERE_FLAGS as in `readme_args`, a whole sweep, not a shard) and its inputs are the published
+    results; else `--fig-dir` if given, else `scratch_dir`. The folder is checked writable here,
+    before any work, so a long computation never ends unable to write."""
+    same = all(getattr(args, k) == getattr(readme_args, k, None) for k in vars(args) if k not in WHERE_FLAGS)
+    publish = same and inputs_published and not getattr(args, "shard", None)
+    folder = output_dir(args.fig_dir, publish, scratch_dir)
+    check_writable(folder)
+    return folder, publish
+
+
+def sweep_destination(args, readme_args):
+    """destination() of a sweep: its scratch folder is figures/ beside its runs."""
+    return destination(args, readme_args, os.path.join(args.out_dir, "figures"))
 
 
 def sweep_results(configs, roots, name_fn, fig_dir, command):

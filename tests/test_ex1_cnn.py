@@ -204,5 +204,5 @@ def test_a_long_cpu_run_says_so_before_it_starts(cifar_folder, tmp_path, capsys,
     monkeypatch.setattr(ex1_cnn, "load_data", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         ex1_cnn.main(ex1_cnn.get_args(["--device", "cpu", "--out-dir", str(tmp_path)]))
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "note: 40 epochs on a CPU: about" in out and "--cpu trains the 8-epoch CPU preset" in out

@@ -69,7 +69,7 @@ def test_a_finished_run_is_not_trained_again_unless_forced(mnist_dir, tmp_path, 
     first = run_main(argv)
     monkeypatch.setattr(training, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
     assert run_main(argv) == first
-    assert "holds this finished run (retrain it with --force)" in capsys.readouterr().out
+    assert "holds this finished run (--force trains it again)" in capsys.readouterr().out
     monkeypatch.undo()
     assert run_main(argv + ["--force"])["status"] == "complete"
 
@@ -155,12 +155,13 @@ def test_interrupted_run_resumes_from_its_last_epoch(mnist_dir, tmp_path, monkey
 def test_bad_input_is_one_line_exit_2_no_traceback(argv, message, tmp_path, capsys, monkeypatch):
     import data
     monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)  # offline
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out-dir", str(tmp_path)]
+    # --epochs 1: settings of no published run, which would be printed without reading any data
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out-dir", str(tmp_path), "--epochs", "1"]
     assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), message)
 
 
 def test_cli_error_from_a_real_process(tmp_path):
-    code, stderr = cli_subprocess("ex1_mlp.py", ["--data-dir", str(tmp_path / "none"),
+    code, stderr = cli_subprocess("ex1_mlp.py", ["--epochs", "1", "--data-dir", str(tmp_path / "none"),
                                                  "--out-dir", str(tmp_path / "runs")])
     assert_one_line_error(code, stderr, "MNIST not found")
 

@@ -121,11 +121,12 @@ def test_3_6_bad_mnist_files(tmp_path, capsys, monkeypatch):
                              (open(images, "rb").read()[:5000], "truncated")):
         with open(images, "wb") as f:
             f.write(content)
-        code, err = cli_in_process(ex1_mlp, ["--data-dir", root, "--out-dir", str(tmp_path / "r")], capsys)
+        code, err = cli_in_process(ex1_mlp, ["--epochs", "1", "--data-dir", root, "--out-dir",
+                                             str(tmp_path / "r")], capsys)
         assert_one_line_error(code, err, message)
         assert "train-images-idx3-ubyte" in err and "re-unpack" in err
     missing = tmp_path / "nowhere"
-    argv = ["--data-dir", str(missing), "--out-dir", str(tmp_path / "r")]
+    argv = ["--epochs", "1", "--data-dir", str(missing), "--out-dir", str(tmp_path / "r")]
     code, err = cli_in_process(ex1_mlp, argv, capsys)
     assert_one_line_error(code, err, "MNIST not found")
     assert not missing.exists()  # no empty MNIST/raw tree left behind

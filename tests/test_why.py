@@ -100,7 +100,7 @@ def write_run(root, name, state):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("missing", "no finished ex1_cnn.py runs with 8 epochs and seed 0"),
+    ("missing", "no finished ex1_cnn.py runs with checkpoints, 8 epochs and seed 0"),
     ("other-exercise", "not a checkpoint of a CifarResNet"),
     ("empty", "best.pt is not a checkpoint"),
     ("grid", "--grid: must be an integer from 2 to 1001, got 0"),

@@ -17,11 +17,11 @@ import sys
 import torch
 
 from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
-from models import build_model
-from report import (depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result, print_result,
-                    run_result, save_figure, sweep_destination, sweep_results, write_table)
+from models import CifarResNet, build_model
+from report import (cnn_name, depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result,
+                    print_result, run_result, save_figure, sweep_destination, sweep_results, write_table)
 import runs
-from runs import Run, folder_name, parse_shard, run_sweep, unique
+from runs import CNN_CPU_EPOCHS, Run, folder_name, parse_shard, run_sweep, unique
 from training import fit
 from utils import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number,
                    SEED, UserError, add_run_flags, check_writable, count, count_flag, get_device, hardware,
@@ -35,7 +35,7 @@ DEFAULTS = {"epochs": 40, "seeds": 3}
 # The CPU preset: what a 2-core machine affords for the README's sweep (eight networks, three
 # seeds, about two hours per seed): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
 # on the JPEG copy; 8 take it past 0.80. On a GPU use the defaults.
-CPU_PRESET = {"epochs": 8}
+CPU_PRESET = {"epochs": CNN_CPU_EPOCHS}
 # a single run's epoch per block per stage on our 2-core CPU, for the warning before a long CPU
 # run: bench.py cnn trains ResNet-20 (3 blocks) at 628 images/s on both cores, about 77 s an epoch
 CPU_EPOCH_SECONDS_PER_BLOCK = 26
@@ -248,7 +248,8 @@ def gap_table(groups, shallow=GAP_BLOCKS[0], deep=GAP_BLOCKS[1]):
     gaps = depth_gaps(groups, shallow, deep)
     if not gaps:
         return []
-    lines = ["", f"| {6 * deep + 2} minus {6 * shallow + 2} layers | "
+    depth_of = CifarResNet.depth_of
+    lines = ["", f"| {depth_of(deep)} minus {depth_of(shallow)} layers | "
              + " | ".join(name for name, _ in GAP_COLUMNS)
              + " | val. accuracy, per seed | train loss, per seed |",
              "|---|" + "---:|" * (len(GAP_COLUMNS) + 2)]
@@ -256,9 +257,9 @@ def gap_table(groups, shallow=GAP_BLOCKS[0], deep=GAP_BLOCKS[1]):
         per_seed = [", ".join(f"{d:+.3f}" for d in row[i][2].values()) if row[i] else "-" for i in (0, 1)]
         lines.append(f"| {'residual' if residual else 'plain'} | "
                      + " | ".join(format_gap(g) for g in row) + " | " + " | ".join(per_seed) + " |")
-    lines += ["", f"Depth {6 * deep + 2} minus depth {6 * shallow + 2}: the difference of the means over the "
-                  "seeds ± its standard error (sqrt(s1²/n1 + s2²/n2), seeds as independent draws), and the "
-                  "same difference within each seed, in the order of the seeds."]
+    lines += ["", f"Depth {depth_of(deep)} minus depth {depth_of(shallow)}: the difference of the means over "
+                  "the seeds ± its standard error (sqrt(s1²/n1 + s2²/n2), seeds as independent draws), and "
+                  "the same difference within each seed, in the order of the seeds."]
     return lines
 
 
@@ -275,7 +276,7 @@ def make_table(found, args, missing):
                                                              run_result)]
             cells += [format_result(records, fastest_epoch_seconds, digits=0), str(len(records))]
             network = "residual" if residual else "plain"
-            lines.append(f"| {6 * b + 2} | {network} | " + " | ".join(cells) + " |")
+            lines.append(f"| {CifarResNet.depth_of(b)} | {network} | " + " | ".join(cells) + " |")
     n_seeds = len({c["seed"] for c, _, _ in found})
     uneven = len({len(records) for records in groups.values()}) > 1
     per_row = " (each row over the seeds it shows)" if uneven else ""
@@ -305,7 +306,7 @@ def plot_curves(found, args, path):
             n = min(len(s) for s in series)
             mean = torch.tensor([s[:n] for s in series]).mean(0)
             ax.plot(range(1, n + 1), mean, lw=1.8, marker=".", **style,
-                    label=f"{'residual' if residual else 'plain'}-{6 * b + 2}")
+                    label=cnn_name(residual, b))
     axes[0].set(xlabel="epoch", ylabel="validation accuracy", title="CIFAR-10: validation accuracy")
     axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss (augmented batches)")
     for ax in axes:
@@ -337,7 +338,7 @@ def single_run(args, device):
                   "CPU preset", file=sys.stderr)
         set_threads(device, None)  # one CNN uses every core (a sweep runs one process per core)
         data = load_data(args, device)
-        print(f"{run_name(config)} (depth {6 * args.blocks + 2}): {data.source}, "
+        print(f"{run_name(config)} (depth {CifarResNet.depth_of(args.blocks)}): {data.source}, "
               f"{len(data.train)} training images, {hardware(device)}")
         return train(config, data, device, args.out_dir)
 

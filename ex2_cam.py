@@ -18,8 +18,8 @@ import torch
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
 from models import CifarResNet
-from report import destination, format_mean_std, save_figure, write_table
-from runs import CHECKPOINT_FILE, check_checkpoint_of_run, published_dir, read_record
+from report import cnn_name, destination, format_mean_std, save_figure, write_table
+from runs import CHECKPOINT_FILE, CNN_CPU_EPOCHS, check_checkpoint_of_run, published_dir, read_record
 from storage import load_model
 from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, count_flag,
                    get_device, hardware, run_cli)
@@ -37,7 +37,7 @@ CONFIG_FIELDS = {"val_size": count_flag(MAX_IMAGES), "residual": bool, "blocks":
 # the network explained by default (ex1_cnn.py --blocks 5 --residual --cpu): residual-56 is a
 # little better on validation, but its maps have the same 8x8 resolution and the README's
 # figure and faithfulness table were measured on this one (see the README, Exercise 2.3)
-DEFAULT_RUN = {"residual": True, "blocks": 5, "seed": 0, "epochs": 8}
+DEFAULT_RUN = {"residual": True, "blocks": 5, "seed": 0, "epochs": CNN_CPU_EPOCHS}
 # Imagenette's ten WordNet ids, in torchvision's (sorted) label order, and their ImageNet-1k index
 IMAGENETTE_TO_IMAGENET = {
     "n01440764": ("tench", 0), "n02102040": ("English springer", 217),
@@ -212,7 +212,7 @@ def cifar_figure(args, device):
     y = data.test.y[idx.to(device)]
     maps, pred, classes, true_maps = explain(model, x, y, args.class_index)
     config = ckpt["config"]
-    name = f"{'residual' if config['residual'] else 'plain'}-{6 * config['blocks'] + 2}"
+    name = cnn_name(config["residual"], config["blocks"])
     out = os.path.join(figure_dir(args, path)[0], "ex2_cam_cifar10.png")
     title = f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images"
     caption = (f"{data.source} test images (seed {args.seed}); checkpoint {relative(path)}; "

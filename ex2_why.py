@@ -11,6 +11,7 @@ results/ex1_cnn/, else runs/ex1_cnn/) and trains nothing.
 """
 import copy
 import glob
+from dataclasses import dataclass
 import math
 import os
 import time
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
-from report import destination, save_figure, write_table
-from runs import CHECKPOINT_FILE, check_checkpoint_of_run, published_dir, read_record
+from report import cnn_name, destination, save_figure, write_table
+from runs import CHECKPOINT_FILE, CNN_CPU_EPOCHS, check_checkpoint_of_run, published_dir, read_record
 from storage import load_model, savefig_atomic
 from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError, command_line, count,
                    count_flag, get_device, hardware, run_cli, seed_everything, set_threads)
@@ -33,8 +34,9 @@ SCRATCH_DIR = os.path.join("runs", "ex2_why")  # figures of other checkpoints or
 MAKE_CHECKPOINTS = "python ex1_cnn.py --sweep --cpu --seeds {seeds} --checkpoints"  # seeds 0..seeds-1
 BLOCKS = (1, 3, 5, 9)        # depths 8, 20, 32, 56
 LESION_BLOCKS = (5, 9)       # the lesion study and the landscape: the depth-32 and depth-56 networks
-LESION_DEPTHS = " or ".join(str(6 * b + 2) for b in LESION_BLOCKS)
-GRADIENT_BATCH = 128         # one training batch, as in training
+LESION_DEPTHS = " or ".join(str(CifarResNet.depth_of(b)) for b in LESION_BLOCKS)
+GRADIENT_BATCH = 128         # a training batch, as in training
+GRADIENT_BATCHES = 4         # the ratios are a mean over this many batches, with their range
 EVAL_BATCH = 500
 LOSS_CAP = 10.0              # landscape contours stop here: chance level is ln(10) = 2.3
 MAX_DRAWS, MAX_GRID = 1000, 1001
@@ -50,8 +52,8 @@ def make_parser():
     p.add_argument("--runs-dir", default=None,
                    help="where the ex1_cnn.py run folders are (default: results/ex1_cnn, "
                         "else runs/ex1_cnn)")
-    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=8,
-                   help="the epochs of the runs to read (8: the CPU preset)")
+    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=CNN_CPU_EPOCHS,
+                   help="the epochs of the runs to read (default: ex1_cnn.py's CPU preset)")
     p.add_argument("--seed", type=SEED, default=0, help="the seed of the runs to read")
     p.add_argument("--response-images", type=count_flag(MAX_IMAGES), default=1000,
                    help="validation images for the responses")
@@ -126,7 +128,7 @@ def initial_network(ckpt, device):
 
 
 def label(residual, blocks):
-    return f"{'residual' if residual else 'plain'}-{6 * blocks + 2}"
+    return cnn_name(residual, blocks)
 
 
 # ----------------------------------------------------------------------------- 1. gradients
@@ -143,12 +145,19 @@ def conv_gradient_norms(model, x, y):
 
 
 def gradients(nets, data, device):
-    x = normalize_images(data.train.x[:GRADIENT_BATCH])
-    y = data.train.y[:GRADIENT_BATCH]
+    """{key: {'init'/'trained': mean norm per conv layer, 'init_ratios'/'trained_ratios': the
+    first/last ratio on each batch}} over GRADIENT_BATCHES training batches: one batch's ratio
+    is a noisy estimate (on plain-32 it ranged from 31 to 86 over 12 batches and seeds)."""
+    batches = [(normalize_images(data.train.x[i * GRADIENT_BATCH:(i + 1) * GRADIENT_BATCH]),
+                data.train.y[i * GRADIENT_BATCH:(i + 1) * GRADIENT_BATCH]) for i in range(GRADIENT_BATCHES)]
     out = {}
     for key, (path, model, ckpt) in nets.items():
-        out[key] = {"init": conv_gradient_norms(initial_network(ckpt, device), x, y),
-                    "trained": conv_gradient_norms(copy.deepcopy(model), x, y)}
+        out[key] = {}
+        for when, network in (("init", initial_network(ckpt, device)), ("trained", copy.deepcopy(model))):
+            # (batches, conv layers)
+            norms = torch.tensor([conv_gradient_norms(network, x, y) for x, y in batches])
+            out[key][when] = norms.mean(0).tolist()
+            out[key][f"{when}_ratios"] = (norms[:, 0] / norms[:, -1]).tolist()
     return out
 
 
@@ -166,10 +175,11 @@ def plot_gradients(stats, caption, path):
                     ax.plot(range(1, len(norms) + 1), norms, marker=".", color=colors[residual],
                             label=label(residual, b))
             ax.set(yscale="log", xlabel="conv layer (1 = stem, last = deepest)", ylabel="gradient norm",
-                   title=f"depth {6 * b + 2}, {'at initialization' if when == 'init' else 'trained'}")
+                   title=f"depth {CifarResNet.depth_of(b)}, "
+                         f"{'at initialization' if when == 'init' else 'trained'}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    save_figure(fig, f"{caption}; one training batch of {GRADIENT_BATCH}", path)
+    save_figure(fig, f"{caption}; mean over {GRADIENT_BATCHES} training batches of {GRADIENT_BATCH}", path)
 
 
 # ----------------------------------------------------------------------------- 2. responses
@@ -319,9 +329,9 @@ def plot_lesion(result, caption, path):
             row[0].axvline(j + 1, color="gray", lw=0.8, ls="--")
         row[0].set(xlabel="deleted block (dashed: downsampling blocks, replaced by the strided shortcut)",
                    ylabel="test accuracy",
-                   title=f"depth {6 * b + 2}: one block deleted (dotted: intact network)")
+                   title=f"depth {CifarResNet.depth_of(b)}: one block deleted (dotted: intact network)")
         row[1].set(xlabel="random blocks deleted k", ylabel="test accuracy",
-                   title=f"depth {6 * b + 2}: k random blocks deleted")
+                   title=f"depth {CifarResNet.depth_of(b)}: k random blocks deleted")
         row[0].xaxis.get_major_locator().set_params(integer=True)
         row[1].xaxis.get_major_locator().set_params(integer=True)
         for ax in row:
@@ -423,8 +433,70 @@ def plot_landscape(coords, surfaces, caption, path):
 
 # ----------------------------------------------------------------------------- main
 
-def main(args):
+@dataclass
+class Inputs:
+    """What every analysis reads: the networks {(residual, blocks): (path, model, checkpoint)},
+    the data, the flags, and `source(keys)`, the caption naming the checkpoints of `keys`."""
+    nets: dict
+    data: object
+    args: object
+    device: object
+    source: object
+
+
+# Each analysis: Inputs -> None (no network to analyse) or (the networks it read, plot(path),
+# table(made_by) -> text), `made_by` being the end of the table's caption.
+
+def analyse_gradients(inputs):
+    stats = gradients(inputs.nets, inputs.data, inputs.device)
+    return (stats, lambda path: plot_gradients(stats, inputs.source(stats), path),
+            lambda made_by: gradient_table(stats, made_by))
+
+
+def analyse_responses(inputs):
+    args, data = inputs.args, inputs.data
+    stds = responses(inputs.nets, data, args.response_images)
+    caption = f"{inputs.source(stds)}; {min(args.response_images, len(data.val))} validation images"
+    return (stds, lambda path: plot_responses(stds, caption, path),
+            lambda made_by: response_table(stds, args, made_by))
+
+
+def analyse_lesion(inputs):
     from tqdm import tqdm
+    args, data = inputs.args, inputs.data
+    total = sum(3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b)
+                for _, b in lesion_networks(inputs.nets))
+    with tqdm(total=total, desc="lesion", unit="eval") as bar:
+        result = lesion(inputs.nets, data, args, bar)
+    if not result:
+        return None
+    n_images = min(args.lesion_images, len(data.test))
+    caption = (f"{inputs.source(result)}; {n_images} test images (a seeded sample), "
+               f"{args.lesion_draws} draws per k")
+    return (result, lambda path: plot_lesion(result, caption, path),
+            lambda made_by: lesion_table(result, n_images, made_by))
+
+
+def analyse_landscape(inputs):
+    from tqdm import tqdm
+    args, data = inputs.args, inputs.data
+    points = len(lesion_networks(inputs.nets)) * args.grid ** 2
+    with tqdm(total=points, desc="landscape", unit="point") as bar:
+        coords, surfaces = landscape(inputs.nets, data, args, bar)
+    if not surfaces:
+        return None
+    caption = (f"{inputs.source(surfaces)}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
+               f"{min(args.landscape_images, len(data.train))} training images (a seeded subset), "
+               "BN in eval mode")
+    return (surfaces, lambda path: plot_landscape(coords, surfaces, caption, path),
+            lambda made_by: landscape_table(coords, surfaces, made_by))
+
+
+ANALYSE = {"gradients": analyse_gradients, "responses": analyse_responses, "lesion": analyse_lesion,
+           "landscape": analyse_landscape}
+
+
+def main(args):
     device = get_device(args.device)
     set_threads(device, None)
     roots = [args.runs_dir] if args.runs_dir else [published_dir("ex1_cnn"), os.path.join("runs", "ex1_cnn")]
@@ -435,74 +507,47 @@ def main(args):
     published = all(os.path.abspath(p).startswith(published_dir("ex1_cnn")) for p in paths.values())
     defaults = get_args([])
     fig_dir, publish = destination(args, defaults, SCRATCH_DIR, inputs_published=published)
-    where = " and ".join(dict.fromkeys(os.path.relpath(os.path.dirname(os.path.dirname(p)))
-                                       for p in paths.values()))
-    networks = ", ".join(label(*k) for k in sorted(paths))
-    source = (f"checkpoints {where}/*_e{args.epochs}_s{args.seed}_* ({networks}); {data.source}; "
-              f"{hardware(device)}")
-    print(f"{count(len(nets), 'network')} from {where}: {networks}")
 
-    def made_by(analysis):  # the end of each table's caption: its inputs and its command
-        command = command_line(PROG, {"analyses": analysis}, args, defaults)
-        return f"From {source}. Made by `{command}`."
+    def source(keys):  # the checkpoints of the networks `keys`, the data and the hardware
+        where = " and ".join(dict.fromkeys(os.path.relpath(os.path.dirname(os.path.dirname(paths[k])))
+                                           for k in sorted(keys)))
+        networks = ", ".join(label(*k) for k in sorted(keys))
+        return (f"checkpoints {where}/*_e{args.epochs}_s{args.seed}_* ({networks}); {data.source}; "
+                f"{hardware(device)}")
 
+    print(f"{count(len(nets), 'network')}: {source(paths)}")
+    inputs = Inputs(nets, data, args, device, source)
     written = []
-    timings = {}
     for analysis in args.analyses:
         start = time.perf_counter()
-        if analysis == "gradients":
-            stats = gradients(nets, data, device)
-            written.append(os.path.join(fig_dir, "ex2_why_gradients.png"))
-            plot_gradients(stats, source, written[-1])
-            written.append(write_table(gradient_table(stats, made_by(analysis)), "ex2_why_gradients", fig_dir,
-                                       publish))
-        elif analysis == "responses":
-            stds = responses(nets, data, args.response_images)
-            written.append(os.path.join(fig_dir, "ex2_why_responses.png"))
-            plot_responses(stds, f"{source}; {min(args.response_images, len(data.val))} validation images",
-                           written[-1])
-            table = response_table(stds, args, made_by(analysis))
-            written.append(write_table(table, "ex2_why_responses", fig_dir, publish))
-        elif analysis == "lesion":
-            total = sum(3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b)
-                        for _, b in lesion_networks(nets))
-            with tqdm(total=total, desc="lesion", unit="eval") as bar:
-                result = lesion(nets, data, args, bar)
-            if not result:
-                print(f"lesion skipped: no network of depth {LESION_DEPTHS}")
-                continue
-            written.append(os.path.join(fig_dir, "ex2_why_lesion.png"))
-            n_images = min(args.lesion_images, len(data.test))
-            plot_lesion(result, f"{source}; {n_images} test images (a seeded sample), {args.lesion_draws} "
-                                "draws per k", written[-1])
-            table = lesion_table(result, n_images, made_by(analysis))
-            written.append(write_table(table, "ex2_why_lesion", fig_dir, publish))
-        else:
-            n = len(lesion_networks(nets))
-            with tqdm(total=n * args.grid ** 2, desc="landscape", unit="point") as bar:
-                coords, surfaces = landscape(nets, data, args, bar)
-            if not surfaces:
-                print(f"landscape skipped: no network of depth {LESION_DEPTHS}")
-                continue
-            written.append(os.path.join(fig_dir, "ex2_why_landscape.png"))
-            plot_landscape(coords, surfaces, f"{source}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
-                                             f"{min(args.landscape_images, len(data.train))} training images "
-                                             "(a seeded subset), BN in eval mode", written[-1])
-            table = landscape_table(coords, surfaces, made_by(analysis))
-            written.append(write_table(table, "ex2_why_landscape", fig_dir, publish))
-        timings[analysis] = time.perf_counter() - start
-        print(f"{analysis}: {timings[analysis]:.0f} s, {written[-1]}")
+        made = ANALYSE[analysis](inputs)
+        if made is None:
+            print(f"{analysis} skipped: no network of depth {LESION_DEPTHS}")
+            continue
+        keys, plot, table = made
+        written.append(os.path.join(fig_dir, f"ex2_why_{analysis}.png"))
+        plot(written[-1])
+        command = command_line(PROG, {"analyses": analysis}, args, defaults)
+        text = table(f"From {source(keys)}. Made by `{command}`.")
+        written.append(write_table(text, f"ex2_why_{analysis}", fig_dir, publish))
+        print(f"{analysis}: {time.perf_counter() - start:.0f} s, {written[-1]}")
     return written
 
 
 def gradient_table(stats, made_by):
     """How much larger the first conv layer's gradient is than the last's, per network."""
-    lines = ["| network | first / last conv gradient norm, at initialization | trained |", "|---|---:|---:|"]
+    lines = ["| network | first / last conv gradient norm, at initialization: mean | range | trained: mean "
+             "| range |", "|---|---:|---:|---:|---:|"]
     for (residual, b), s in sorted(stats.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        lines.append(f"| {label(residual, b)} | {s['init'][0] / s['init'][-1]:.2f} "
-                     f"| {s['trained'][0] / s['trained'][-1]:.2f} |")
+        cells = []
+        for when in ("init", "trained"):
+            ratios = s[f"{when}_ratios"]
+            cells += [f"{sum(ratios) / len(ratios):.2f}", f"{min(ratios):.2f}-{max(ratios):.2f}"]
+        lines.append(f"| {label(residual, b)} | " + " | ".join(cells) + " |")
     lines += ["", "The norm of the gradient of the stem's conv weights over that of the deepest conv "
-                  f"layer's, on one training batch of {GRADIENT_BATCH}. {made_by}"]
+                  f"layer's, on each of {GRADIENT_BATCHES} training batches of {GRADIENT_BATCH} (the first "
+                  f"{GRADIENT_BATCHES * GRADIENT_BATCH} training images): the mean over the batches and "
+                  f"their range. {made_by}"]
     return "\n".join(lines) + "\n"
 
 
@@ -551,7 +596,7 @@ def response_table(stds, args, made_by):
             for pick in (list, block_outputs):
                 p, r = (sum(pick(stds[(res, b)])) / len(pick(stds[(res, b)])) for res in (False, True))
                 cells += [f"{p:.3f}", f"{r:.3f}", f"{r / p:.2f}"]
-            lines.append(f"| {6 * b + 2} | " + " | ".join(cells) + " |")
+            lines.append(f"| {CifarResNet.depth_of(b)} | " + " | ".join(cells) + " |")
     lines += ["", "Std of each 3x3 layer's response (after BN, before the addition and the ReLU), per "
                   f"channel over {args.response_images} validation images, averaged over channels, then "
                   "over the layers: all of them, or only the last of each block (the residual function "

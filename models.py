@@ -99,6 +99,11 @@ class CifarResNet(nn.Module):
     `classifier` are named so the CAM exercise can hook them.
     """
 
+    @staticmethod
+    def depth_of(blocks_per_stage):
+        """Weighted layers: the stem, two 3x3 convs per block in three stages, the classifier."""
+        return 6 * blocks_per_stage + 2
+
     def __init__(self, blocks_per_stage, width=16, residual=True, num_classes=10, in_channels=3):
         super().__init__()
         if blocks_per_stage < 1 or width < 1:
@@ -113,7 +118,7 @@ class CifarResNet(nn.Module):
                 channels = stage_width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)
-        self.depth = 6 * blocks_per_stage + 2
+        self.depth = self.depth_of(blocks_per_stage)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

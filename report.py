@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from models import CifarResNet
 from runs import CHECKPOINT_FILE, METRICS_FILE, collect
 from storage import savefig_atomic, write_text_atomic
 from utils import UserError, check_writable, count
@@ -111,6 +112,11 @@ def remove_stale(paths):
     for path in paths:
         if os.path.exists(path):
             os.remove(path)
+
+
+def cnn_name(residual, blocks):
+    """'plain-20', 'residual-56': a CIFAR network as every table and figure names it."""
+    return f"{'residual' if residual else 'plain'}-{CifarResNet.depth_of(blocks)}"
 
 
 def run_result(record):

@@ -28,6 +28,7 @@ LAST_FILE = "last.pt"
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FINISHED = ("complete", "diverged")
 MAX_SHARDS = 10_000  # more parts than any sweep has runs
+CNN_CPU_EPOCHS = 8   # ex1_cnn.py's CPU preset: the published CNN runs that ex2_why.py and ex2_cam.py read
 EPOCH = Number(int, 1, 10 ** 6)
 RECORD_FIELDS = {"config": dict, "meta": dict, "status": str, "epochs": list}
 # a finished run's summary (absent if it diverged before its first validation)

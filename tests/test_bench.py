@@ -22,7 +22,10 @@ def test_mlp_benchmark_compares_pipelines_and_threads_and_says_its_command(mnist
     assert saved.startswith("```\n$ python bench.py mlp --") and "--max-steps 3" in saved
 
 
-def test_cnn_benchmark_reports_every_layout_against_torch_mm(cifar_folder, tmp_path, capsys):
+@pytest.mark.slow
+def test_cnn_benchmark_reports_every_layout_against_torch_mm(cifar_folder, tmp_path, capsys, monkeypatch):
+    real = os.cpu_count
+    monkeypatch.setattr(os, "cpu_count", lambda: min(2, real() or 1))  # a pool of at most 2 processes
     bench.main(bench.get_args(["cnn", "--data-dir", cifar_folder, "--val-size", "10", "--batch-size", "8",
                                "--max-steps", "2", "--device", "cpu", "--fig-dir", str(tmp_path)]))
     out = capsys.readouterr().out

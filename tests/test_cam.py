@@ -229,6 +229,7 @@ def test_no_imagenette_offline_is_one_line_error(tmp_path, capsys, monkeypatch):
     assert_one_line_error(*cli_in_process(ex2_cam, argv, capsys), "Imagenette")
 
 
+@pytest.mark.slow
 def test_unknown_dataset_from_a_real_process():
     code, stderr = cli_subprocess("ex2_cam.py", ["cifar100"])
     assert_one_line_error(code, stderr, "invalid choice")

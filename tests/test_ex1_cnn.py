@@ -134,6 +134,7 @@ def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder, cap
     assert_one_line_error(*cli_in_process(ex1_cnn, argv, capsys), message)
 
 
+@pytest.mark.slow
 def test_broken_folder_errors_through_a_real_process(cifar_folder, tmp_path):
     shutil.rmtree(os.path.join(cifar_folder, "train", "frog"))
     code, stderr = cli_subprocess("ex1_cnn.py", ["--data-dir", cifar_folder, "--out-dir", str(tmp_path)])
@@ -206,3 +207,27 @@ def test_a_long_cpu_run_says_so_before_it_starts(cifar_folder, tmp_path, capsys,
         ex1_cnn.main(ex1_cnn.get_args(["--device", "cpu", "--out-dir", str(tmp_path)]))
     out = capsys.readouterr().err
     assert "note: 40 epochs on a CPU: about" in out and "--cpu trains the 8-epoch CPU preset" in out
+
+
+def test_an_interrupted_cnn_run_resumes_to_the_uninterrupted_metrics(cifar_folder, tmp_path, monkeypatch):
+    """The scheduler, the optimizer and the augmentation RNG all come back from last.pt."""
+    import training
+    argv = TINY[:] + ["--residual", "--data-dir", cifar_folder]
+    argv[argv.index("--epochs") + 1] = "3"
+    whole = ex1_cnn.main(ex1_cnn.get_args(argv + ["--out-dir", str(tmp_path / "whole")]))
+    real, calls = training.train_one_epoch, []
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        ex1_cnn.main(ex1_cnn.get_args(argv + ["--out-dir", str(tmp_path / "cut")]))
+    monkeypatch.undo()
+    resumed = ex1_cnn.main(ex1_cnn.get_args(argv + ["--out-dir", str(tmp_path / "cut")]))
+    untimed = [[{k: v for k, v in e.items() if k != "seconds"} for e in r["epochs"]]
+               for r in (whole, resumed)]
+    assert untimed[0] == untimed[1] and whole["test_acc"] == resumed["test_acc"]

@@ -160,6 +160,7 @@ def test_bad_input_is_one_line_exit_2_no_traceback(argv, message, tmp_path, caps
     assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), message)
 
 
+@pytest.mark.slow
 def test_cli_error_from_a_real_process(tmp_path):
     code, stderr = cli_subprocess("ex1_mlp.py", ["--epochs", "1", "--data-dir", str(tmp_path / "none"),
                                                  "--out-dir", str(tmp_path / "runs")])
@@ -201,3 +202,12 @@ def test_at_initialization_the_plain_nets_first_layers_get_vanishing_gradients()
     residual = _init_stats("res2", 32)["weight"]
     assert plain[1] < 1e-3 * plain[-2]               # the first hidden layer vs the last
     assert residual[1] > 0.1 * residual[-2]          # the identity paths carry it back
+
+
+def test_the_reported_epoch_is_the_best_one_not_the_last(mnist_dir, tmp_path, monkeypatch):
+    accs = iter([0.5, 0.9, 0.6, 0.77])  # validation after epochs 1-3, then the test set
+    monkeypatch.setattr(training, "evaluate", lambda model, batches: {"loss": 1.0, "acc": next(accs)})
+    argv = TINY + ["--epochs", "3", "--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path)]
+    record = run_main(argv)
+    assert record["best_epoch"] == 2 and record["best_val_acc"] == 0.9 and record["test_acc"] == 0.77
+    assert torch.load(folder_of(argv, tmp_path) / "best.pt", weights_only=True)["epoch"] == 2

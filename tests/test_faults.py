@@ -151,6 +151,7 @@ def test_7_an_unwritable_out_dir_fails_before_training(mnist_dir, tmp_path, caps
         assert_one_line_error(code, err, "cannot create the output folder")
 
 
+@pytest.mark.slow
 def test_8_sigterm_of_a_sweep_is_one_message(mnist_dir, tmp_path):
     argv = sweep(mnist_dir, tmp_path, "--epochs", "50", "--workers", "2", "--depths", "2,4")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "ex1_mlp.py")] + argv, text=True,

@@ -23,3 +23,24 @@ def test_the_fastest_epoch_ignores_epochs_slowed_by_other_work():
     assert fastest_epoch_seconds(slowed) == 230
     assert epoch_seconds(slowed) == pytest.approx(1436 / 3)
     assert fastest_epoch_seconds(record()) is None and epoch_seconds(record()) is None
+
+
+def test_one_rule_for_where_outputs_go(tmp_path):
+    import ex1_cnn
+    import ex2_why
+    from report import FIGURES_DIR, destination
+    readme = ex2_why.get_args([])
+    scratch = str(tmp_path / "scratch")
+    for argv, inputs_published, publish in [
+        ([], True, True),
+        (["lesion", "--data-dir", "/elsewhere"], True, True),  # where the data is changes no result
+        (["--grid", "21"], True, False),                        # another grid is another table
+        ([], False, False),                                     # checkpoints that are not the published ones
+    ]:
+        folder, published = destination(ex2_why.get_args(argv), readme, scratch, inputs_published)
+        assert published == publish and folder == (FIGURES_DIR if publish else scratch), argv
+    sweep = ex1_cnn.get_args(["--sweep", "--cpu"])
+    shard = ex1_cnn.get_args(["--sweep", "--cpu", "--shard", "0/2", "--workers", "1"])
+    assert destination(sweep, sweep, scratch)[1] and not destination(shard, sweep, scratch)[1]
+    fig = str(tmp_path / "fig")
+    assert destination(ex2_why.get_args(["--fig-dir", fig]), readme, scratch) == (fig, True)

@@ -59,6 +59,7 @@ def test_corrupt_metrics_are_named_with_what_to_do(tmp_path, record, message):
         find_finished([str(tmp_path)], "run", {})
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_folder_train_each_run_once(mnist_dir, tmp_path):
     argv = ["--sweep", "--depths", "2,4", "--variants", "plain", "--seeds", "1", "--width", "4",
             "--epochs", "2", "--val-size", "50", "--batch-size", "8", "--workers", "1", "--device", "cpu",

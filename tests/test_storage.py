@@ -69,6 +69,7 @@ def test_corrupt_json_is_named_with_what_to_do(tmp_path, content, message):
     assert read_json(tmp_path / "missing.json", "delete it") is None
 
 
+@pytest.mark.slow
 def test_a_folder_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
     folder = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", (

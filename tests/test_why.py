@@ -149,3 +149,32 @@ def test_all_four_analyses_end_to_end_on_tiny_runs(cifar_folder, tmp_path):
     assert f"From checkpoints {os.path.relpath(runs)}/*_e1_s0_*" in lesion
     assert (f"Made by `python ex2_why.py lesion --runs-dir {runs} --epochs 1 --lesion-draws 2 "
             "--lesion-max-k 2 --grid 3 --device cpu") in lesion
+
+
+def test_response_stds_match_a_hand_computation():
+    model = tiny_resnet()
+    x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    outputs = []
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    # a copy: the ReLU after each BN works in place
+    handles = [bn.register_forward_hook(lambda m, i, o: outputs.append(o.detach().clone())) for bn in bns]
+    with torch.no_grad():
+        model(ex2_why.normalize_images(x))
+    for h in handles:
+        h.remove()
+    # per channel over images and positions (sample std), then the mean over channels
+    expected = [o.transpose(0, 1).flatten(1).double().std(1).mean().item() for o in outputs]
+    assert ex2_why.response_stds(model, x, batch_size=3) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("deleted", [0, 1])  # 1: a downsampling block
+def test_a_deleted_plain_block_is_its_parameter_free_shortcut(deleted):
+    model = tiny_resnet(residual=False)
+    x = torch.randn(2, 3, 32, 32)
+    i = ex2_why.blocks_of(model)[deleted]
+    block = model.features[i]
+    h = model.features[:i](x)
+    h = ex2_why.shortcut(h, block.out_channels, block.stride)  # what stands in its place
+    expected = model.classifier(model.features[i + 1:](h).mean(dim=(2, 3)))
+    torch.testing.assert_close(ex2_why.lesioned(model, [deleted])(x), expected)
+    assert not torch.allclose(ex2_why.lesioned(model, [deleted])(x), model(x))

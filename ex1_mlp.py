@@ -46,6 +46,7 @@ VARIANT_LABELS = {
     "res1-rezero": "residual, 1 layer/block + ReZero",
 }
 MAX_WIDTH, MAX_DEPTH = 4096, 1024  # the largest MLP a flag may ask for
+DEPTH_COLORS = ("tab:purple", "tab:orange", "tab:cyan", "black")
 GRADIENT_DEPTHS = (32, 64)
 GRADIENT_BATCH = 128  # one training batch, as in training
 STATS_FILE = "layer_stats.json"  # gradient norms and forward RMS, beside the run they describe
@@ -251,7 +252,8 @@ def plot_curves(found, args, path):
     variants = [v for v in args.variants if any((v, d) in found for d in args.depths)]
     fig, axes = plt.subplots(2, len(variants), figsize=(3.2 * len(variants), 5.5), squeeze=False,
                              sharey="row")
-    colors = plt.cm.viridis(torch.linspace(0, 0.9, len(args.depths)).tolist())
+    # distinct colours (a colour map's neighbouring shades made depths 2 and 8 hard to tell apart)
+    colors = DEPTH_COLORS * len(args.depths)
     for col, v in enumerate(variants):
         for d, color in zip(args.depths, colors):
             for row, key in enumerate(("train_loss", "val_acc")):
@@ -360,6 +362,7 @@ def plot_gradients(stats, caption, path):
             stage = "at initialization" if when == "init" else "after training"
             ax.set(yscale="log", xlabel="linear layer (1 = input projection, last = classifier)",
                    ylabel="gradient norm", title=f"depth {d}, {stage}")
+            ax.xaxis.get_major_locator().set_params(integer=True)  # layers are whole numbers
             ax.grid(alpha=0.3)
     # one legend above the panels, where it hides no curve
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -384,6 +387,7 @@ def plot_activations(stats, caption, path):
                             color=colors[v], ls=ls, label=VARIANT_LABELS[v] if when == "init" else None)
         ax.set(yscale="log", xlabel="hidden layers passed (0 = after the input projection)",
                ylabel="RMS of the hidden state", title=f"depth {d}: forward signal")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9)  # above: it hides no curve

@@ -145,14 +145,14 @@ def plot_cams(images, maps, true, pred, explained, names, true_maps, title, capt
     and the true class's CAM when the prediction is wrong."""
     import matplotlib.pyplot as plt
     n = len(images)
-    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 7.0), squeeze=False)
+    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 8.2), squeeze=False)
     for j in range(n):
         ok = true[j] == pred[j]
         axes[0, j].imshow(images[j])
         axes[0, j].set_title(f"true: {names[true[j]]}\npred: {names[pred[j]]}", fontsize=7,
                              color="green" if ok else "red")
         axes[1, j].imshow(images[j])
-        axes[1, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        shown = axes[1, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
         axes[1, j].set_title(f"CAM: {names[explained[j]]}", fontsize=7)
         if not ok and true_maps is not None:
             axes[2, j].imshow(images[j])
@@ -161,7 +161,11 @@ def plot_cams(images, maps, true, pred, explained, names, true_maps, title, capt
         for ax in axes[:, j]:
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    save_figure(fig, caption, path)
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
+    bar = fig.colorbar(shown, cax=fig.add_axes((0.3, 0.1, 0.4, 0.015)), orientation="horizontal")
+    bar.set_label("CAM, scaled to [0, 1] per image (drawn at half opacity over it)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    save_figure(fig, caption, path, layout=False)
 
 
 def explain(model, x, y, class_index):

@@ -174,6 +174,7 @@ def plot_gradients(stats, caption, path):
                     norms = stats[(residual, b)][when]
                     ax.plot(range(1, len(norms) + 1), norms, marker=".", color=colors[residual],
                             label=label(residual, b))
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set(yscale="log", xlabel="conv layer (1 = stem, last = deepest)", ylabel="gradient norm",
                    title=f"depth {CifarResNet.depth_of(b)}, "
                          f"{'at initialization' if when == 'init' else 'trained'}")
@@ -228,6 +229,8 @@ def plot_responses(stds, caption, path):
         axes[0].plot(range(1, len(s) + 1), s, **style)
         axes[1].plot(range(1, len(s) + 1), sorted(s, reverse=True), **style)
     axes[0].set(xlabel="3x3 layer index (1 = stem)", ylabel="std of the response", title="by layer")
+    axes[0].xaxis.get_major_locator().set_params(integer=True)
+    axes[1].xaxis.get_major_locator().set_params(integer=True)
     axes[1].set(xlabel="layers sorted by std", ylabel="std of the response", title="sorted by magnitude")
     for ax in axes:
         ax.grid(alpha=0.3)

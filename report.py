@@ -94,13 +94,15 @@ def update_readme(name, text, readme=README):
         write_text_atomic(head + begin + "\n" + text + rest[rest.index(end):], readme)
 
 
-def save_figure(fig, caption, path, caption_lines=1, top_inches=0.0):
+def save_figure(fig, caption, path, caption_lines=1, top_inches=0.0, layout=True):
     """Every figure says what made it: the caption goes at the bottom, then the file is written.
-    `top_inches` keeps room above the axes (for a figure-wide legend)."""
+    `top_inches` keeps room above the axes (for a figure-wide legend); `layout=False` keeps the
+    layout the caller made (e.g. around a colour bar of its own)."""
     import matplotlib.pyplot as plt
     fig.text(0.01, 0.005, caption, fontsize=CAPTION_FONTSIZE, wrap=True, va="bottom")
     height = fig.get_size_inches()[1]
-    fig.tight_layout(rect=(0, (0.03 + 0.16 * caption_lines) / height, 1, 1 - top_inches / height))
+    if layout:
+        fig.tight_layout(rect=(0, (0.03 + 0.16 * caption_lines) / height, 1, 1 - top_inches / height))
     try:
         savefig_atomic(fig, path, dpi=110)
     finally:

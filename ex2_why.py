@@ -568,7 +568,21 @@ def lesion_table(result, n_images, made_by):
                   "over the draws. Blocks are numbered from the input, 1 to 3n (15 at depth 32, 27 at "
                   "depth 56). "
                   + made_by]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + per_block_table(result)) + "\n"
+
+
+def per_block_table(result):
+    """Lines of a table of the accuracy with each single block deleted: a row per block, a
+    column per network, downsampling blocks marked."""
+    keys = sorted(result, key=lambda k: (k[1], k[0]))
+    n_blocks = max(len(result[k]["single"]) for k in keys)
+    lines = ["| deleted block | " + " | ".join(label(*k) for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+    for j in range(n_blocks):
+        cells = [f"{result[k]['single'][j]:.3f}{' (down)' if j in result[k]['downsampling'] else ''}"
+                 if j < len(result[k]["single"]) else "" for k in keys]
+        lines.append(f"| {j + 1} | " + " | ".join(cells) + " |")
+    return lines + ["", "Test accuracy with that one block deleted; (down): a downsampling block, replaced "
+                        "by the strided, zero-padded shortcut."]
 
 
 def landscape_table(coords, surfaces, made_by):

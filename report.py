@@ -63,6 +63,11 @@ def sweep_results(configs, roots, name_fn, fig_dir, command):
                             f"them; else rerun `{command}` to resume)")
         raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; "
                         f"run `{command}` with the same flags first")
+    by_root = {}
+    for _, _, folder in found:
+        by_root[os.path.dirname(folder)] = by_root.get(os.path.dirname(folder), 0) + 1
+    print("reading " + ", ".join(f"{count(n, 'finished run')} from {os.path.relpath(root)}"
+                                 for root, n in by_root.items()))
     missing = len(configs) - len(found)
     if missing:
         print(f"{count(missing, 'run')} of these settings not finished: the tables and figures show "

@@ -65,3 +65,20 @@ def test_gitignore_admits_exactly_the_checkpoints_the_readme_lists():
     assert listed and listed == admitted
     assert all(not any(c in line for c in "*?[") for line in read(".gitignore").splitlines()
                if line.startswith("!"))  # by name, not by a pattern another run could match
+
+
+def test_the_readme_prose_quotes_the_depth_gaps_the_results_give():
+    """Exercise 1.3's prose states the 56-minus-20 gaps with their standard errors: computed
+    here from results/, they must be the numbers the README's text gives (not only its table)."""
+    import ex1_cnn
+    from report import format_gap
+    from runs import collect
+    args = ex1_cnn.get_args(ex1_cnn.README_SWEEP)
+    found = collect(ex1_cnn.sweep_configs(args), ex1_cnn.roots(args), ex1_cnn.run_name)
+    gaps = ex1_cnn.depth_gaps(ex1_cnn._by_network(found))
+    readme = read("README.md")
+    prose = readme.split("<!-- /ex1_cnn_table -->")[1].split("## Exercise 2.1")[0]
+    for residual, row in gaps.items():
+        for gap in row[:2]:  # validation accuracy and training loss
+            if gap is not None and gap[1] is not None and len(gap[2]) >= 3:  # all three seeds in
+                assert format_gap(gap) in prose, (residual, format_gap(gap))

@@ -167,9 +167,10 @@ def format_result(records, key=run_result, digits=3):
 
 
 def format_mean_std(values, digits=3):
-    """'mean ± std' of `values`, as every table of the repository shows a result."""
+    """'mean ± std' of `values`, as every table of the repository shows a result; a single value
+    alone (a std of one value is not 0, it is unknown)."""
     m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
 
 
 def mean_std(values):

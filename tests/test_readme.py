@@ -82,3 +82,37 @@ def test_the_readme_prose_quotes_the_depth_gaps_the_results_give():
         for gap in row[:2]:  # validation accuracy and training loss
             if gap is not None and gap[1] is not None and len(gap[2]) >= 3:  # all three seeds in
                 assert format_gap(gap) in prose, (residual, format_gap(gap))
+
+
+def per_block_lesions():
+    """{network: [accuracy with block j+1 deleted]} from the committed lesion table."""
+    table = read("figures", "ex2_why_lesion.md").split("| deleted block |")[1]
+    header, _, *rows = table.strip().splitlines()
+    names = [n.strip() for n in header.strip().strip("|").split("|")]
+    out = {n: [] for n in names}
+    for row in rows:
+        if not row.startswith("|"):
+            break
+        cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+        for n, c in zip(names, cells):
+            if c:
+                out[n].append(c.split()[0])
+    return out
+
+
+def test_the_per_block_lesion_numbers_the_readme_quotes_are_the_committed_tables():
+    blocks = per_block_lesions()
+    section = read("README.md").split("### 3. Lesions")[1].split("### 4.")[0]
+    prose = section.split("<!-- /ex2_why_lesion -->")[1]
+    quoted = {("plain-32", 1): "0.287", ("plain-32", 2): "0.239", ("residual-32", 6): "0.493",
+              ("residual-32", 1): "0.653", ("residual-32", 11): "0.673", ("residual-56", 1): "0.626",
+              ("residual-56", 2): "0.743", ("residual-56", 10): "0.783", ("residual-56", 19): "0.812"}
+    for (network, block), value in quoted.items():
+        assert blocks[network][block - 1] == value and value in prose, (network, block)
+    assert max(blocks["plain-56"], key=float) == "0.239"
+    below = {n: sum(float(v) < 0.15 for v in values) for n, values in blocks.items()}
+    assert below["plain-32"] == 12 and below["plain-56"] == 19
+    assert "12 of its 15 blocks" in prose and "19 of 27" in prose
+    intact = {"residual-32": 0.830, "residual-56": 0.846}
+    costly = {n: sum(float(v) < intact[n] - 0.1 for v in blocks[n]) for n in intact}
+    assert costly == {"residual-32": 5, "residual-56": 2} and "5 of its 15 blocks" in prose

@@ -40,7 +40,7 @@ def test_every_numeric_flag_goes_through_the_one_check():
         assert isinstance(action.type, Number), action.option_strings
 
 
-@pytest.mark.parametrize("module,words,action", numeric_flags())
+@pytest.mark.parametrize("module,words,action", list(numeric_flags()))
 def test_edge_values_are_refused_in_one_line_or_in_range(module, words, action, capsys):
     check = action.type
     limits = [check.low, check.high, check.low - 1, check.high + 1]

@@ -131,13 +131,23 @@ def load_mnist(data_dir, device, n_val=MNIST_VAL_SIZE, split_seed=SPLIT_SEED):
             raise DataError(f"the MNIST files in {raw} hold {tuple(ds.data.shape)} images and labels "
                             f"outside 0..9 or of another count; re-unpack MNIST, e.g. "
                             f"../shared/datasets/install.sh {data_dir}")
-        x = (ds.data.to(device).flatten(1).float() / 255 - MNIST_MEAN) / MNIST_STD
-        return x, ds.targets.to(device)
+        return normalize_mnist(ds.data.to(device)).flatten(1), ds.targets.to(device)
 
     x, y = tensors(train)
     train_split, val_split = _split(x, y, n_val, split_seed)
     return Dataset(train_split, val_split, Split(*tensors(test)), "MNIST",
                    tuple(str(i) for i in range(10)))
+
+
+def normalize_mnist(images):
+    """uint8 images (any shape) -> the float inputs of the MNIST networks."""
+    return (images.float() / 255 - MNIST_MEAN) / MNIST_STD
+
+
+def mnist_images(x):
+    """The uint8 (N, 28, 28) images of flat normalized MNIST inputs (the inverse of load_mnist's)."""
+    pixels = ((x * MNIST_STD + MNIST_MEAN) * 255).round().clamp(0, 255)
+    return pixels.to(torch.uint8).view(-1, *MNIST_IMAGE_SHAPE)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10

@@ -4,6 +4,8 @@ Plain and residual variants share one block class and differ only in the line
 `x = x + branch(x)`, switched by a flag, so the comparison is fair by construction:
 same layers, same initialization, same parameter count.
 """
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -126,6 +128,50 @@ class CifarResNet(nn.Module):
     def forward(self, x):
         a = self.features(x)                      # (B, 4w, 8, 8)
         return self.classifier(a.mean(dim=(2, 3)))  # global average pool -> (B, classes)
+
+    def class_maps(self, x):
+        """The network made fully convolutional: the classifier applied at every location of the
+        features as a 1x1 convolution, no pooling: (B, 3, H, W) -> (B, classes, H/4, W/4). Map c
+        is the CAM of class c plus the bias b_c; its mean over locations is logit c."""
+        w = self.classifier.weight                # (classes, 4w)
+        return F.conv2d(self.features(x), w[:, :, None, None], self.classifier.bias)
+
+
+def linear_as_conv(linear, kernel_size):
+    """An nn.Linear as the convolution that applies it to every `kernel_size` window of a
+    (B, C, H, W) input, C = in_features / (kh * kw), its input read in (C, kh, kw) order (the
+    order of a flattened image): same weights, exactly the same outputs."""
+    kh, kw = kernel_size
+    channels, rest = divmod(linear.in_features, kh * kw)
+    if rest:
+        raise ValueError(f"{linear.in_features} inputs are not whole {kh}x{kw} windows")
+    conv = nn.Conv2d(channels, linear.out_features, kernel_size, bias=linear.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.view(linear.out_features, channels, kh, kw))
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias)
+    return conv
+
+
+class ConvMLP(nn.Module):
+    """An MLP made fully convolutional by network surgery, no retraining:
+    (B, 1, H, W) -> (B, classes, H-h+1, W-w+1) for an MLP of (h, w) images. The stem becomes an
+    h x w convolution and every later Linear a 1x1 convolution; residual blocks stay residual
+    (x + branch(x) acts per location). Cell (i, j) is the MLP's logits of the window at (i, j)."""
+
+    def __init__(self, mlp, image_shape):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.stem = linear_as_conv(mlp.stem, self.image_shape)
+        self.blocks = copy.deepcopy(mlp.blocks)
+        for block in self.blocks:
+            for i, layer in enumerate(block.branch):
+                if isinstance(layer, nn.Linear):
+                    block.branch[i] = linear_as_conv(layer, (1, 1))
+        self.classifier = linear_as_conv(mlp.classifier, (1, 1))
+
+    def forward(self, x):
+        return self.classifier(self.blocks(self.stem(x)))
 
 
 MODELS = {"MLP": MLP, "CifarResNet": CifarResNet}

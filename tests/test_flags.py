@@ -9,7 +9,7 @@ import pytest
 from utils import Number
 
 # (module, the words before the flags): ex2_cam's flags live in its two subcommands
-SCRIPTS = [("ex1_mlp", []), ("ex1_cnn", []), ("ex2_why", []), ("ex2_cam", ["cifar10"]),
+SCRIPTS = [("ex1_mlp", []), ("ex1_cnn", []), ("ex2_why", []), ("ex2_fcn", []), ("ex2_cam", ["cifar10"]),
            ("ex2_cam", ["imagenette"]), ("bench", ["mlp"])]
 EDGES = ["0", "-1", "nan", "inf", "-inf", "1e30", str(2 ** 64), str(-2 ** 64), "0.5", "1e-300", "ten"]
 

@@ -7,7 +7,7 @@ from conftest import ROOT
 
 CHECKPOINT_BUDGET = 20 * 2 ** 20  # the published checkpoints, in all
 GENERATED = ("ex1_mlp_table", "ex1_cnn_table", "ex2_cam_faithfulness", "ex2_why_responses", "bench_mlp",
-             "bench_cnn")
+             "bench_cnn", "ex2_fcn_table")
 
 
 def read(*path):
@@ -32,7 +32,8 @@ def test_readme_figures_exist_and_ci_runs_the_readme_test_command():
 
 
 @pytest.mark.parametrize("script,argv", [("ex1_mlp", ["--sweep", "--plot-only"]),
-                                         ("ex1_cnn", ["--sweep", "--cpu", "--plot-only"])])
+                                         ("ex1_cnn", ["--sweep", "--cpu", "--plot-only"]),
+                                         ("ex2_fcn", ["--plot-only"])])
 def test_committed_tables_are_what_the_committed_results_give(script, argv, tmp_path, monkeypatch):
     """--plot-only from the results in git, with no data: the tables the README shows."""
     import importlib

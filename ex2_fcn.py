@@ -1,0 +1,495 @@
+"""Exercise 2.2: a trained MNIST classifier made fully convolutional, and a digit detector.
+
+    python ex2_fcn.py                       # fine-tune, benchmark both detectors, table and figure
+    python ex2_fcn.py --plot-only           # redraw the table and figure from the saved results
+    python ex2_fcn.py --detect IMAGE        # digits in an image of your own (white on black)
+
+Surgery (no retraining): the MLP's 784->w input layer becomes a 28x28 convolution and every
+later Linear a 1x1 convolution, so on an HxW canvas the network gives a (10, H-27, W-27) map
+of the classifier's logits on every 28x28 window. Two detectors are measured on the same
+seeded canvases of MNIST *test* digits: (a) that map alone (most probable digit per window,
+a score threshold, non-maximum suppression), and (b) the same network fine-tuned with an 11th
+"background" class on windows cut from canvases of MNIST *training* digits.
+"""
+import glob
+import math
+import os
+import time
+
+import torch
+
+from data import MNIST_IMAGE_SHAPE, Dataset, Split, load_mnist, mnist_images, normalize_mnist
+from detection import (Canvases, capacity, detect, make_canvases, match, summarize, training_windows)
+from models import MLP, ConvMLP, build_model
+from report import destination, save_figure, write_table
+import runs
+from runs import CHECKPOINT_FILE, Run, folder_name, read_record
+from storage import load_model, read_json, save_image_atomic, write_json_atomic
+from training import fit
+from utils import (ArgumentParser, FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError,
+                   check_writable, count_flag, fields_problem, get_device, hardware, run_cli, seed_everything,
+                   set_threads)
+
+PROG = "ex2_fcn.py"
+EXERCISE = "ex2_fcn"
+INTERRUPTED = "the fine-tuning resumes from its last finished epoch when you rerun the command"
+DIGITS = 10
+BACKGROUND = DIGITS  # the 11th class of the fine-tuned detector
+# a window is a digit's when IoU >= 0.7 with its box (a shift of at most 4 pixels), background
+# when IoU < 0.5 with every box (it would not count as finding the digit); windows in between
+# are left out of the fine-tuning
+POSITIVE_IOU, NEGATIVE_IOU = 0.7, 0.5
+EVAL_IOU = 0.5          # a detection is right at IoU >= 0.5 with a true box of its digit (VOC, COCO AP50)
+MIN_SCORE = 0.05        # detections kept for the precision-recall curve (COCO's evaluation keeps >= 0.05)
+MAX_DETECTIONS = 100    # per canvas, as COCO's maxDets
+CANVAS_BATCH = 50       # canvases per forward pass of the benchmark
+MAX_CANVAS = 1024       # the largest canvas side a flag may ask for
+N_EXAMPLES = 3          # canvases in the figure
+EXAMPLES_FILE = "examples.png"   # the figure's canvases, so --plot-only needs no MNIST
+BENCHMARK_FILE = "benchmark.json"
+# width-16 layers are too small to share between threads (as in ex1_mlp.py): one thread
+THREADS = 1
+DETECTORS = {"surgery": "(a) surgery alone", "finetuned": "(b) surgery + background class"}
+
+
+def make_parser():
+    p = ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("--classifier", default=None,
+                   help="a best.pt of ex1_mlp.py to start from (default: the published MNIST MLP with "
+                        "the best validation accuracy, in results/ex1_mlp)")
+    p.add_argument("--canvas-size", type=count_flag(MAX_CANVAS), default=96, help="canvas side, pixels")
+    p.add_argument("--max-digits", type=count_flag(MAX_CANVAS ** 2), default=5,
+                   help="digits per canvas: 0 to this many, uniformly")
+    p.add_argument("--canvases", type=count_flag(MAX_IMAGES), default=1000,
+                   help="benchmark canvases (MNIST test digits)")
+    p.add_argument("--train-canvases", type=count_flag(MAX_IMAGES), default=2000,
+                   help="canvases of MNIST training digits the fine-tuning windows are cut from")
+    p.add_argument("--val-canvases", type=count_flag(MAX_IMAGES), default=500,
+                   help="canvases of the classifier's validation digits (held out of its training): "
+                        "they pick the fine-tuning epoch")
+    p.add_argument("--windows-per-canvas", type=count_flag(MAX_IMAGES), default=8,
+                   help="random windows per canvas, besides one on each digit")
+    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=8, help="fine-tuning epochs")
+    p.add_argument("--lr", type=LR, default=1e-3, help="Adam learning rate of the fine-tuning")
+    p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="windows per step")
+    p.add_argument("--threshold", type=FRACTION, default=0.5,
+                   help="operating score: the precision and recall reported are of detections above it")
+    p.add_argument("--nms-iou", type=Number(float, 0, 1, open_low=True), default=0.3,
+                   help="non-maximum suppression: a detection overlapping a better one by more is dropped")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the canvases and of the fine-tuning")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA if available, else the CPU")
+    p.add_argument("--data-dir", default="data", help="where MNIST is")
+    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
+    p.add_argument("--fig-dir", default=None,
+                   help="where the table and figure go (default: figures/ for the README's settings, "
+                        "else <out-dir>/figures)")
+    p.add_argument("--force", action="store_true",
+                   help="run a finished experiment again (its result is deleted)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the table and figure from saved results")
+    p.add_argument("--detect", default=None, metavar="IMAGE",
+                   help="print the digits the fine-tuned detector finds in this image (PNG or JPEG)")
+    return p
+
+
+def get_args(argv=None):
+    p = make_parser()
+    args = p.parse_args(argv)
+    size, digit = (args.canvas_size,) * 2, MNIST_IMAGE_SHAPE
+    if args.canvas_size < digit[0]:
+        p.error(f"--canvas-size {args.canvas_size} is smaller than a digit ({digit[0]}x{digit[1]}): "
+                f"give at least {digit[0]}")
+    if args.max_digits > capacity(size, digit):
+        p.error(f"--max-digits {args.max_digits}: at most {capacity(size, digit)} digits of "
+                f"{digit[0]}x{digit[1]} fit a {args.canvas_size}x{args.canvas_size} canvas without overlap")
+    if args.detect and args.plot_only:
+        p.error("--detect and --plot-only are two different commands: give one")
+    return args
+
+
+# ----------------------------------------------------------------------------- the classifier
+
+def published_classifiers():
+    """The published ex1_mlp.py runs with a checkpoint: [(best validation accuracy, path)]."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(runs.published_dir("ex1_mlp"), "*", CHECKPOINT_FILE))):
+        record = read_record(os.path.dirname(path))
+        if record is not None and record.get("best_val_acc") is not None:
+            found.append((record["best_val_acc"], path))
+    return found
+
+
+def classifier_path(args):
+    """--classifier, else the published MLP that validation ranks first (never the test set)."""
+    if args.classifier:
+        return args.classifier
+    found = published_classifiers()
+    if not found:
+        raise UserError(f"no published MLP checkpoint in {runs.published_dir('ex1_mlp')}; train one with "
+                        "`python ex1_mlp.py --depth 32 --residual` and pass its best.pt with --classifier")
+    return max(found)[1]
+
+
+def load_classifier(path, device, classes=DIGITS):
+    """(MLP, checkpoint) of an MNIST MLP with `classes` outputs: an ex1_mlp.py classifier (10,
+    with the validation split it was selected on) or a fine-tuned detector of this script (11).
+    Anything else is refused in one line."""
+    remedy = ("pass a best.pt of ex1_mlp.py with --classifier" if classes == DIGITS else
+              f"delete {os.path.dirname(path)} and rerun `python {PROG}` to fine-tune it again")
+    config_fields = {"val_size": count_flag(MAX_IMAGES)} if classes == DIGITS else {}
+    model, ckpt = load_model(path, device, MLP, remedy, config_fields=config_fields)
+    kwargs = ckpt["arch"]["kwargs"]
+    if kwargs.get("in_features") != math.prod(MNIST_IMAGE_SHAPE) or kwargs.get("num_classes") != classes:
+        raise UserError(f"{path} is not an MNIST classifier of {classes} classes "
+                        f"({kwargs.get('in_features')} inputs, {kwargs.get('num_classes')} classes); "
+                        f"{remedy}")
+    runs.check_checkpoint_of_run(path, ckpt, remedy)
+    return model, ckpt
+
+
+def load_detector(folder, device):
+    """The fine-tuned MLP (digits and background) of a run folder."""
+    return load_classifier(os.path.join(folder, CHECKPOINT_FILE), device, DIGITS + 1)[0]
+
+
+def classifier_id(path):
+    """Names the starting network in the run's config: its run folder, as ex1_mlp.py named it."""
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+def run_config(args, classifier):
+    keys = ("canvas_size", "max_digits", "canvases", "train_canvases", "val_canvases", "windows_per_canvas",
+            "epochs", "lr", "batch_size", "threshold", "nms_iou", "seed")
+    return {"classifier": classifier, **{k: getattr(args, k) for k in keys}}
+
+
+def run_name(config):
+    return folder_name("detector", config)
+
+
+def benchmark_canvases(data, config, generator):
+    """(train, val, test) canvases from the three MNIST splits, in that order from one generator."""
+    size = (config["canvas_size"],) * 2
+    return [make_canvases(mnist_images(split.x).cpu(), split.y.cpu(), n, size, config["max_digits"],
+                          generator)
+            for split, n in ((data.train, config["train_canvases"]), (data.val, config["val_canvases"]),
+                             (data.test, config["canvases"]))]
+
+
+def windows(canvases, config, generator, device):
+    x, y = training_windows(canvases, MNIST_IMAGE_SHAPE, config["windows_per_canvas"], POSITIVE_IOU,
+                            NEGATIVE_IOU, BACKGROUND, generator)
+    return Split(normalize_mnist(x.to(device)).flatten(1), y.to(device))
+
+
+def fine_tune(source, source_arch, config, splits, run, generator, device):
+    """The classifier with an 11th output, background, trained on windows: (outcome, record)."""
+    arch = {"name": "MLP", "kwargs": {**source_arch["kwargs"], "num_classes": DIGITS + 1}}
+    model = build_model(arch).to(device)
+    state = source.state_dict()
+    # the ten digit outputs start as the classifier's; background starts at logit 0
+    w, b = state.pop("classifier.weight"), state.pop("classifier.bias")
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        model.classifier.weight.zero_()[:DIGITS] = w
+        model.classifier.bias.zero_()[:DIGITS] = b
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    data = Dataset(*splits, "windows of MNIST canvases", tuple(map(str, range(DIGITS))) + ("background",))
+    return fit(model, arch, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
+               generator=generator, desc="fine-tuning")
+
+
+@torch.no_grad()
+def score_maps(conv_model, images):
+    """(N, C, H-27, W-27) logit maps of uint8 canvases (N, H, W), in batches."""
+    return torch.cat([conv_model(normalize_mnist(images[i:i + CANVAS_BATCH])[:, None])
+                      for i in range(0, len(images), CANVAS_BATCH)])
+
+
+def run_detector(conv_model, canvases, config, device):
+    """(detections, milliseconds per canvas): maps, scores and NMS, timed end to end."""
+    images = canvases.images.to(device)
+    found = []
+    with torch.no_grad():
+        conv_model(normalize_mnist(images[:1])[:, None])  # warm-up: first-call allocations are not timed
+        started = time.perf_counter()
+        for i in range(0, len(images), CANVAS_BATCH):
+            maps = conv_model(normalize_mnist(images[i:i + CANVAS_BATCH])[:, None])
+            found += detect(maps, MNIST_IMAGE_SHAPE, DIGITS, MIN_SCORE, config["nms_iou"], MAX_DETECTIONS)
+    return found, 1000 * (time.perf_counter() - started) / len(images)
+
+
+def benchmark(detectors, canvases, config, device):
+    """{name: summary + ms per canvas} of each detector on the test canvases."""
+    out = {}
+    for name, model in detectors.items():
+        conv = ConvMLP(model, MNIST_IMAGE_SHAPE).to(device).eval()
+        found, ms = run_detector(conv, canvases, config, device)
+        summary = summarize(match(found, canvases, range(DIGITS), EVAL_IOU), config["threshold"])
+        out[name] = {**summary, "ap": [summary["ap"][c] for c in range(DIGITS)], "ms_per_canvas": ms}
+        print(f"{DETECTORS[name]}: mAP@{EVAL_IOU} {summary['map']:.3f}, "
+              f"precision {summary['precision']:.3f}, recall {summary['recall']:.3f} at score >= "
+              f"{config['threshold']}, {ms:.2f} ms per canvas")
+    return out
+
+
+def read_grey(path, what, remedy):
+    """An image file as a (H, W) uint8 tensor, or a one-line error naming it."""
+    from PIL import Image, UnidentifiedImageError
+    import numpy as np
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.array(im.convert("L")))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise UserError(f"cannot read {what} {path} ({type(e).__name__}); {remedy}")
+
+
+def save_examples(canvases, folder):
+    """The figure's first canvases as one grey PNG strip (written atomically), and their true
+    boxes and digits (for the benchmark's JSON)."""
+    from PIL import Image
+    strip = torch.cat(list(canvases.images[:N_EXAMPLES]), dim=1)  # (H, k*W)
+    save_image_atomic(Image.fromarray(strip.numpy()), os.path.join(folder, EXAMPLES_FILE))
+    return {"boxes": [b.tolist() for b in canvases.boxes[:N_EXAMPLES]],
+            "labels": [lab.tolist() for lab in canvases.labels[:N_EXAMPLES]]}
+
+
+BENCHMARK_FIELDS = {"config": dict, "hardware": str, "detectors": dict, "examples": dict}
+SUMMARY_FIELDS = {"map": float, "precision": float, "recall": float, "ms_per_canvas": float, "ap": list,
+                  "detections": int, "true_boxes": int}
+
+
+def read_benchmark(path, config):
+    """The saved benchmark of a run folder (None if there is none yet), checked for what the table
+    and figure read."""
+    remedy = f"delete {path} and rerun `python {PROG}` with MNIST unpacked to measure it again"
+    saved = read_json(path, remedy)
+    if saved is None:
+        return None
+    problem = fields_problem(saved, BENCHMARK_FIELDS)
+    if not problem and saved["config"] != config:
+        problem = "it was measured with other settings"
+    for name in DETECTORS:
+        if not problem:
+            detector = saved["detectors"].get(name)
+            problem = (fields_problem(detector, SUMMARY_FIELDS) if isinstance(detector, dict)
+                       else f"no {name!r}")
+            if not problem and len(detector["ap"]) != DIGITS:
+                problem = f"{len(detector['ap'])} APs for {DIGITS} digits"
+    if problem:
+        raise UserError(f"{path} is not a benchmark of this code ({problem}); {remedy}")
+    return saved
+
+
+def experiment(args, device):
+    """Fine-tune (resuming an interrupted run) and benchmark, or find them done among the
+    published results or in --out-dir; returns (run folder, benchmark)."""
+    path = classifier_path(args)
+    source, ckpt = load_classifier(path, device)
+    config = run_config(args, classifier_id(path))
+    name = run_name(config)
+    made = {}
+
+    def inputs():
+        """MNIST's three splits as canvases, made once and only when needed."""
+        if not made:
+            set_threads(device, THREADS)
+            # the classifier's own validation split: digits it was never trained on
+            data = load_mnist(args.data_dir, device, ckpt["config"]["val_size"])
+            made["generator"] = seed_everything(config["seed"])
+            made["canvases"] = benchmark_canvases(data, config, made["generator"])
+        return made["canvases"], made["generator"]
+
+    def train():
+        canvases, generator = inputs()
+        splits = [windows(c, config, generator, device) for c in canvases]
+        print(f"{name}: {len(splits[0])} training windows from {len(canvases[0])} canvases, "
+              f"{hardware(device)}")
+        run = Run(os.path.join(args.out_dir, name), config, {"data": "MNIST", "hardware": hardware(device)})
+        return fine_tune(source, ckpt["arch"], config, splits, run, generator, device)
+
+    record, folder = runs.single_run(args.out_dir, name, config, args.force, train, EXERCISE)
+    if record["status"] != "complete":
+        raise UserError(f"the fine-tuning in {folder} diverged; try a smaller --lr")
+    bench_path = os.path.join(folder, BENCHMARK_FILE)
+    saved = read_benchmark(bench_path, config)
+    if saved is None:  # a fresh run, or one interrupted between its fine-tuning and its benchmark
+        check_writable(folder)
+        tuned = load_detector(folder, device)
+        test_canvases = inputs()[0][2]
+        results = benchmark({"surgery": source, "finetuned": tuned}, test_canvases, config, device)
+        saved = {"config": config, "hardware": hardware(device), "detectors": results,
+                 "examples": save_examples(test_canvases, folder)}
+        write_json_atomic(saved, bench_path)  # last: a benchmark file means its examples are there
+    return folder, saved
+
+
+# ----------------------------------------------------------------------------- table and figure
+
+def make_table(saved, config):
+    """Markdown: AP per digit, mAP, precision and recall at the operating score, time per canvas."""
+    d = saved["detectors"]
+    names = list(DETECTORS)
+    lines = ["| | " + " | ".join(DETECTORS[n] for n in names) + " |", "|---|" + "---:|" * len(names)]
+    for c in range(DIGITS):
+        lines.append(f"| AP, digit {c} | " + " | ".join(f"{d[n]['ap'][c]:.3f}" for n in names) + " |")
+    lines.append(f"| **mAP@{EVAL_IOU}** | " + " | ".join(f"**{d[n]['map']:.3f}**" for n in names) + " |")
+    for key in ("precision", "recall"):
+        lines.append(f"| {key} at score >= {config['threshold']} | "
+                     + " | ".join(f"{d[n][key]:.3f}" for n in names) + " |")
+    lines.append("| detections at that score / true boxes | "
+                 + " | ".join(f"{d[n]['detections']} / {d[n]['true_boxes']}" for n in names) + " |")
+    lines.append("| ms per canvas | " + " | ".join(f"{d[n]['ms_per_canvas']:.2f}" for n in names) + " |")
+    side = config["canvas_size"]
+    lines += ["", f"{config['canvases']:,} test canvases of {side}x{side} with 0 to {config['max_digits']} "
+                  f"MNIST test digits each (seed {config['seed']}); AP: PASCAL VOC all-points, IoU >= "
+                  f"{EVAL_IOU} with the digit's 28x28 frame; NMS at IoU {config['nms_iou']}. "
+                  f"Classifier `{config['classifier']}`, fine-tuned {config['epochs']} epochs on windows of "
+                  f"{config['train_canvases']:,} canvases of training digits. Time: maps, scores and NMS, "
+                  f"batches of {CANVAS_BATCH}; {saved['hardware']}. Made by `python {PROG}`."]
+    return "\n".join(lines) + "\n"
+
+
+def read_examples(folder, saved):
+    """The figure's canvases (k, H, W) uint8, as saved beside the benchmark."""
+    path = os.path.join(folder, EXAMPLES_FILE)
+    remedy = f"delete {os.path.join(folder, BENCHMARK_FILE)} and rerun `python {PROG}` with MNIST unpacked"
+    strip = read_grey(path, "the example canvases", remedy)
+    size, k = saved["config"]["canvas_size"], len(saved["examples"].get("boxes", []))
+    if tuple(strip.shape) != (size, k * size):
+        raise UserError(f"{path} holds a {tuple(strip.shape)} image, not {k} canvases of {size}x{size}; "
+                        f"{remedy}")
+    return torch.stack(strip.split(size, dim=1))
+
+
+def _draw_boxes(ax, canvas, truth, found, threshold):
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=255)
+    for x1, y1, x2, y2 in truth:
+        ax.add_patch(_rect(x1, y1, x2, y2, "lime", "--"))
+    boxes, scores, labels = found
+    for (x1, y1, x2, y2), s, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+        if s >= threshold:
+            ax.add_patch(_rect(x1, y1, x2, y2, "red", "-"))
+            ax.text(x1 + 1, y1 + 5, f"{lab} {s:.2f}", color="yellow", fontsize=6)
+
+
+def _rect(x1, y1, x2, y2, color, ls):
+    from matplotlib.patches import Rectangle
+    # imshow puts pixel centres on integers: a box of pixels x1..x2-1 spans x1-0.5 .. x2-0.5
+    return Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color=color, ls=ls, lw=1)
+
+
+def _show_map(ax, values, canvas_shape):
+    """A (h, w) map of windows on the canvas: cell (i, j) at the centre of its window."""
+    dy, dx = (MNIST_IMAGE_SHAPE[0] - 1) / 2, (MNIST_IMAGE_SHAPE[1] - 1) / 2
+    h, w = values.shape
+    ax.imshow(values.numpy(), cmap="magma", vmin=0, vmax=1,
+              extent=(dx - 0.5, dx + w - 0.5, dy + h - 0.5, dy - 0.5))
+    ax.set(xlim=(-0.5, canvas_shape[1] - 0.5), ylim=(canvas_shape[0] - 0.5, -0.5), facecolor="0.6")
+
+
+def plot(models, examples, saved, path):
+    """Canvases with true (green, dashed) and predicted boxes (red) of both detectors beside their
+    maps, then the per-class probability maps of the first canvas."""
+    import matplotlib.pyplot as plt
+    config = saved["config"]
+    logits = {n: score_maps(ConvMLP(m, MNIST_IMAGE_SHAPE).eval(), examples) for n, m in models.items()}
+    found = {n: detect(v, MNIST_IMAGE_SHAPE, DIGITS, MIN_SCORE, config["nms_iou"], MAX_DETECTIONS)
+             for n, v in logits.items()}
+    maps = {n: torch.softmax(v, 1) for n, v in logits.items()}
+    k, classes = len(examples), DIGITS + 1
+    fig = plt.figure(figsize=(11, 2.6 * k + 2.6))
+    grid = fig.add_gridspec(k + 2, classes, height_ratios=[2.4] * k + [1, 1], left=0.02, right=0.98,
+                            top=0.97, bottom=0.05, hspace=0.35, wspace=0.15)
+    span = [slice(0, 3), slice(3, 5), slice(5, 8), slice(8, 11)]
+    for row in range(k):
+        truth = saved["examples"]["boxes"][row]
+        for col, name in enumerate(DETECTORS):
+            ax = fig.add_subplot(grid[row, span[2 * col]])
+            _draw_boxes(ax, examples[row], truth, found[name][row], config["threshold"])
+            ax.set_title(f"{DETECTORS[name]}: boxes", fontsize=8)
+            ax = fig.add_subplot(grid[row, span[2 * col + 1]])
+            # the score a window's detection gets (its most probable digit's probability), drawn
+            # at the window's centre so the map lies over the canvas
+            _show_map(ax, maps[name][row, :DIGITS].max(0).values, examples.shape[-2:])
+            ax.set_title("score of the window centred here", fontsize=8)
+        for ax in fig.axes[-4:]:
+            ax.set(xticks=[], yticks=[])
+    for r, name in enumerate(DETECTORS):
+        for c in range(classes):
+            ax = fig.add_subplot(grid[k + r, c])
+            ax.set(xticks=[], yticks=[])
+            if c < maps[name].shape[1]:
+                _show_map(ax, maps[name][0, c], examples.shape[-2:])
+                ax.set_title(str(c) if c < DIGITS else "background", fontsize=7)
+            else:
+                ax.axis("off")
+        fig.axes[-classes].set_ylabel(DETECTORS[name].split(" + ")[0].replace(" alone", ""), fontsize=7)
+    save_figure(fig, f"Top: test canvases (seed {config['seed']}); green dashed: true 28x28 frames, red: "
+                     f"detections at score >= {config['threshold']}. Bottom: per-class probability of each "
+                     f"window, at its centre, first canvas (black 0 to white 1; grey: no window is centred "
+                     f"there). Classifier {config['classifier']}.", path,
+                layout=False)
+
+
+def finished_run(args, device):
+    """(folder, benchmark, classifier path) of the run of these settings, published or in --out-dir."""
+    path = classifier_path(args)
+    config = run_config(args, classifier_id(path))
+    record, folder = runs.find_finished(runs.lookup_roots(args.out_dir, EXERCISE), run_name(config), config)
+    saved = read_benchmark(os.path.join(folder, BENCHMARK_FILE), config) if record else None
+    if saved is None:
+        roots = " or ".join(runs.lookup_roots(args.out_dir, EXERCISE))
+        raise UserError(f"no finished run of these settings in {roots}; "
+                        f"run `python {PROG}` with the same flags first")
+    return folder, saved, path
+
+
+def make_outputs(args, device, folder, saved, classifier):
+    """The table and the figure, from a finished run folder."""
+    fig_dir, publish = destination(args, get_args([]), os.path.join(args.out_dir, "figures"),
+                                   inputs_published=os.path.dirname(os.path.abspath(folder))
+                                   == os.path.abspath(runs.published_dir(EXERCISE)))
+    models = {"surgery": load_classifier(classifier, device)[0].cpu(),
+              "finetuned": load_detector(folder, device).cpu()}
+    table = make_table(saved, saved["config"])
+    path = write_table(table, "ex2_fcn_table", fig_dir, publish)
+    plot(models, read_examples(folder, saved), saved, os.path.join(fig_dir, "ex2_fcn_detections.png"))
+    print(table)
+    print(f"table and figure written to {fig_dir}/ (from {folder})")
+    return path
+
+
+def detect_image(args, device):
+    """--detect: the fine-tuned detector of these settings on an image of the user's."""
+    folder, saved, _ = finished_run(args, device)
+    image = read_grey(args.detect, "the image", "give a PNG or JPEG file of white digits on black")
+    if min(image.shape) < MNIST_IMAGE_SHAPE[0]:
+        raise UserError(f"{args.detect} is {image.shape[1]}x{image.shape[0]}: smaller than a digit "
+                        f"({MNIST_IMAGE_SHAPE[0]}x{MNIST_IMAGE_SHAPE[1]})")
+    model = ConvMLP(load_detector(folder, device), MNIST_IMAGE_SHAPE)
+    found, ms = run_detector(model.to(device).eval(), Canvases(image[None], [], []), saved["config"], device)
+    boxes, scores, labels = found[0]
+    kept = scores >= args.threshold
+    print(f"{args.detect}: {int(kept.sum())} digits at score >= {args.threshold} ({ms:.1f} ms)")
+    for box, s, lab in zip(boxes[kept].tolist(), scores[kept].tolist(), labels[kept].tolist()):
+        print(f"  digit {lab}  score {s:.3f}  box x {box[0]:.0f}-{box[2]:.0f}, y {box[1]:.0f}-{box[3]:.0f}")
+    return found[0]
+
+
+def main(args):
+    device = get_device(args.device)
+    if args.detect:
+        return detect_image(args, device)
+    if args.plot_only:
+        folder, saved, classifier = finished_run(args, device)
+    else:
+        folder, saved = experiment(args, device)
+        classifier = classifier_path(args)
+    return make_outputs(args, device, folder, saved, classifier)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args(), PROG, INTERRUPTED)

@@ -38,6 +38,9 @@ LESION_DEPTHS = " or ".join(str(CifarResNet.depth_of(b)) for b in LESION_BLOCKS)
 GRADIENT_BATCH = 128         # a training batch, as in training
 GRADIENT_BATCHES = 4         # the ratios are a mean over this many batches, with their range
 EVAL_BATCH = 500
+# the lesion and landscape evaluations, as ex1_cnn.py trains: channels_last ran a residual-56
+# forward pass 1.6-1.9x faster than the default layout on our 2-core CPU
+MEMORY_FORMAT = torch.channels_last
 LOSS_CAP = 10.0              # landscape contours stop here: chance level is ln(10) = 2.3
 MAX_DRAWS, MAX_GRID = 1000, 1001
 MAX_SPAN = 100.0             # Li et al. plot within ±1
@@ -272,12 +275,34 @@ def lesioned(model, deleted):
     return out
 
 
+def as_input(x):
+    """uint8 images -> the normalized channels_last batch the lesion and landscape evaluate."""
+    return normalize_images(x).contiguous(memory_format=MEMORY_FORMAT)
+
+
 @torch.no_grad()
-def accuracy(model, x, y, batch_size=EVAL_BATCH):
+def lesion_accuracies(model, deletions, x, y, progress=None, batch_size=EVAL_BATCH):
+    """Accuracy of `model` on (x, y) with each list of blocks in `deletions` deleted ([] for the
+    intact model). The layers before a lesioned network's first deleted block are the intact
+    model's, so their outputs are computed once per batch and shared: the numbers of a full
+    forward pass of each lesioned network (a test checks it), in about half the time."""
     model.eval()
-    correct = sum(int((model(normalize_images(x[s:s + batch_size])).argmax(1) == y[s:s + batch_size]).sum())
-                  for s in range(0, len(x), batch_size))
-    return correct / len(x)
+    positions = blocks_of(model)
+    nets = [(min((positions[j] for j in deleted), default=len(model.features)), lesioned(model, deleted))
+            for deleted in deletions]
+    correct = [0] * len(deletions)
+    for s in range(0, len(x), batch_size):
+        h = as_input(x[s:s + batch_size])
+        states = [h]  # states[i]: the input of features[i]; the last, the features' output
+        for layer in model.features:
+            h = layer(h)
+            states.append(h)
+        for i, (start, net) in enumerate(nets):
+            logits = net.classifier(net.features[start:](states[start]).mean(dim=(2, 3)))
+            correct[i] += int((logits.argmax(1) == y[s:s + batch_size]).sum())
+            if progress is not None:
+                progress.update(len(states[0]) / len(x))
+    return [c / len(x) for c in correct]
 
 
 def lesion(nets, data, args, progress):
@@ -287,23 +312,20 @@ def lesion(nets, data, args, progress):
     x, y = data.test.x[idx], data.test.y[idx]
     out = {}
     for key in lesion_networks(nets):
-        model = nets[key][1]
+        model = copy.deepcopy(nets[key][1]).to(memory_format=MEMORY_FORMAT)
         n = len(blocks_of(model))
         generator = torch.Generator().manual_seed(args.seed)
-        single = []
-        for j in range(n):
-            single.append(accuracy(lesioned(model, [j]), x, y))
-            progress.update(1)
-        random_k = {}
-        for k in range(1, min(args.lesion_max_k, n) + 1):
-            random_k[k] = []
-            for _ in range(args.lesion_draws):
-                deleted = torch.randperm(n, generator=generator)[:k].tolist()
-                random_k[k].append(accuracy(lesioned(model, deleted), x, y))
-                progress.update(1)
-        out[key] = {"intact": accuracy(model, x, y), "single": single, "random": random_k,
-                         "downsampling": [j for j, i in enumerate(blocks_of(model))
-                                          if model.features[i].stride > 1]}
+        ks = range(1, min(args.lesion_max_k, n) + 1)
+        draws = [(k, torch.randperm(n, generator=generator)[:k].tolist()) for k in ks
+                 for _ in range(args.lesion_draws)]
+        deletions = [[]] + [[j] for j in range(n)] + [d for _, d in draws]
+        accs = lesion_accuracies(model, deletions, x, y, progress)
+        random_k = {k: [] for k in ks}
+        for (k, _), acc in zip(draws, accs[1 + n:]):
+            random_k[k].append(acc)
+        out[key] = {"intact": accs[0], "single": accs[1:1 + n], "random": random_k,
+                    "downsampling": [j for j, i in enumerate(blocks_of(model))
+                                     if model.features[i].stride > 1]}
     return out
 
 
@@ -365,7 +387,7 @@ def filter_normalized_direction(model, generator):
 def mean_loss(model, x, y, batch_size=EVAL_BATCH):
     """Mean cross-entropy of `model` (in eval mode: BN uses its running statistics) on (x, y)."""
     model.eval()
-    total = sum(F.cross_entropy(model(normalize_images(x[s:s + batch_size])), y[s:s + batch_size],
+    total = sum(F.cross_entropy(model(as_input(x[s:s + batch_size])), y[s:s + batch_size],
                                 reduction="sum").item() for s in range(0, len(x), batch_size))
     return total / len(x)
 
@@ -374,7 +396,7 @@ def mean_loss(model, x, y, batch_size=EVAL_BATCH):
 def loss_surface(model, x, y, directions, coords, progress=None):
     """(len(coords), len(coords)) losses at weights + a * d1 + b * d2 for a, b in coords."""
     d1, d2 = directions
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model).to(memory_format=MEMORY_FORMAT)
     params = dict(work.named_parameters())
     base = {n: p.detach().clone() for n, p in params.items()}
     surface = torch.zeros(len(coords), len(coords))
@@ -467,7 +489,7 @@ def analyse_responses(inputs):
 def analyse_lesion(inputs):
     from tqdm import tqdm
     args, data = inputs.args, inputs.data
-    total = sum(3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b)
+    total = sum(1 + 3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b)
                 for _, b in lesion_networks(inputs.nets))
     with tqdm(total=total, desc="lesion", unit="eval") as bar:
         result = lesion(inputs.nets, data, args, bar)

@@ -178,3 +178,18 @@ def test_a_deleted_plain_block_is_its_parameter_free_shortcut(deleted):
     expected = model.classifier(model.features[i + 1:](h).mean(dim=(2, 3)))
     torch.testing.assert_close(ex2_why.lesioned(model, [deleted])(x), expected)
     assert not torch.allclose(ex2_why.lesioned(model, [deleted])(x), model(x))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_lesion_accuracies_from_shared_prefixes_are_those_of_full_forward_passes(residual):
+    """The lesion study reuses the intact network's layers before the first deleted block: each
+    accuracy must be that of the lesioned network run from its input."""
+    model = tiny_resnet(residual).to(memory_format=ex2_why.MEMORY_FORMAT)
+    x = torch.randint(0, 256, (70, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    deletions = [[], [0], [2], [1], [0, 2], [2, 1, 0]]
+    with torch.no_grad():
+        predicted = [ex2_why.lesioned(model, d)(ex2_why.as_input(x)).argmax(1) for d in deletions]
+    y = predicted[4]  # the labels one lesioned network gets all right
+    found = ex2_why.lesion_accuracies(model, deletions, x, y, batch_size=32)
+    assert found == [int((p == y).sum()) / len(y) for p in predicted]
+    assert found[4] == 1.0 and min(found) < 1.0

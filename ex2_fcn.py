@@ -21,14 +21,14 @@ import torch
 from data import MNIST_IMAGE_SHAPE, Dataset, Split, load_mnist, mnist_images, normalize_mnist
 from detection import (Canvases, capacity, detect, make_canvases, match, summarize, training_windows)
 from models import MLP, ConvMLP, build_model
-from report import destination, save_figure, write_table
+from report import destination, format_mean_std, save_figure, write_table
 import runs
 from runs import CHECKPOINT_FILE, Run, folder_name, read_record
 from storage import load_model, read_json, save_image_atomic, write_json_atomic
 from training import fit
-from utils import (ArgumentParser, FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError,
-                   check_writable, count_flag, fields_problem, get_device, hardware, run_cli, seed_everything,
-                   set_threads)
+from utils import (ArgumentParser, FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, Number,
+                   UserError, check_writable, count, count_flag, fields_problem, get_device, hardware,
+                   run_cli, seed_everything, set_threads)
 
 PROG = "ex2_fcn.py"
 EXERCISE = "ex2_fcn"
@@ -76,7 +76,9 @@ def make_parser():
                    help="operating score: the precision and recall reported are of detections above it")
     p.add_argument("--nms-iou", type=Number(float, 0, 1, open_low=True), default=0.3,
                    help="non-maximum suppression: a detection overlapping a better one by more is dropped")
-    p.add_argument("--seed", type=SEED, default=0, help="seed of the canvases and of the fine-tuning")
+    p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=3,
+                   help="runs 0..N-1, each with its own canvases and fine-tuning; the table shows their "
+                        "mean ± std")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA if available, else the CPU")
     p.add_argument("--data-dir", default="data", help="where MNIST is")
@@ -159,10 +161,10 @@ def classifier_id(path):
 
 # ----------------------------------------------------------------------------- the experiment
 
-def run_config(args, classifier):
+def run_config(args, classifier, seed):
     keys = ("canvas_size", "max_digits", "canvases", "train_canvases", "val_canvases", "windows_per_canvas",
-            "epochs", "lr", "batch_size", "threshold", "nms_iou", "seed")
-    return {"classifier": classifier, **{k: getattr(args, k) for k in keys}}
+            "epochs", "lr", "batch_size", "threshold", "nms_iou")
+    return {"classifier": classifier, **{k: getattr(args, k) for k in keys}, "seed": seed}
 
 
 def run_name(config):
@@ -283,12 +285,12 @@ def read_benchmark(path, config):
     return saved
 
 
-def experiment(args, device):
+def experiment(args, device, seed):
     """Fine-tune (resuming an interrupted run) and benchmark, or find them done among the
     published results or in --out-dir; returns (run folder, benchmark)."""
     path = classifier_path(args)
     source, ckpt = load_classifier(path, device)
-    config = run_config(args, classifier_id(path))
+    config = run_config(args, classifier_id(path), seed)
     name = run_name(config)
     made = {}
 
@@ -328,27 +330,33 @@ def experiment(args, device):
 
 # ----------------------------------------------------------------------------- table and figure
 
-def make_table(saved, config):
-    """Markdown: AP per digit, mAP, precision and recall at the operating score, time per canvas."""
-    d = saved["detectors"]
+def make_table(saved):
+    """Markdown: AP per digit, mAP, precision and recall at the operating score, time per canvas,
+    each the mean ± std over the runs `saved` (their benchmarks, seed 0 first)."""
+    config = saved[0]["config"]
     names = list(DETECTORS)
+
+    def row(title, value, digits=3, bold=False):
+        cells = [format_mean_std([value(b["detectors"][n]) for b in saved], digits) for n in names]
+        return f"| {title} | " + " | ".join(f"**{c}**" if bold else c for c in cells) + " |"
+
     lines = ["| | " + " | ".join(DETECTORS[n] for n in names) + " |", "|---|" + "---:|" * len(names)]
-    for c in range(DIGITS):
-        lines.append(f"| AP, digit {c} | " + " | ".join(f"{d[n]['ap'][c]:.3f}" for n in names) + " |")
-    lines.append(f"| **mAP@{EVAL_IOU}** | " + " | ".join(f"**{d[n]['map']:.3f}**" for n in names) + " |")
-    for key in ("precision", "recall"):
-        lines.append(f"| {key} at score >= {config['threshold']} | "
-                     + " | ".join(f"{d[n][key]:.3f}" for n in names) + " |")
-    lines.append("| detections at that score / true boxes | "
-                 + " | ".join(f"{d[n]['detections']} / {d[n]['true_boxes']}" for n in names) + " |")
-    lines.append("| ms per canvas | " + " | ".join(f"{d[n]['ms_per_canvas']:.2f}" for n in names) + " |")
+    lines += [row(f"AP, digit {c}", lambda d, c=c: d["ap"][c]) for c in range(DIGITS)]
+    lines.append(row(f"**mAP@{EVAL_IOU}**", lambda d: d["map"], bold=True))
+    lines += [row(f"{key} at score >= {config['threshold']}", lambda d, key=key: d[key])
+              for key in ("precision", "recall")]
+    lines.append(row("detections at that score", lambda d: d["detections"], digits=0))
+    lines.append(row("true boxes", lambda d: d["true_boxes"], digits=0))
+    lines.append(row("ms per canvas", lambda d: d["ms_per_canvas"], digits=1))
     side = config["canvas_size"]
-    lines += ["", f"{config['canvases']:,} test canvases of {side}x{side} with 0 to {config['max_digits']} "
-                  f"MNIST test digits each (seed {config['seed']}); AP: PASCAL VOC all-points, IoU >= "
-                  f"{EVAL_IOU} with the digit's 28x28 frame; NMS at IoU {config['nms_iou']}. "
-                  f"Classifier `{config['classifier']}`, fine-tuned {config['epochs']} epochs on windows of "
+    lines += ["", f"Mean ± std over {count(len(saved), 'run')} (seeds 0-{len(saved) - 1}), each with "
+                  f"its own {config['canvases']:,} test canvases of {side}x{side} with 0 to "
+                  f"{config['max_digits']} MNIST test digits and its own fine-tuning. AP: PASCAL VOC "
+                  f"all-points, IoU >= {EVAL_IOU} with the digit's 28x28 frame; NMS at IoU "
+                  f"{config['nms_iou']}. Classifier `{config['classifier']}`, fine-tuned {config['epochs']} "
+                  f"epochs on windows of "
                   f"{config['train_canvases']:,} canvases of training digits. Time: maps, scores and NMS, "
-                  f"batches of {CANVAS_BATCH}; {saved['hardware']}. Made by `python {PROG}`."]
+                  f"batches of {CANVAS_BATCH}; {saved[0]['hardware']}. Made by `python {PROG}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -434,37 +442,43 @@ def plot(models, examples, saved, path):
                 layout=False)
 
 
-def finished_run(args, device):
-    """(folder, benchmark, classifier path) of the run of these settings, published or in --out-dir."""
+def finished_runs(args, device):
+    """([(folder, benchmark)] of seeds 0..N-1, classifier path): the runs of these settings,
+    published or in --out-dir; an error naming the first one missing."""
     path = classifier_path(args)
-    config = run_config(args, classifier_id(path))
-    record, folder = runs.find_finished(runs.lookup_roots(args.out_dir, EXERCISE), run_name(config), config)
-    saved = read_benchmark(os.path.join(folder, BENCHMARK_FILE), config) if record else None
-    if saved is None:
-        roots = " or ".join(runs.lookup_roots(args.out_dir, EXERCISE))
-        raise UserError(f"no finished run of these settings in {roots}; "
-                        f"run `python {PROG}` with the same flags first")
-    return folder, saved, path
+    roots = runs.lookup_roots(args.out_dir, EXERCISE)
+    out = []
+    for seed in range(args.seeds):
+        config = run_config(args, classifier_id(path), seed)
+        record, folder = runs.find_finished(roots, run_name(config), config)
+        saved = read_benchmark(os.path.join(folder, BENCHMARK_FILE), config) if record else None
+        if saved is None:
+            raise UserError(f"no finished run of these settings with seed {seed} in {' or '.join(roots)}; "
+                            f"run `python {PROG}` with the same flags first")
+        out.append((folder, saved))
+    return out, path
 
 
-def make_outputs(args, device, folder, saved, classifier):
-    """The table and the figure, from a finished run folder."""
+def make_outputs(args, device, found, classifier):
+    """The table (all runs) and the figure (the first), from finished run folders."""
+    published = all(os.path.dirname(os.path.abspath(f)) == os.path.abspath(runs.published_dir(EXERCISE))
+                    for f, _ in found)
     fig_dir, publish = destination(args, get_args([]), os.path.join(args.out_dir, "figures"),
-                                   inputs_published=os.path.dirname(os.path.abspath(folder))
-                                   == os.path.abspath(runs.published_dir(EXERCISE)))
+                                   inputs_published=published)
+    folder, saved = found[0]
     models = {"surgery": load_classifier(classifier, device)[0].cpu(),
               "finetuned": load_detector(folder, device).cpu()}
-    table = make_table(saved, saved["config"])
+    table = make_table([b for _, b in found])
     path = write_table(table, "ex2_fcn_table", fig_dir, publish)
     plot(models, read_examples(folder, saved), saved, os.path.join(fig_dir, "ex2_fcn_detections.png"))
     print(table)
-    print(f"table and figure written to {fig_dir}/ (from {folder})")
+    print(f"table and figure written to {fig_dir}/ (from {', '.join(f for f, _ in found)})")
     return path
 
 
 def detect_image(args, device):
-    """--detect: the fine-tuned detector of these settings on an image of the user's."""
-    folder, saved, _ = finished_run(args, device)
+    """--detect: the fine-tuned detector of these settings (seed 0) on an image of the user's."""
+    (folder, saved), = finished_runs(args, device)[0][:1]
     image = read_grey(args.detect, "the image", "give a PNG or JPEG file of white digits on black")
     if min(image.shape) < MNIST_IMAGE_SHAPE[0]:
         raise UserError(f"{args.detect} is {image.shape[1]}x{image.shape[0]}: smaller than a digit "
@@ -484,11 +498,11 @@ def main(args):
     if args.detect:
         return detect_image(args, device)
     if args.plot_only:
-        folder, saved, classifier = finished_run(args, device)
+        found, classifier = finished_runs(args, device)
     else:
-        folder, saved = experiment(args, device)
+        found = [experiment(args, device, seed) for seed in range(args.seeds)]
         classifier = classifier_path(args)
-    return make_outputs(args, device, folder, saved, classifier)
+    return make_outputs(args, device, found, classifier)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def test_detect_finds_one_box_where_the_map_peaks_and_nothing_where_background_w
 # ----------------------------------------------------------------------------- the script
 
 TINY = ["--canvas-size", "56", "--max-digits", "3", "--canvases", "20", "--train-canvases", "40",
-        "--val-canvases", "10", "--epochs", "2", "--device", "cpu"]
+        "--val-canvases", "10", "--epochs", "2", "--device", "cpu", "--seeds", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +166,10 @@ def run(argv):
 
 def test_the_script_fine_tunes_benchmarks_and_redraws_byte_for_byte(classifier, mnist_dir, tmp_path):
     where = ["--classifier", classifier, "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs")]
-    table = run(TINY + where + ["--fig-dir", str(tmp_path / "a")])
-    folder, = (tmp_path / "runs").glob("detector_*")
+    table = run(TINY + where + ["--fig-dir", str(tmp_path / "a"), "--seeds", "2"])
+    folder = next((tmp_path / "runs").glob("detector_*_s0_*"))
+    assert len(list((tmp_path / "runs").glob("detector_*_s1_*"))) == 1
+    assert " ± " in open(table).read() and "over 2 runs (seeds 0-1)" in open(table).read()
     saved = json.loads((folder / "benchmark.json").read_text())
     assert set(saved["detectors"]) == {"surgery", "finetuned"}
     assert len(saved["detectors"]["surgery"]["ap"]) == 10
@@ -176,7 +178,7 @@ def test_the_script_fine_tunes_benchmarks_and_redraws_byte_for_byte(classifier, 
     assert ckpt["arch"]["kwargs"]["num_classes"] == 11
     # --plot-only, without MNIST: the same table and figure, byte for byte
     run(TINY + where[:2] + ["--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "runs"),
-                            "--plot-only", "--fig-dir", str(tmp_path / "b")])
+                            "--plot-only", "--fig-dir", str(tmp_path / "b"), "--seeds", "2"])
     for name in ("ex2_fcn_table.md", "ex2_fcn_detections.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert open(table).read() == (tmp_path / "b" / "ex2_fcn_table.md").read_text()

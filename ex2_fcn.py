@@ -478,7 +478,8 @@ def make_outputs(args, device, found, classifier):
 
 def detect_image(args, device):
     """--detect: the fine-tuned detector of these settings (seed 0) on an image of the user's."""
-    (folder, saved), = finished_runs(args, device)[0][:1]
+    found, _ = finished_runs(args, device)
+    folder, saved = found[0]
     image = read_grey(args.detect, "the image", "give a PNG or JPEG file of white digits on black")
     if min(image.shape) < MNIST_IMAGE_SHAPE[0]:
         raise UserError(f"{args.detect} is {image.shape[1]}x{image.shape[0]}: smaller than a digit "

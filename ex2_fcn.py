@@ -47,7 +47,9 @@ MAX_CANVAS = 1024       # the largest canvas side a flag may ask for
 N_EXAMPLES = 3          # canvases in the figure
 EXAMPLES_FILE = "examples.png"   # the figure's canvases, so --plot-only needs no MNIST
 BENCHMARK_FILE = "benchmark.json"
-# width-16 layers are too small to share between threads (as in ex1_mlp.py): one thread
+# width-16 layers are too small to share between threads: the fine-tuning trains fastest on one
+# (ex1_mlp.py, bench.py mlp). The detector's maps would run ~1.4x faster on two (10-11 against
+# 14 ms per canvas here), but a process has one thread count: the table's times are one thread's
 THREADS = 1
 DETECTORS = {"surgery": "(a) surgery alone", "finetuned": "(b) surgery + background class"}
 

@@ -205,23 +205,21 @@ def fine_tune(source, source_arch, config, splits, run, generator, device):
                generator=generator, desc="fine-tuning")
 
 
-@torch.no_grad()
 def score_maps(conv_model, images):
-    """(N, C, H-27, W-27) logit maps of uint8 canvases (N, H, W), in batches."""
-    return torch.cat([conv_model(normalize_mnist(images[i:i + CANVAS_BATCH])[:, None])
-                      for i in range(0, len(images), CANVAS_BATCH)])
+    """Yields the (B, C, H-27, W-27) logit maps of uint8 canvases (N, H, W), CANVAS_BATCH at a time."""
+    with torch.no_grad():
+        for i in range(0, len(images), CANVAS_BATCH):
+            yield conv_model(normalize_mnist(images[i:i + CANVAS_BATCH])[:, None])
 
 
 def run_detector(conv_model, canvases, config, device):
     """(detections, milliseconds per canvas): maps, scores and NMS, timed end to end."""
     images = canvases.images.to(device)
+    next(score_maps(conv_model, images[:1]))  # warm-up: first-call allocations are not timed
+    started = time.perf_counter()
     found = []
-    with torch.no_grad():
-        conv_model(normalize_mnist(images[:1])[:, None])  # warm-up: first-call allocations are not timed
-        started = time.perf_counter()
-        for i in range(0, len(images), CANVAS_BATCH):
-            maps = conv_model(normalize_mnist(images[i:i + CANVAS_BATCH])[:, None])
-            found += detect(maps, MNIST_IMAGE_SHAPE, DIGITS, MIN_SCORE, config["nms_iou"], MAX_DETECTIONS)
+    for maps in score_maps(conv_model, images):
+        found += detect(maps, MNIST_IMAGE_SHAPE, DIGITS, MIN_SCORE, config["nms_iou"], MAX_DETECTIONS)
     return found, 1000 * (time.perf_counter() - started) / len(images)
 
 
@@ -405,7 +403,8 @@ def plot(models, examples, saved, path):
     maps, then the per-class probability maps of the first canvas."""
     import matplotlib.pyplot as plt
     config = saved["config"]
-    logits = {n: score_maps(ConvMLP(m, MNIST_IMAGE_SHAPE).eval(), examples) for n, m in models.items()}
+    logits = {n: torch.cat(list(score_maps(ConvMLP(m, MNIST_IMAGE_SHAPE).eval(), examples)))
+              for n, m in models.items()}
     found = {n: detect(v, MNIST_IMAGE_SHAPE, DIGITS, MIN_SCORE, config["nms_iou"], MAX_DETECTIONS)
              for n, v in logits.items()}
     maps = {n: torch.softmax(v, 1) for n, v in logits.items()}

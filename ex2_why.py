@@ -1,6 +1,6 @@
 """Exercise 2.1: why residual networks train better, measured inside the trained CNNs.
 
-    python ex2_why.py                      # all four analyses (25 min on our 2-core CPU)
+    python ex2_why.py                      # all four analyses (19 min on our idle 2-core CPU)
     python ex2_why.py gradients            # gradient norm of each conv layer, at init and trained
     python ex2_why.py responses            # std of each 3x3 layer's response (He et al. 2016, Fig. 7)
     python ex2_why.py lesion               # delete blocks of the depth-32 and -56 nets (Veit et al. 2016)

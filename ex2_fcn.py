@@ -435,12 +435,13 @@ def plot(models, examples, saved, path):
                 ax.set_title(str(c) if c < DIGITS else "background", fontsize=7)
             else:
                 ax.axis("off")
-        fig.axes[-classes].set_ylabel(DETECTORS[name].split(" + ")[0].replace(" alone", ""), fontsize=7)
-    save_figure(fig, f"Top: test canvases (seed {config['seed']}); green dashed: true 28x28 frames, red: "
-                     f"detections at score >= {config['threshold']}. Bottom: per-class probability of each "
-                     f"window, at its centre, first canvas (black 0 to white 1; grey: no window is centred "
-                     f"there). Classifier {config['classifier']}.", path,
-                layout=False)
+        row_label = {"surgery": "(a) alone", "finetuned": "(b) fine-tuned"}[name]
+        fig.axes[-classes].set_ylabel(row_label, fontsize=7)
+    save_figure(fig, f"Top: canvases of MNIST test digits (seed {config['seed']}); green dashed: true "
+                     f"28x28 frames, red: detections at score >= {config['threshold']}. Bottom: per-class "
+                     f"probability of each window, at its centre, first canvas (black 0 to white 1; grey: no "
+                     f"window is centred there). Classifier {config['classifier']}, fine-tuned on "
+                     f"{saved['hardware']}.", path, caption_lines=2, layout=False)
 
 
 def finished_runs(args, device):

@@ -9,7 +9,6 @@
 CAM (Zhou et al. 2016) needs features -> global average pooling -> one linear layer:
 the map of class c is sum_k w[c, k] A_k over the last feature maps A.
 """
-import glob
 import os
 import shutil
 
@@ -19,7 +18,7 @@ from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
 from models import CifarResNet
 from report import cnn_name, destination, format_mean_std, save_figure, write_table
-from runs import CHECKPOINT_FILE, CNN_CPU_EPOCHS, check_checkpoint_of_run, published_dir, read_record
+from runs import CNN_CPU_EPOCHS, check_checkpoint_of_run, checkpointed_runs, published_dir
 from storage import load_model
 from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, count_flag,
                    get_device, hardware, run_cli)
@@ -94,31 +93,21 @@ def get_args(argv=None):
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
-def finished_runs(root):
-    """[(config, record, best.pt path)] of the finished ex1_cnn.py runs in `root` that kept a
-    checkpoint, found by their records (not by folder names)."""
-    found = []
-    for path in sorted(glob.glob(os.path.join(root, "*", CHECKPOINT_FILE))):
-        record = read_record(os.path.dirname(path))
-        if record is not None and record["status"] == "complete":
-            found.append((record["config"], record, path))
-    return found
-
-
 def find_checkpoint(runs_dir=None):
     """(best.pt path, why it was chosen). By default the published run of DEFAULT_RUN's settings
     (the README's figure and table, the same on every clone); with `runs_dir`, the residual run
     with the best validation accuracy there. The checkpoint is checked when it is loaded."""
     if runs_dir:
-        residual = [(r["best_val_acc"], path) for c, r, path in finished_runs(runs_dir) if c.get("residual")]
+        residual = [(r["best_val_acc"], path) for r, path in checkpointed_runs(runs_dir)
+                    if r["config"].get("residual")]
         if not residual:
             raise UserError(f"no finished residual ex1_cnn.py run with a checkpoint in {runs_dir}; make one "
                             f"with `{MAKE_CHECKPOINT}` or pass --checkpoint")
         val, path = max(residual)
         return path, f"the residual run with the best validation accuracy ({val:.4f}) in {runs_dir}"
     root = published_dir("ex1_cnn")
-    for config, _, path in finished_runs(root):
-        if all(config.get(k) == v for k, v in DEFAULT_RUN.items()):
+    for record, path in checkpointed_runs(root):
+        if all(record["config"].get(k) == v for k, v in DEFAULT_RUN.items()):
             return path, "the published residual-32, seed 0: the network of the README's figure and table"
     raise UserError(f"no published run with the settings {DEFAULT_RUN} in {root} (is the checkout "
                     "complete?); pass --checkpoint or --runs-dir")

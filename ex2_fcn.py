@@ -11,7 +11,6 @@ seeded canvases of MNIST *test* digits: (a) that map alone (most probable digit 
 a score threshold, non-maximum suppression), and (b) the same network fine-tuned with an 11th
 "background" class on windows cut from canvases of MNIST *training* digits.
 """
-import glob
 import math
 import os
 import time
@@ -23,7 +22,7 @@ from detection import (Canvases, capacity, detect, make_canvases, match, summari
 from models import MLP, ConvMLP, build_model
 from report import destination, format_mean_std, save_figure, write_table
 import runs
-from runs import CHECKPOINT_FILE, Run, folder_name, read_record
+from runs import CHECKPOINT_FILE, Run, folder_name
 from storage import load_model, read_json, save_image_atomic, write_json_atomic
 from training import fit
 from utils import (ArgumentParser, FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, Number,
@@ -115,12 +114,8 @@ def get_args(argv=None):
 
 def published_classifiers():
     """The published ex1_mlp.py runs with a checkpoint: [(best validation accuracy, path)]."""
-    found = []
-    for path in sorted(glob.glob(os.path.join(runs.published_dir("ex1_mlp"), "*", CHECKPOINT_FILE))):
-        record = read_record(os.path.dirname(path))
-        if record is not None and record.get("best_val_acc") is not None:
-            found.append((record["best_val_acc"], path))
-    return found
+    published = runs.published_dir("ex1_mlp")
+    return [(record["best_val_acc"], path) for record, path in runs.checkpointed_runs(published)]
 
 
 def classifier_path(args):

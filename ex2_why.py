@@ -10,7 +10,6 @@ It reads the checkpoints of ex1_cnn.py (the published seed-0 CPU-preset runs in
 results/ex1_cnn/, else runs/ex1_cnn/) and trains nothing.
 """
 import copy
-import glob
 from dataclasses import dataclass
 import math
 import os
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
 from report import cnn_name, destination, save_figure, write_table
-from runs import CHECKPOINT_FILE, CNN_CPU_EPOCHS, check_checkpoint_of_run, published_dir, read_record
+from runs import CNN_CPU_EPOCHS, check_checkpoint_of_run, checkpointed_runs, published_dir
 from storage import load_model, savefig_atomic
 from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError, command_line, count,
                    count_flag, get_device, hardware, run_cli, seed_everything, set_threads)
@@ -101,9 +100,7 @@ def find_networks(roots, epochs, seed):
         for blocks in BLOCKS:
             pattern = f"{'res' if residual else 'plain'}_n{blocks}_e{epochs}_s{seed}_*"
             for root in roots:
-                paths = sorted(glob.glob(os.path.join(root, pattern, CHECKPOINT_FILE)))
-                finished = [p for p in paths
-                            if (read_record(os.path.dirname(p)) or {}).get("status") == "complete"]
+                finished = [path for _, path in checkpointed_runs(root, pattern)]
                 if len(finished) > 1:
                     raise UserError(f"{root} holds {len(finished)} runs of {pattern} (other settings); "
                                     "pass --runs-dir with one of them")

@@ -6,6 +6,7 @@ metrics, status, summary) and `best.pt`; `last.pt` while it trains. Finished run
 looked up in the run folder (`--out-dir`) and in the results committed with the code
 (`results/<exercise>/`), so a fresh clone does not retrain what the README shows.
 """
+import glob
 import hashlib
 import json
 import multiprocessing as mp
@@ -243,6 +244,18 @@ def collect(configs, roots, name_fn):
         record, folder = find_finished(roots, name_fn(c), c)
         if record is not None:
             found.append((c, record, folder))
+    return found
+
+
+def checkpointed_runs(root, pattern="*"):
+    """[(record, best.pt path)] of the complete runs in `root` (folders matching `pattern`) that
+    kept a checkpoint, found by their records, not by folder names: a run still training has a
+    best.pt too, and a partly trained network is no result to analyse."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(root, pattern, CHECKPOINT_FILE))):
+        record = read_record(os.path.dirname(path))
+        if record is not None and record["status"] == "complete":
+            found.append((record, path))
     return found
 
 

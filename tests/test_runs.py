@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from runs import Run, find_finished, folder_name, parse_shard, shard, unique
+from runs import (CHECKPOINT_FILE, Run, checkpointed_runs, find_finished, folder_name, parse_shard, shard,
+                  unique)
 from utils import UserError
 
 
@@ -46,6 +47,26 @@ def test_a_run_folder_whose_config_does_not_match_its_name_is_an_error(tmp_path)
     Run(str(tmp_path / name), dict(config, lr=0.5)).finish("complete", test_acc=0.5)
     with pytest.raises(UserError, match="does not match its name; delete that folder"):
         find_finished([str(tmp_path)], name, config)
+
+
+def test_only_complete_runs_that_kept_a_checkpoint_are_analysed(tmp_path):
+    """A run still training has a best.pt too: the analyses (ex2_*) must not take its partly
+    trained network for a result; nor a diverged run, nor a finished one without its best.pt."""
+    def make(prefix, status, checkpoint=True, epochs=1):
+        config = {"epochs": epochs, "seed": 0}
+        run = Run(str(tmp_path / folder_name(prefix, config)), config)
+        run.log_epoch(epoch=1, val_acc=0.5)
+        if status != "running":
+            run.finish(status, best_epoch=1, best_val_acc=0.5, test_acc=0.5, test_loss=1.0)
+        if checkpoint:
+            (tmp_path / os.path.basename(run.path) / CHECKPOINT_FILE).write_bytes(b"")
+        return os.path.join(run.path, CHECKPOINT_FILE)
+    kept = make("a", "complete")
+    make("b", "running"), make("c", "diverged"), make("d", "complete", checkpoint=False)
+    other = make("e", "complete", epochs=2)
+    assert [path for _, path in checkpointed_runs(str(tmp_path))] == [kept, other]
+    assert [path for _, path in checkpointed_runs(str(tmp_path), "a_*")] == [kept]
+    assert checkpointed_runs(str(tmp_path / "missing")) == []
 
 
 @pytest.mark.parametrize("record,message", [

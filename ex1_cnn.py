@@ -281,7 +281,9 @@ def make_table(found, args, missing):
     uneven = len({len(records) for records in groups.values()}) > 1
     per_row = " (each row over the seeds it shows)" if uneven else ""
     seconds = sum(sum(epoch_times(r)) for _, r, _ in found)
-    total = f" The runs' epochs took {seconds / 60:.0f} CPU-process minutes in all." if seconds else ""
+    at_fastest = sum(fastest_epoch_seconds(r) * len(epoch_times(r)) for _, r, _ in found if epoch_times(r))
+    total = (f" The runs' epochs took {seconds / 60:.0f} CPU-process minutes in all, {at_fastest / 60:.0f} "
+             "if every epoch had been its run's fastest." if seconds else "")
     gaps = f" **{count(missing, 'run')} of the sweep not finished yet.**" if missing else ""
     command = " ".join(README_SWEEP) if is_readme_sweep(args) else "--sweep ..."
     lines += ["", f"Mean ± std over {count(n_seeds, 'seed')}{per_row}; an epoch's time is the wall time of "

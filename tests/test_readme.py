@@ -85,6 +85,19 @@ def test_the_readme_prose_quotes_the_depth_gaps_the_results_give():
                 assert format_gap(gap) in prose, (residual, format_gap(gap))
 
 
+def test_the_readme_states_the_whole_sweeps_time_the_table_gives():
+    """The sweep was never run in one go: its wall time in the prose is the table's measured total of
+    process-minutes (as run, and at each run's fastest epoch) over the two processes side by side."""
+    readme = read("README.md")
+    table = read("figures", "ex1_cnn_table.md")
+    total, fastest = map(int, re.search(r"took (\d+) CPU-process minutes in all, (\d+) if", table).groups())
+    prose = readme.split("<!-- /ex1_cnn_table -->")[1].split("## Exercise 2.1")[0]
+    processes = 2  # one single-thread process per core of our 2-core machine
+    for minutes in (total, fastest):
+        assert f"{minutes} process-minutes" in prose
+        assert f"{minutes / 60 / processes:.1f} hours" in prose
+
+
 def per_block_lesions():
     """{network: [accuracy with block j+1 deleted]} from the committed lesion table."""
     table = read("figures", "ex2_why_lesion.md").split("| deleted block |")[1]

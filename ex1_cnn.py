@@ -33,7 +33,7 @@ SWEEP_BLOCKS = (1, 3, 5, 9)  # depths 8, 20, 32 and 56 (He et al.'s Fig. 6 goes 
 GAP_BLOCKS = (3, 9)          # the depth gap the README measures: 56 layers against 20
 DEFAULTS = {"epochs": 40, "seeds": 3}
 # The CPU preset: what a 2-core machine affords for the README's sweep (eight networks, three
-# seeds, about two hours per seed): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
+# seeds, about 2 h 20 min per seed idle): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
 # on the JPEG copy; 8 take it past 0.80. On a GPU use the defaults.
 CPU_PRESET = {"epochs": CNN_CPU_EPOCHS}
 # a single run's epoch per block per stage on our 2-core CPU, for the warning before a long CPU

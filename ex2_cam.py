@@ -18,7 +18,7 @@ from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
 from models import CifarResNet
 from report import cnn_name, destination, format_mean_std, save_figure, write_table
-from runs import CNN_CPU_EPOCHS, check_checkpoint_of_run, checkpointed_runs, published_dir
+from runs import CNN_CPU_EPOCHS, check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 from storage import load_model
 from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, count_flag,
                    get_device, hardware, run_cli)
@@ -176,7 +176,7 @@ def relative(path):
 def figure_dir(args, checkpoint):
     """figures/ (and the README) only for the README's settings: the default choice among
     the published checkpoints and default flags; else SCRATCH_DIR or --fig-dir."""
-    published = os.path.abspath(checkpoint).startswith(published_dir("ex1_cnn"))
+    published = is_published(checkpoint, "ex1_cnn")
     readme = get_args([args.dataset] + (["--evaluate"] if args.evaluate else []))
     return destination(args, readme, SCRATCH_DIR, inputs_published=published)
 

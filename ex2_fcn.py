@@ -458,8 +458,7 @@ def finished_runs(args, device):
 
 def make_outputs(args, device, found, classifier):
     """The table (all runs) and the figure (the first), from finished run folders."""
-    published = all(os.path.dirname(os.path.abspath(f)) == os.path.abspath(runs.published_dir(EXERCISE))
-                    for f, _ in found)
+    published = all(runs.is_published(f, EXERCISE) for f, _ in found)
     fig_dir, publish = destination(args, get_args([]), os.path.join(args.out_dir, "figures"),
                                    inputs_published=published)
     folder, saved = found[0]

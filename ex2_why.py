@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
 from report import cnn_name, destination, save_figure, write_table
-from runs import CNN_CPU_EPOCHS, check_checkpoint_of_run, checkpointed_runs, published_dir
+from runs import CNN_CPU_EPOCHS, check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 from storage import load_model, savefig_atomic
 from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError, command_line, count,
                    count_flag, get_device, hardware, run_cli, seed_everything, set_threads)
@@ -526,7 +526,7 @@ def main(args):
     nets = {key: (path,) + load_network(path, device) for key, path in paths.items()}
     any_ckpt = next(iter(nets.values()))[2]
     data = load_cifar10(args.data_dir, device, any_ckpt["config"]["val_size"])  # the split they trained with
-    published = all(os.path.abspath(p).startswith(published_dir("ex1_cnn")) for p in paths.values())
+    published = all(is_published(p, "ex1_cnn") for p in paths.values())
     defaults = get_args([])
     fig_dir, publish = destination(args, defaults, SCRATCH_DIR, inputs_published=published)
 

@@ -53,6 +53,13 @@ def published_dir(exercise):
     return os.path.join(RESULTS_DIR, exercise)
 
 
+def is_published(path, exercise):
+    """True if `path` lies inside the committed results of `exercise` (a figure made only from
+    them may replace the README's)."""
+    root = os.path.realpath(published_dir(exercise))
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
 def read_record(folder):
     """The metrics.json of a run folder (None if it has none), checked for what the code reads."""
     path = os.path.join(folder, METRICS_FILE)

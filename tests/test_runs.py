@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from runs import (CHECKPOINT_FILE, Run, checkpointed_runs, find_finished, folder_name, parse_shard, shard,
-                  unique)
+from runs import (CHECKPOINT_FILE, Run, checkpointed_runs, find_finished, folder_name, is_published,
+                  parse_shard, published_dir, shard, unique)
 from utils import UserError
 
 
@@ -58,15 +58,23 @@ def test_only_complete_runs_that_kept_a_checkpoint_are_analysed(tmp_path):
         run.log_epoch(epoch=1, val_acc=0.5)
         if status != "running":
             run.finish(status, best_epoch=1, best_val_acc=0.5, test_acc=0.5, test_loss=1.0)
+        path = os.path.join(run.path, CHECKPOINT_FILE)
         if checkpoint:
-            (tmp_path / os.path.basename(run.path) / CHECKPOINT_FILE).write_bytes(b"")
-        return os.path.join(run.path, CHECKPOINT_FILE)
+            open(path, "wb").close()
+        return path
     kept = make("a", "complete")
     make("b", "running"), make("c", "diverged"), make("d", "complete", checkpoint=False)
     other = make("e", "complete", epochs=2)
     assert [path for _, path in checkpointed_runs(str(tmp_path))] == [kept, other]
     assert [path for _, path in checkpointed_runs(str(tmp_path), "a_*")] == [kept]
     assert checkpointed_runs(str(tmp_path / "missing")) == []
+
+
+def test_only_what_lies_inside_the_committed_results_counts_as_published(tmp_path):
+    inside = os.path.join(published_dir("ex1_cnn"), "res_n9_e8_s0_x", CHECKPOINT_FILE)
+    assert is_published(inside, "ex1_cnn") and is_published(published_dir("ex1_cnn"), "ex1_cnn")
+    assert not is_published(published_dir("ex1_cnn") + "_old/run/best.pt", "ex1_cnn")  # a sibling folder
+    assert not is_published(inside, "ex1_mlp") and not is_published(str(tmp_path), "ex1_cnn")
 
 
 @pytest.mark.parametrize("record,message", [

@@ -363,6 +363,17 @@ def normalize_images(x, mean=CIFAR10_MEAN, std=CIFAR10_STD):
     return (x.float() / 255 - mean) / std
 
 
+def cifar_transforms(generator, memory_format=torch.channels_last):
+    """(train, eval) batch transforms of Exercise 1.3: uint8 -> normalized float in
+    `memory_format`, the training one after a seeded random crop and flip."""
+    def train_transform(x):
+        return normalize_images(random_crop_flip(x, generator)).contiguous(memory_format=memory_format)
+
+    def eval_transform(x):
+        return normalize_images(x).contiguous(memory_format=memory_format)
+    return train_transform, eval_transform
+
+
 def random_crop_flip(x, generator, padding=CROP_PADDING):
     """Batched augmentation: a `padding`-pixel padded random crop and a random horizontal flip.
 

@@ -16,16 +16,16 @@ import sys
 
 import torch
 
-from data import CIFAR10_VAL_SIZE, load_cifar10, normalize_images, random_crop_flip
+from data import CIFAR10_VAL_SIZE, cifar_transforms, load_cifar10
 from models import CifarResNet, build_model
 from report import (cnn_name, depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result,
                     print_result, run_result, save_figure, sweep_destination, sweep_results, write_table)
 import runs
 from runs import CNN_CPU_EPOCHS, Run, folder_name, parse_shard, run_sweep, unique
-from training import fit
+from training import fit, sgd_warmup_cosine
 from utils import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number,
                    SEED, UserError, add_run_flags, check_writable, count, count_flag, get_device, hardware,
-                   run_cli, seed_everything, set_threads)
+                   provenance, run_cli, seed_everything, set_threads)
 
 PROG = "ex1_cnn.py"
 EXERCISE = "ex1_cnn"
@@ -122,16 +122,6 @@ def arch_of(config, num_classes=10):
                                               "residual": config["residual"], "num_classes": num_classes}}
 
 
-def warmup_cosine(total_steps, warmup_steps):
-    """Learning-rate factor per step: linear warm-up, then cosine decay to zero."""
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 def load_data(args, device):
     data = load_cifar10(args.data_dir, device, args.val_size)
     if args.train_subset:
@@ -150,19 +140,10 @@ def train(config, data, device, out_dir, progress=True):
     memory_format = torch.channels_last
     arch = arch_of(config, len(data.classes))
     model = build_model(arch).to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
-                                nesterov=True, weight_decay=config["weight_decay"])
-    steps = math.ceil(len(data.train) / config["batch_size"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        config["epochs"] * steps, round(config["warmup_epochs"] * steps)))
-
-    def train_transform(x):  # uint8 batch -> augmented, normalized float batch
-        return normalize_images(random_crop_flip(x, generator)).contiguous(memory_format=memory_format)
-
-    def eval_transform(x):
-        return normalize_images(x).contiguous(memory_format=memory_format)
-
-    meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last"}
+    optimizer, scheduler = sgd_warmup_cosine(model, config, math.ceil(len(data.train) / config["batch_size"]))
+    train_transform, eval_transform = cifar_transforms(generator, memory_format)
+    meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
+            **provenance()}
     run = Run(os.path.join(out_dir, run_name(config)), config, meta)
     return fit(model, arch, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
                generator=generator, scheduler=scheduler, train_transform=train_transform,

@@ -29,7 +29,7 @@ def output_dir(fig_dir, publish, scratch_dir):
 
 
 # flags that say where things are, or how much of a command to run, not what it computes
-WHERE_FLAGS = ("data_dir", "out_dir", "fig_dir", "workers", "force", "plot_only", "analyses")
+WHERE_FLAGS = ("data_dir", "out_dir", "fig_dir", "workers", "force", "plot_only", "analyses", "select")
 
 
 def destination(args, readme_args, scratch_dir, inputs_published=True):

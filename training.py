@@ -19,16 +19,23 @@ def _loss_and_correct(logits, y):
     return loss, (logits.argmax(-1) == y).sum()
 
 
-def train_one_epoch(model, batches, optimizer, scheduler=None, progress=None):
+def cross_entropy(logits, y, x):
+    """The default training loss: cross-entropy on the labels (`x`, the inputs, unused)."""
+    return F.cross_entropy(logits, y)
+
+
+def train_one_epoch(model, batches, optimizer, scheduler=None, progress=None, criterion=cross_entropy):
     """One pass over `batches` of (x, y); returns {'loss', 'acc'} as floats.
 
     Sums stay on the device (no .item() per step) so the loop never waits on them.
-    `scheduler` is stepped every batch; `progress` is a tqdm bar or None.
+    `scheduler` is stepped every batch; `progress` is a tqdm bar or None; `criterion(logits,
+    y, x)` is the loss minimized (a distillation loss reads the inputs to ask its teacher).
     """
     model.train()
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in batches:
-        loss, right = _loss_and_correct(model(x), y)
+        logits = model(x)
+        loss, right = criterion(logits, y, x), (logits.argmax(-1) == y).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,7 +67,7 @@ def all_finite(model):
 
 
 def fit(model, arch, data, optimizer, run, *, epochs, batch_size, generator, scheduler=None,
-        train_transform=None, eval_transform=None, progress=True, desc="train"):
+        train_transform=None, eval_transform=None, progress=True, desc="train", criterion=cross_entropy):
     """Train `run` for `epochs`, validate after each, keep the best-validation checkpoint.
 
     `arch` ({'name', 'kwargs'} of models.build_model) goes into the checkpoint, so any
@@ -83,13 +90,13 @@ def fit(model, arch, data, optimizer, run, *, epochs, batch_size, generator, sch
         if saved is not None:
             return "finished", saved
         return "trained", _fit(model, arch, data, optimizer, run, epochs, batch_size, generator, scheduler,
-                    train_transform, eval_transform, tqdm, progress, desc)
+                    train_transform, eval_transform, tqdm, progress, desc, criterion)
     finally:
         run.release()
 
 
 def _fit(model, arch, data, optimizer, run, epochs, batch_size, generator, scheduler,
-         train_transform, eval_transform, tqdm, progress, desc):
+         train_transform, eval_transform, tqdm, progress, desc, criterion):
     # vanishing gradients of deep plain nets reach denormal floats, which are slow on CPUs
     torch.set_flush_denormal(True)
     device = data.train.y.device
@@ -106,8 +113,9 @@ def _fit(model, arch, data, optimizer, run, epochs, batch_size, generator, sched
             started = time.perf_counter()
             order = epoch_order(len(data.train), generator, device)
             train = train_one_epoch(model, batches(data.train, batch_size, order, train_transform),
-                                    optimizer, scheduler, bar)
-            metrics = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
+                                    optimizer, scheduler, bar, criterion)
+            metrics = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+                       **getattr(criterion, "epoch_metrics", dict)()}  # a criterion's own measures
             if math.isfinite(train["loss"]):
                 val = evaluate(model, batches(data.val, EVAL_BATCH_SIZE, transform=eval_transform))
                 metrics.update(val_loss=val["loss"], val_acc=val["acc"])
@@ -141,6 +149,14 @@ def _fit(model, arch, data, optimizer, run, epochs, batch_size, generator, sched
     return run.record
 
 
+PROVENANCE = ("commit", "torch")  # meta that says which code ran, not what decides the numbers
+
+
+def _same_numbers(meta):
+    """The meta fields a resumed run must share with its start (data, hardware, threads)."""
+    return {k: v for k, v in (meta or {}).items() if k not in PROVENANCE}
+
+
 def _resume(last_path, run, model, optimizer, scheduler, generator):
     """Restore the state of an interrupted run; returns (epochs done, best validation acc)."""
     if not os.path.exists(last_path):
@@ -149,7 +165,7 @@ def _resume(last_path, run, model, optimizer, scheduler, generator):
     state = load_checkpoint(last_path, remedy, keys=("model", "optimizer", "generator", "record", "best_val"))
     if not isinstance(state["record"], dict) or state["record"].get("config") != run.config:
         raise UserError(f"{last_path} belongs to a run with other settings; {remedy}")
-    if state["record"].get("meta") != run.record["meta"]:
+    if _same_numbers(state["record"].get("meta")) != _same_numbers(run.record["meta"]):
         # CPU kernels sum in an order that depends on the thread count: a run resumed under
         # other threads (or data, or hardware) would match no uninterrupted run
         then, now = (state["record"].get("meta") or {}).get("hardware"), run.record["meta"].get("hardware")
@@ -174,3 +190,23 @@ def _resume(last_path, run, model, optimizer, scheduler, generator):
     run.record = state["record"]
     print(f"{run.path}: resuming after epoch {len(run.record['epochs'])}")
     return len(run.record["epochs"]), state["best_val"]
+
+
+def warmup_cosine(total_steps, warmup_steps):
+    """Learning-rate factor per step: linear warm-up, then cosine decay to zero."""
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def sgd_warmup_cosine(model, config, steps_per_epoch):
+    """Exercise 1.3's optimizer (He et al.'s: SGD, Nesterov momentum, weight decay) and its
+    per-step schedule (warm-up to config['lr'], then cosine to zero), from a run's config."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
+                                nesterov=True, weight_decay=config["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        config["epochs"] * steps_per_epoch, round(config["warmup_epochs"] * steps_per_epoch)))
+    return optimizer, scheduler

@@ -208,6 +208,20 @@ def hardware(device):
     return f"{machine(device)[:-1]}, {count(torch.get_num_threads(), 'thread')} per process)"
 
 
+def provenance():
+    """What code made a run, for its record's meta: the git commit (when there is one) and torch."""
+    import subprocess
+    meta = {"torch": torch.__version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__)))
+        if commit.returncode == 0:
+            meta["commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return meta
+
+
 def seed_everything(seed):
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)

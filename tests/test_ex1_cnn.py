@@ -66,7 +66,8 @@ def test_cache_is_not_used_once_an_image_has_changed(cifar_folder):
 
 
 def test_warmup_cosine_schedule():
-    f = ex1_cnn.warmup_cosine(total_steps=100, warmup_steps=10)
+    from training import warmup_cosine
+    f = warmup_cosine(total_steps=100, warmup_steps=10)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
 

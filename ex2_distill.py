@@ -1,0 +1,316 @@
+"""Exercise 2.2 (2024 edition): knowledge distillation, a residual-56 teacher and a residual-32 student.
+
+    python ex2_distill.py                  # the distilled student on 3 seeds (skips finished runs, resumes)
+    python ex2_distill.py --select         # the check of T and alpha on a short schedule (seed 0)
+    python ex2_distill.py --plot-only      # redraw the README's tables from the saved runs
+    python ex2_distill.py --student plain  # a plain-32 student against the published plain-32
+
+The student (0.46M parameters, 54% of the teacher's 0.85M) minimizes (Hinton et al. 2015)
+
+    (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+and is trained with the recipe of its published Exercise 1.3 run (read from that run's record):
+same seed, so the same initialization, batch order and augmented batches, which the teacher sees
+too. Each distilled run and its published baseline differ only in the loss.
+"""
+import glob
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from data import cifar_transforms, load_cifar10
+from models import CifarResNet, build_model
+from report import (cnn_name, depth_gap, destination, fastest_epoch_seconds, format_gap, format_result,
+                    run_result, sweep_results, write_table)
+import runs
+from runs import METRICS_FILE, Run, folder_name, parse_shard, read_record, run_sweep
+from storage import load_model
+from training import fit, sgd_warmup_cosine
+from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number, UserError,
+                   check_writable, count, count_flag, get_device, hardware, provenance, run_cli,
+                   seed_everything)
+
+PROG = "ex2_distill.py"
+EXERCISE = "ex2_distill"
+TEACHER_RUN = {"residual": True, "blocks": 9, "seed": 0}  # the published residual-56 of Exercise 1.3
+STUDENT_BLOCKS = 5                                        # depth 32
+# The literature's defaults (Hinton et al. 2015 weight the soft term most; T = 4 with 0.9 on it is
+# the usual CIFAR setting, e.g. RepDistiller's KD baseline), checked by --select against alternatives
+DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 4.0, 0.9
+# --select: a short schedule on a subset (about a tenth of a full run each), seed 0
+SELECT_SCHEDULE = {"epochs": 3, "train_subset": 10_000}
+SELECT_CANDIDATES = ((4.0, 0.9), (4.0, 0.5), (2.0, 0.9), (4.0, 0.0))
+MAX_TEMPERATURE = 100.0
+
+
+def distillation_loss(student_logits, teacher_logits, y, temperature, alpha):
+    """(1 - alpha) CE(s, y) + alpha T^2 KL(p_t || p_s), p = softmax(logits / T) (Hinton et al. 2015).
+
+    The KL term's gradient scales as 1/T^2; the factor T^2 keeps the two terms' balance the
+    same whatever T. KL is summed over classes and averaged over the batch, as CE is.
+    """
+    hard = F.cross_entropy(student_logits, y)
+    if alpha == 0:
+        return hard
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    soft = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return (1 - alpha) * hard + alpha * temperature ** 2 * soft
+
+
+class Distillation:
+    """The training criterion of a distilled student: asks the frozen teacher about the same
+    batch, and keeps per-epoch sums of the teacher's time and of the hard-label CE."""
+
+    def __init__(self, teacher, temperature, alpha):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.temperature, self.alpha = temperature, alpha
+        self._seconds, self._ce, self._n = 0.0, 0.0, 0
+
+    def __call__(self, logits, y, x):
+        started = time.perf_counter()
+        with torch.no_grad():
+            teacher_logits = self.teacher(x) if self.alpha > 0 else None
+        self._seconds += time.perf_counter() - started
+        self._ce = self._ce + F.cross_entropy(logits.detach(), y) * y.shape[0]
+        self._n += y.shape[0]
+        return distillation_loss(logits, teacher_logits, y, self.temperature, self.alpha)
+
+    def epoch_metrics(self):
+        """The epoch's teacher seconds and mean training CE, then start the next epoch's sums."""
+        metrics = {"teacher_seconds": self._seconds, "train_ce": float(self._ce) / max(1, self._n)}
+        self._seconds, self._ce, self._n = 0.0, 0.0, 0
+        return metrics
+
+
+# ----------------------------------------------------------------------------- the runs
+
+def published_cnn_run(residual, blocks, seed):
+    """(record, folder) of the published Exercise 1.3 run of these settings at the CPU preset."""
+    root = runs.published_dir("ex1_cnn")
+    prefix = f"{'res' if residual else 'plain'}_n{blocks}_e{runs.CNN_CPU_EPOCHS}_s{seed}_"
+    for path in sorted(glob.glob(os.path.join(root, prefix + "*", METRICS_FILE))):
+        folder = os.path.dirname(path)
+        record = read_record(folder)
+        if record is not None and record["status"] == "complete" and folder.endswith(runs.config_digest(record["config"])):
+            return record, folder
+    raise UserError(f"no published run {prefix}* in {root} (is the checkout complete?)")
+
+
+def run_config(student_config, teacher_folder, temperature, alpha):
+    """A distilled run: its student's recipe (the published baseline's config) plus what distils."""
+    return {**student_config, "teacher": os.path.basename(teacher_folder), "temperature": temperature,
+            "alpha": alpha}
+
+
+def run_name(config):
+    student = f"{'res' if config['residual'] else 'plain'}_n{config['blocks']}"
+    return folder_name(f"kd-{student}_T{config['temperature']:g}_a{config['alpha']:g}", config)
+
+
+def configs_of(args, seeds, candidates, schedule):
+    """The distilled runs of `seeds` x `candidates` (T, alpha), the baseline recipe changed by `schedule`."""
+    _, teacher = published_cnn_run(**TEACHER_RUN)
+    out = []
+    for seed in seeds:
+        baseline, _ = published_cnn_run(args.student == "residual", STUDENT_BLOCKS, seed)
+        for temperature, alpha in candidates:
+            out.append(run_config({**baseline["config"], **schedule}, teacher, temperature, alpha))
+    return out
+
+
+def schedule_flags(args):
+    return {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None}
+
+
+def main_configs(args):
+    return configs_of(args, range(args.seeds), [(args.temperature, args.alpha)], schedule_flags(args))
+
+
+def select_configs(args):
+    return configs_of(args, [0], SELECT_CANDIDATES, {**SELECT_SCHEDULE, **schedule_flags(args)})
+
+
+def load_teacher(device, memory_format=torch.channels_last):
+    _, folder = published_cnn_run(**TEACHER_RUN)
+    path = os.path.join(folder, runs.CHECKPOINT_FILE)
+    remedy = "restore it with `git checkout -- " + os.path.relpath(path) + "`"
+    teacher, ckpt = load_model(path, device, CifarResNet, remedy)
+    runs.check_checkpoint_of_run(path, ckpt, remedy)
+    return teacher.to(memory_format=memory_format)
+
+
+def load_data(config, data_dir, device):
+    data = load_cifar10(data_dir, device, config["val_size"])
+    if config["train_subset"]:
+        data.train.x, data.train.y = data.train.x[:config["train_subset"]], data.train.y[:config["train_subset"]]
+    return data
+
+
+def train(config, data, device, out_dir, progress=True):
+    """Train one distilled student; returns (outcome, record) as training.fit does."""
+    generator = seed_everything(config["seed"])
+    memory_format = torch.channels_last
+    arch = {"name": "CifarResNet", "kwargs": {"blocks_per_stage": config["blocks"], "width": config["width"],
+                                              "residual": config["residual"], "num_classes": len(data.classes)}}
+    model = build_model(arch).to(device, memory_format=memory_format)  # the baseline's initialization
+    optimizer, scheduler = sgd_warmup_cosine(model, config, math.ceil(len(data.train) / config["batch_size"]))
+    train_transform, eval_transform = cifar_transforms(generator, memory_format)
+    with torch.random.fork_rng():  # building the teacher draws no number the student's run would
+        criterion = Distillation(load_teacher(device, memory_format), config["temperature"], config["alpha"])
+    meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
+            **provenance()}
+    run = Run(os.path.join(out_dir, run_name(config)), config, meta)
+    return fit(model, arch, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
+               generator=generator, scheduler=scheduler, train_transform=train_transform,
+               eval_transform=eval_transform, progress=progress, desc=run_name(config), criterion=criterion)
+
+
+def _sweep_setup(setup_args):
+    args, device, config = setup_args
+    return args, device, load_data(config, args.data_dir, device)
+
+
+def _sweep_run(config, context):
+    args, device, data = context
+    return train(config, data, device, args.out_dir, progress=False)[0]
+
+
+def sweep(args, device, configs):
+    check_writable(args.out_dir)
+    workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    roots = runs.lookup_roots(args.out_dir, EXERCISE)
+    done = run_sweep(configs, [c["epochs"] for c in configs], run_name,
+                     args.out_dir, roots, job=_sweep_run, setup=_sweep_setup,
+                     setup_args=(args, device, configs[0]), workers=workers, threads=threads, device=device,
+                     shard_spec=args.shard, prepare=lambda: load_data(configs[0], args.data_dir, device))
+    if done:
+        print(done)
+
+
+# ----------------------------------------------------------------------------- tables
+
+def _test(record):
+    return run_result(record)
+
+
+def _val(record):
+    return record.get("best_val_acc")
+
+
+def main_table(found, args):
+    """Teacher, student alone, student distilled: mean ± std over seeds, the gain ± its SE, per seed."""
+    teacher, _ = published_cnn_run(**TEACHER_RUN)
+    distilled = [record for _, record, _ in found]
+    alone = [published_cnn_run(args.student == "residual", STUDENT_BLOCKS, r["config"]["seed"])[0]
+             for r in distilled]
+    student = cnn_name(args.student == "residual", STUDENT_BLOCKS)
+    teacher_params, student_params = (sum(p.numel() for p in CifarResNet(b, residual=True).parameters())
+                                      for b in (TEACHER_RUN["blocks"], STUDENT_BLOCKS))
+    lines = ["| network | parameters | best val. accuracy | test accuracy (best val.) | fastest epoch (s) "
+             "| seeds |", "|---|---:|---:|---:|---:|---:|"]
+    for name, records in ((f"teacher: {cnn_name(True, TEACHER_RUN['blocks'])}", [teacher]),
+                          (f"student alone: {student}", alone),
+                          (f"student distilled: {student}", distilled)):
+        params = teacher_params if name.startswith("teacher") else student_params
+        cells = [format_result(records, _val), format_result(records, _test),
+                 format_result(records, fastest_epoch_seconds, digits=0), str(len(records))]
+        lines.append(f"| {name} | {params / 1e6:.2f}M | " + " | ".join(cells) + " |")
+    gaps = [depth_gap(distilled, alone, key) for key in (_val, _test)]
+    per_seed = [", ".join(f"{d:+.3f}" for d in g[2].values()) if g else "-" for g in gaps]
+    lines += ["", "| distilled minus alone | best val. accuracy | test accuracy | val., per seed "
+                  "| test, per seed |", "|---|---:|---:|---:|---:|",
+              f"| {student} | " + " | ".join(format_gap(g) for g in gaps) + " | " + " | ".join(per_seed) + " |"]
+    teacher_s = [e["teacher_seconds"] for r in distilled for e in r["epochs"] if "teacher_seconds" in e]
+    cfg = distilled[0]["config"]
+    lines += ["", f"T = {cfg['temperature']:g}, alpha = {cfg['alpha']:g}; {cfg['epochs']} epochs, "
+                  f"{distilled[0]['meta']['data']}, {distilled[0]['meta']['hardware']}. Mean ± std over "
+                  f"{count(len(distilled), 'seed')}; the difference of the means ± its standard error, and "
+                  "within each seed (the same initialization, batches and augmentation). The teacher's "
+                  f"forward passes took {min(teacher_s):.0f}-{max(teacher_s):.0f} s of each distilled epoch. "
+                  f"Made by `python {PROG}`."]
+    return "\n".join(lines) + "\n"
+
+
+def select_table(found):
+    lines = ["| T | alpha | best val. accuracy | final train CE |", "|---:|---:|---:|---:|"]
+    for config, record, _ in found:
+        ce = record["epochs"][-1].get("train_ce", float("nan"))
+        lines.append(f"| {config['temperature']:g} | {config['alpha']:g} | {record['best_val_acc']:.4f} "
+                     f"| {ce:.3f} |")
+    cfg = found[0][0]
+    lines += ["", f"Seed 0, {cfg['epochs']} epochs on the first {cfg['train_subset']} training images, "
+                  f"validation on {cfg['val_size']}; {found[0][1]['meta']['hardware']}. alpha = 0 is the "
+                  f"student on hard labels alone. Made by `python {PROG} --select`."]
+    return "\n".join(lines) + "\n"
+
+
+def make_tables(args):
+    fig_dir, publish = destination(args, get_args([]), os.path.join(args.out_dir, "figures"))
+    roots = runs.lookup_roots(args.out_dir, EXERCISE)
+    for name, configs, table in (("ex2_distill_select", select_configs(args), select_table),
+                                 ("ex2_distill_table", main_configs(args), lambda f: main_table(f, args))):
+        if not runs.collect(configs, roots, run_name):
+            print(f"{name}: none of its {count(len(configs), 'run')} has finished yet")
+            continue
+        found, _ = sweep_results(configs, roots, run_name, fig_dir, f"python {PROG}")
+        text = table(found)
+        print(text)
+        print(f"table {write_table(text, name, fig_dir, publish)} written")
+
+
+# ----------------------------------------------------------------------------- command line
+
+def make_parser():
+    p = ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("--temperature", type=Number(float, 0, MAX_TEMPERATURE, open_low=True),
+                   default=DEFAULT_TEMPERATURE, help="T, the softening of both networks' outputs")
+    p.add_argument("--alpha", type=Number(float, 0, 1), default=DEFAULT_ALPHA,
+                   help="weight of the soft (teacher) term; 0 is cross-entropy alone")
+    p.add_argument("--student", choices=("residual", "plain"), default="residual",
+                   help=f"the depth-{CifarResNet.depth_of(STUDENT_BLOCKS)} student")
+    p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=3, help="seeds 0..N-1")
+    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=None,
+                   help="training epochs (default: those of the published baseline, 8)")
+    p.add_argument("--train-subset", type=count_flag(MAX_IMAGES, low=0), default=None,
+                   help="train on the first N training images (default: the baseline's, all)")
+    p.add_argument("--select", action="store_true",
+                   help=f"train the check of T and alpha: {SELECT_CANDIDATES} on a short schedule")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA if available, else the CPU")
+    p.add_argument("--data-dir", default="data",
+                   help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
+    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
+    p.add_argument("--fig-dir", default=None,
+                   help="where tables go (default: figures/ for the README's settings, else <out-dir>/figures)")
+    p.add_argument("--workers", type=count_flag(MAX_WORKERS, low=0), default=0,
+                   help="processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
+    p.add_argument("--shard", default=None, metavar="K/N", help="train only the K-th of N parts of the runs")
+    p.add_argument("--plot-only", action="store_true", help="redraw the tables from saved runs")
+    return p
+
+
+def get_args(argv=None):
+    p = make_parser()
+    args = p.parse_args(argv)
+    try:
+        args.shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def main(args):
+    if args.plot_only:
+        return make_tables(args)
+    device = get_device(args.device)
+    sweep(args, device, select_configs(args) if args.select else main_configs(args))
+    return make_tables(args)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args(), PROG)

@@ -211,7 +211,7 @@ def hardware(device):
 def provenance():
     """What code made a run, for its record's meta: the git commit (when there is one) and torch."""
     import subprocess
-    meta = {"torch": torch.__version__}
+    meta = {"torch": str(torch.__version__)}  # a str subclass that weights_only loading refuses
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                                 cwd=os.path.dirname(os.path.abspath(__file__)))

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from data import (CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, MNIST_MEAN, MNIST_STD, batches,
                   epoch_order, load_cifar10, load_mnist, normalize_images, random_crop_flip)
 from models import MLP, CifarResNet
-from report import destination, write_table
-from utils import (ArgumentParser, MAX_BATCH, MAX_IMAGES, UserError, command_line,
-                   count_flag, get_device, machine, run_cli)
+from lab.outputs import destination, write_table
+from lab.cli import ArgumentParser, MAX_BATCH, MAX_IMAGES, command_line, count_flag, run_cli
+from lab.errors import UserError
+from utils import get_device, machine
 
 PROG = "bench.py"
 SCRATCH_DIR = os.path.join("runs", "bench")  # results of non-default flags: never the README's

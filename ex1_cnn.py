@@ -19,13 +19,16 @@ import torch
 from data import CIFAR10_VAL_SIZE, cifar_transforms, load_cifar10
 from models import CifarResNet, build_model
 from report import (cnn_name, depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result,
-                    print_result, run_result, save_figure, sweep_destination, sweep_results, write_table)
-import runs
-from runs import CNN_CPU_EPOCHS, Run, folder_name, parse_shard, run_sweep, unique
-from training import fit, sgd_warmup_cosine
-from utils import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number,
-                   SEED, UserError, add_run_flags, check_writable, count, count_flag, get_device, hardware,
-                   provenance, run_cli, seed_everything, set_threads)
+                    print_result, run_result, save_figure)
+from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
+from utils import get_device, hardware, provenance, seed_everything
+from lab.cli import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number,
+                     SEED, add_run_flags, count, count_flag, run_cli)
+from lab.errors import UserError
+from lab.experiment import Experiment, single_run, sweep
+from lab.outputs import sweep_destination, sweep_results, write_table
+from lab.runs import RunFolder, folder_name, lookup_roots
+from lab.sweeps import parse_shard, unique
 
 PROG = "ex1_cnn.py"
 EXERCISE = "ex1_cnn"
@@ -123,34 +126,30 @@ def arch_of(config, num_classes=10):
 
 
 def load_data(args, device):
-    data = load_cifar10(args.data_dir, device, args.val_size)
-    if args.train_subset:
-        if args.train_subset > len(data.train):
-            raise UserError(f"--train-subset {args.train_subset} exceeds the {len(data.train)} "
-                            "training images")
-        data.train.x, data.train.y = data.train.x[:args.train_subset], data.train.y[:args.train_subset]
-    return data
+    return load_cifar10(args.data_dir, device, args.val_size, train_subset=args.train_subset)
 
 
 def train(config, data, device, out_dir, progress=True):
     """Train one configuration; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
-    # channels-last: cuDNN's tensor-core kernels, and 1.2-1.4x faster on this repository's
-    # CPUs too (bench.py cnn measures both layouts)
+    # channels-last: cuDNN's tensor-core kernels, and faster on CPUs too (bench.py cnn measures both)
     memory_format = torch.channels_last
     arch = arch_of(config, len(data.classes))
     model = build_model(arch).to(device, memory_format=memory_format)
     optimizer, scheduler = sgd_warmup_cosine(model, config, math.ceil(len(data.train) / config["batch_size"]))
     train_transform, eval_transform = cifar_transforms(generator, memory_format)
+    recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
+                    train_transform=train_transform, eval_transform=eval_transform)
     meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
             **provenance()}
-    run = Run(os.path.join(out_dir, run_name(config)), config, meta)
-    return fit(model, arch, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
-               generator=generator, scheduler=scheduler, train_transform=train_transform,
-               eval_transform=eval_transform, progress=progress, desc=run_name(config))
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch) as run:
+        return fit(model, data, recipe, run, progress)
 
 
-# ----------------------------------------------------------------------------- sweep
+def experiment():
+    """This script as the shared orchestration sees it (built when called, so tests can patch it)."""
+    return Experiment(EXERCISE, run_name, load_data, train)  # a single CNN run uses every core
+
 
 def sweep_configs(args):
     return unique([run_config(args, b, residual, s) for b in args.blocks_list for residual in (False, True)
@@ -159,32 +158,7 @@ def sweep_configs(args):
 
 def roots(args):
     """Where finished runs are looked up: the committed results, then the run folder."""
-    return runs.lookup_roots(args.out_dir, EXERCISE)
-
-
-def _sweep_setup(setup_args):
-    args, device = setup_args
-    return args, device, load_data(args, device)
-
-
-def _sweep_run(config, context):
-    args, device, data = context
-    return train(config, data, device, args.out_dir, progress=False)[0]
-
-
-def sweep(args, device):
-    configs = sweep_configs(args)
-    check_writable(args.out_dir, sweep_destination(args, get_args(README_SWEEP))[0])
-    workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    done = run_sweep(configs, [c["blocks"] for c in configs], run_name, args.out_dir, roots(args),
-                     job=_sweep_run, setup=_sweep_setup, setup_args=(args, device), workers=workers,
-                     threads=threads, device=device, shard_spec=args.shard,
-                     prepare=lambda: load_data(args, device),  # a data error: one line, not one per worker
-                     need_checkpoints=args.checkpoints)
-    if done:
-        print(done)
-    make_figures(args, configs)
+    return lookup_roots(args.out_dir, EXERCISE)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -310,33 +284,33 @@ def make_figures(args, configs):
     print(f"table {table_path} and figure written to {fig_dir}/")
 
 
-def single_run(args, device):
-    config = run_config(args, args.blocks, args.residual, args.seed)
-
-    def train_it():
-        if device.type == "cpu" and not args.cpu and args.epochs > CPU_PRESET["epochs"]:
-            hours = args.epochs * CPU_EPOCH_SECONDS_PER_BLOCK * args.blocks / 3600
-            print(f"note: {args.epochs} epochs on a CPU: about {hours:.1f} h on our idle 2-core CPU, several "
-                  f"times that with other work beside it; --cpu trains the {CPU_PRESET['epochs']}-epoch "
-                  "CPU preset", file=sys.stderr)
-        set_threads(device, None)  # one CNN uses every core (a sweep runs one process per core)
-        data = load_data(args, device)
-        print(f"{run_name(config)} (depth {CifarResNet.depth_of(args.blocks)}): {data.source}, "
-              f"{len(data.train)} training images, {hardware(device)}")
-        return train(config, data, device, args.out_dir)
-
-    record, folder = runs.single_run(args.out_dir, run_name(config), config, args.force, train_it, EXERCISE)
-    print_result(record, folder)
-    return record
+def warn_long_cpu_run(args, device):
+    if device.type == "cpu" and not args.cpu and args.epochs > CPU_PRESET["epochs"]:
+        hours = args.epochs * CPU_EPOCH_SECONDS_PER_BLOCK * args.blocks / 3600
+        print(f"note: {args.epochs} epochs on a CPU: about {hours:.1f} h on our idle 2-core CPU, several "
+              f"times that with other work beside it; --cpu trains the {CPU_PRESET['epochs']}-epoch "
+              "CPU preset", file=sys.stderr)
 
 
 def main(args):
     device = get_device(args.device)
-    if args.sweep:
-        return make_figures(args, sweep_configs(args)) if args.plot_only else sweep(args, device)
-    if args.plot_only or args.shard:
-        raise UserError("--plot-only and --shard go with --sweep")
-    return single_run(args, device)
+    if not args.sweep:
+        if args.plot_only or args.shard:
+            raise UserError("--plot-only and --shard go with --sweep")
+        warn_long_cpu_run(args, device)
+        record, folder = single_run(experiment(), args, device, run_config(args, args.blocks, args.residual,
+                                                                         args.seed))
+        print_result(record, folder)
+        return record
+    configs = sweep_configs(args)
+    if not args.plot_only:
+        sweep_destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
+        workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
+        done = sweep(experiment(), args, device, configs, [c["blocks"] for c in configs],
+                     threads=max(1, (os.cpu_count() or 1) // workers), need_checkpoints=args.checkpoints)
+        if done:
+            print(done)
+    return make_figures(args, configs)
 
 
 if __name__ == "__main__":

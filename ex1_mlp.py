@@ -13,23 +13,26 @@ import os
 import torch
 import torch.nn as nn
 
-from data import MNIST_VAL_SIZE, DataError, load_mnist
+from data import MNIST_VAL_SIZE, load_mnist
 from models import MLP, build_model
-from report import (finished_results, format_result, mean_std, print_result, remove_stale,
-                    save_figure, sweep_destination, sweep_results, write_table)
-import runs
-from runs import CHECKPOINT_FILE, Run, folder_name, parse_shard, run_sweep, unique
-from storage import load_model, read_json, write_json_atomic
-from training import fit
-from utils import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED,
-                   UserError, add_run_flags, check_writable, count, count_flag, get_device, hardware,
-                   run_cli, seed_everything, set_threads)
+from report import finished_results, format_result, mean_std, print_result, save_figure
+from training import Recipe, fit
+from utils import get_device, hardware, provenance, seed_everything
+from lab.checkpoints import load_model
+from lab.cli import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED,
+                     add_run_flags, count, count_flag, run_cli)
+from lab.errors import DataError, UserError
+from lab.experiment import Experiment, single_run, sweep
+from lab.files import read_json, write_json_atomic
+from lab.outputs import remove_stale, sweep_destination, sweep_results, write_table
+from lab.runs import CHECKPOINT_FILE, RunFolder, folder_name, lookup_roots
+from lab.sweeps import parse_shard, unique
 
 PROG = "ex1_mlp.py"
 EXERCISE = "ex1_mlp"
 README_SWEEP = ["--sweep"]  # the command whose results the README shows
-# Width-16 matrix products are far too small to share between threads: one thread per
-# process ran an epoch 5-10x faster than two on our 2-core CPU (bench.py mlp)
+# Width-16 matrix products are far too small to share between threads: one thread per process
+# (bench.py mlp measures one thread against two)
 THREADS = 1
 SWEEP_DEPTHS = (2, 8, 32, 64)
 # name -> (residual, layers per block, rezero); the columns of the report's table, then ours
@@ -139,6 +142,10 @@ def arch_of(config, in_features, num_classes):
         "residual": config["residual"], "rezero": config["rezero"]}}
 
 
+def load_data(args, device):
+    return load_mnist(args.data_dir, device, args.val_size)
+
+
 def train(config, data, device, out_dir, progress=True):
     """Train one configuration; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
@@ -146,13 +153,16 @@ def train(config, data, device, out_dir, progress=True):
     model = build_model(arch).to(device)
     # fused Adam: one kernel for all parameters instead of several per tensor per step
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
-    meta = {"data": data.source, "hardware": hardware(device)}
-    run = Run(os.path.join(out_dir, run_name(config)), config, meta)
-    return fit(model, arch, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
-               generator=generator, progress=progress, desc=run_name(config))
+    recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator)
+    meta = {"data": data.source, "hardware": hardware(device), **provenance()}
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch) as run:
+        return fit(model, data, recipe, run, progress)
 
 
-# ----------------------------------------------------------------------------- sweep
+def experiment():
+    """This script as the shared orchestration sees it (built when called, so tests can patch it)."""
+    return Experiment(EXERCISE, run_name, load_data, train, THREADS)
+
 
 def sweep_configs(args):
     return unique([run_config(args, d, s, *VARIANTS[v]) for v in args.variants for d in args.depths
@@ -161,30 +171,7 @@ def sweep_configs(args):
 
 def roots(args):
     """Where finished runs are looked up: the committed results, then the run folder."""
-    return runs.lookup_roots(args.out_dir, EXERCISE)
-
-
-def _sweep_setup(setup_args):
-    args, device = setup_args
-    return args, device, load_mnist(args.data_dir, device, args.val_size)
-
-
-def _sweep_run(config, context):
-    args, device, data = context
-    return train(config, data, device, args.out_dir, progress=False)[0]
-
-
-def sweep(args, device):
-    configs = sweep_configs(args)
-    check_writable(args.out_dir, sweep_destination(args, get_args(README_SWEEP))[0])
-    costs = [c["depth"] + 2 for c in configs]  # per-step time grows with the number of layers
-    done = run_sweep(configs, costs, run_name, args.out_dir, roots(args), job=_sweep_run,
-                     setup=_sweep_setup, setup_args=(args, device), workers=args.workers,
-                     threads=THREADS, device=device, shard_spec=args.shard,
-                     prepare=lambda: load_mnist(args.data_dir, device, args.val_size))
-    if done:
-        print(f"{done} on {count(os.cpu_count(), 'core')}")
-    make_figures(args, configs, device)
+    return lookup_roots(args.out_dir, EXERCISE)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -420,29 +407,23 @@ def make_figures(args, configs, device):
     print(f"table and figures written to {fig_dir}/")
 
 
-def single_run(args, device):
-    config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
-
-    def train_it():
-        set_threads(device, THREADS)
-        data = load_mnist(args.data_dir, device, args.val_size)
-        print(f"{run_name(config)}: {data.source}, {hardware(device)}")
-        return train(config, data, device, args.out_dir)
-
-    record, folder = runs.single_run(args.out_dir, run_name(config), config, args.force, train_it, EXERCISE)
-    print_result(record, folder)
-    return record
-
-
 def main(args):
     device = get_device(args.device)
-    if args.sweep:
-        if args.plot_only:
-            return make_figures(args, sweep_configs(args), device)
-        return sweep(args, device)
-    if args.plot_only or args.shard:
-        raise UserError("--plot-only and --shard go with --sweep")
-    return single_run(args, device)
+    if not args.sweep:
+        if args.plot_only or args.shard:
+            raise UserError("--plot-only and --shard go with --sweep")
+        config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
+        record, folder = single_run(experiment(), args, device, config)
+        print_result(record, folder)
+        return record
+    configs = sweep_configs(args)
+    if not args.plot_only:
+        sweep_destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
+        costs = [c["depth"] + 2 for c in configs]  # per-step time grows with the number of layers
+        done = sweep(experiment(), args, device, configs, costs, THREADS)
+        if done:
+            print(f"{done} on {count(os.cpu_count(), 'core')}")
+    return make_figures(args, configs, device)
 
 
 if __name__ == "__main__":

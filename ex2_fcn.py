@@ -20,14 +20,20 @@ import torch
 from data import MNIST_IMAGE_SHAPE, Dataset, Split, load_mnist, mnist_images, normalize_mnist
 from detection import (Canvases, capacity, detect, make_canvases, match, summarize, training_windows)
 from models import MLP, ConvMLP, build_model
-from report import destination, format_mean_std, save_figure, write_table
-import runs
-from runs import CHECKPOINT_FILE, Run, folder_name
-from storage import load_model, read_json, save_image_atomic, write_json_atomic
-from training import fit
-from utils import (ArgumentParser, FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, Number,
-                   UserError, check_writable, count, count_flag, fields_problem, get_device, hardware,
-                   run_cli, seed_everything, set_threads)
+from report import format_mean_std, save_figure
+from training import Recipe, fit
+from utils import get_device, hardware, provenance, seed_everything
+from lab.checkpoints import load_model
+from lab.cli import (ArgumentParser, FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, Number,
+                     check_writable, count, count_flag, run_cli)
+from lab.errors import UserError
+from lab.experiment import Experiment, single_run
+from lab.files import fields_problem, read_json, save_image_atomic, write_json_atomic
+from lab.outputs import destination, write_table
+from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, checkpointed_runs, find_finished,
+                      folder_name, is_published, lookup_roots,
+                      published_dir)
+from lab.sweeps import set_threads
 
 PROG = "ex2_fcn.py"
 EXERCISE = "ex2_fcn"
@@ -114,8 +120,8 @@ def get_args(argv=None):
 
 def published_classifiers():
     """The published ex1_mlp.py runs with a checkpoint: [(best validation accuracy, path)]."""
-    published = runs.published_dir("ex1_mlp")
-    return [(record["best_val_acc"], path) for record, path in runs.checkpointed_runs(published)]
+    published = published_dir("ex1_mlp")
+    return [(record["best_val_acc"], path) for record, path in checkpointed_runs(published)]
 
 
 def classifier_path(args):
@@ -124,7 +130,7 @@ def classifier_path(args):
         return args.classifier
     found = published_classifiers()
     if not found:
-        raise UserError(f"no published MLP checkpoint in {runs.published_dir('ex1_mlp')}; train one with "
+        raise UserError(f"no published MLP checkpoint in {published_dir('ex1_mlp')}; train one with "
                         "`python ex1_mlp.py --depth 32 --residual` and pass its best.pt with --classifier")
     return max(found)[1]
 
@@ -142,7 +148,7 @@ def load_classifier(path, device, classes=DIGITS):
         raise UserError(f"{path} is not an MNIST classifier of {classes} classes "
                         f"({kwargs.get('in_features')} inputs, {kwargs.get('num_classes')} classes); "
                         f"{remedy}")
-    runs.check_checkpoint_of_run(path, ckpt, remedy)
+    check_checkpoint_of_run(path, ckpt, remedy)
     return model, ckpt
 
 
@@ -183,7 +189,7 @@ def windows(canvases, config, generator, device):
     return Split(normalize_mnist(x.to(device)).flatten(1), y.to(device))
 
 
-def fine_tune(source, source_arch, config, splits, run, generator, device):
+def fine_tune(source, source_arch, config, splits, run_path, meta, generator, device):
     """The classifier with an 11th output, background, trained on windows: (outcome, record)."""
     arch = {"name": "MLP", "kwargs": {**source_arch["kwargs"], "num_classes": DIGITS + 1}}
     model = build_model(arch).to(device)
@@ -196,8 +202,9 @@ def fine_tune(source, source_arch, config, splits, run, generator, device):
         model.classifier.bias.zero_()[:DIGITS] = b
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     data = Dataset(*splits, "windows of MNIST canvases", tuple(map(str, range(DIGITS))) + ("background",))
-    return fit(model, arch, data, optimizer, run, epochs=config["epochs"], batch_size=config["batch_size"],
-               generator=generator, desc="fine-tuning")
+    recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator)
+    with RunFolder(run_path, config, meta, arch) as run:
+        return fit(model, data, recipe, run)
 
 
 def score_maps(conv_model, images):
@@ -299,15 +306,17 @@ def experiment(args, device, seed):
             made["canvases"] = benchmark_canvases(data, config, made["generator"])
         return made["canvases"], made["generator"]
 
-    def train():
-        canvases, generator = inputs()
+    def train(config, made, device, out_dir, progress):
+        canvases, generator = made
         splits = [windows(c, config, generator, device) for c in canvases]
         print(f"{name}: {len(splits[0])} training windows from {len(canvases[0])} canvases, "
               f"{hardware(device)}")
-        run = Run(os.path.join(args.out_dir, name), config, {"data": "MNIST", "hardware": hardware(device)})
-        return fine_tune(source, ckpt["arch"], config, splits, run, generator, device)
+        meta = {"data": "MNIST", "hardware": hardware(device), **provenance()}
+        return fine_tune(source, ckpt["arch"], config, splits, os.path.join(out_dir, name), meta, generator,
+                         device)
 
-    record, folder = runs.single_run(args.out_dir, name, config, args.force, train, EXERCISE)
+    exp = Experiment(EXERCISE, run_name, lambda args, device: inputs(), train, THREADS)
+    record, folder = single_run(exp, args, device, config)
     if record["status"] != "complete":
         raise UserError(f"the fine-tuning in {folder} diverged; try a smaller --lr")
     bench_path = os.path.join(folder, BENCHMARK_FILE)
@@ -443,11 +452,11 @@ def finished_runs(args, device):
     """([(folder, benchmark)] of seeds 0..N-1, classifier path): the runs of these settings,
     published or in --out-dir; an error naming the first one missing."""
     path = classifier_path(args)
-    roots = runs.lookup_roots(args.out_dir, EXERCISE)
+    roots = lookup_roots(args.out_dir, EXERCISE)
     out = []
     for seed in range(args.seeds):
         config = run_config(args, classifier_id(path), seed)
-        record, folder = runs.find_finished(roots, run_name(config), config)
+        record, folder = find_finished(roots, run_name(config), config)
         saved = read_benchmark(os.path.join(folder, BENCHMARK_FILE), config) if record else None
         if saved is None:
             raise UserError(f"no finished run of these settings with seed {seed} in {' or '.join(roots)}; "
@@ -458,7 +467,7 @@ def finished_runs(args, device):
 
 def make_outputs(args, device, found, classifier):
     """The table (all runs) and the figure (the first), from finished run folders."""
-    published = all(runs.is_published(f, EXERCISE) for f, _ in found)
+    published = all(is_published(f, EXERCISE) for f, _ in found)
     fig_dir, publish = destination(args, get_args([]), os.path.join(args.out_dir, "figures"),
                                    inputs_published=published)
     folder, saved = found[0]

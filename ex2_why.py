@@ -21,11 +21,17 @@ import torch.nn.functional as F
 
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
-from report import cnn_name, destination, save_figure, write_table
-from runs import CNN_CPU_EPOCHS, check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
-from storage import load_model, savefig_atomic
-from utils import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, UserError, command_line, count,
-                   count_flag, get_device, hardware, run_cli, seed_everything, set_threads)
+from lab.outputs import destination, write_table
+from report import cnn_name, save_figure
+from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
+from training import CNN_CPU_EPOCHS
+from lab.checkpoints import load_model
+from lab.files import savefig_atomic
+from lab.cli import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, command_line, count, count_flag,
+                     run_cli)
+from lab.errors import UserError
+from lab.sweeps import set_threads
+from utils import get_device, hardware, seed_everything
 
 PROG = "ex2_why.py"
 ANALYSES = ("gradients", "responses", "lesion", "landscape")

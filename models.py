@@ -1,4 +1,4 @@
-"""The networks of the exercises: MLPs for MNIST and He et al.'s CIFAR ResNets.
+"""The networks of the exercises: MLPs for MNIST, He et al.'s CIFAR ResNets, EfficientNet-Lite0.
 
 Plain and residual variants share one block class and differ only in the line
 `x = x + branch(x)`, switched by a flag, so the comparison is fair by construction:
@@ -174,7 +174,78 @@ class ConvMLP(nn.Module):
         return self.classifier(self.blocks(self.stem(x)))
 
 
-MODELS = {"MLP": MLP, "CifarResNet": CifarResNet}
+class MBConv(nn.Module):
+    """EfficientNet's inverted residual (Sandler et al. 2018; Tan & Le 2019), Lite form: ReLU6 and
+    no squeeze-excitation. 1x1 expand -> k x k depthwise (stride s) -> 1x1 project, and
+    `x = x + branch(x)` when the shapes allow: (B, C_in, H, W) -> (B, C_out, H/s, W/s)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, expand_ratio):
+        super().__init__()
+        hidden = in_channels * expand_ratio
+        bn = dict(eps=EFFICIENTNET_BN_EPS, momentum=EFFICIENTNET_BN_MOMENTUM)
+        if expand_ratio != 1:
+            self._expand_conv = nn.Conv2d(in_channels, hidden, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden, **bn)
+        self._depthwise_conv = nn.Conv2d(hidden, hidden, kernel_size, stride, (kernel_size - 1) // 2,
+                                         groups=hidden, bias=False)
+        self._bn1 = nn.BatchNorm2d(hidden, **bn)
+        self._project_conv = nn.Conv2d(hidden, out_channels, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(out_channels, **bn)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x):
+        h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return x + h if self.residual else h
+
+
+EFFICIENTNET_BN_EPS, EFFICIENTNET_BN_MOMENTUM = 1e-3, 0.01  # TensorFlow's, which trained the weights
+# EfficientNet-Lite0's stages: (repeats, kernel, first stride, expand ratio, output channels)
+EFFICIENTNET_LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                             (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (the TF-Lite variant of Tan & Le 2019): (B, 3, 224, 224) -> (B, 1000).
+
+    A stride-2 stem, 16 MBConv blocks, a 1x1 conv to 1280 channels (`features` ends in the 7x7
+    maps, the output of `head_activation`), global average pooling and one linear layer
+    (`classifier`): the head CAM needs.
+    Parameter names follow the published state dict, so it loads as it is.
+    """
+
+    def __init__(self, num_classes=1000, stem_channels=32, head_channels=1280):
+        super().__init__()
+        bn = dict(eps=EFFICIENTNET_BN_EPS, momentum=EFFICIENTNET_BN_MOMENTUM)
+        self._conv_stem = nn.Conv2d(3, stem_channels, 3, 2, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(stem_channels, **bn)
+        blocks, channels = [], stem_channels
+        for repeats, kernel, stride, expand, out in EFFICIENTNET_LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(channels, out, kernel, stride if i == 0 else 1, expand))
+                channels = out
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(channels, head_channels, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(head_channels, **bn)
+        self.head_activation = nn.ReLU6()  # its output is the feature maps CAM hooks (no weights)
+        self._fc = nn.Linear(head_channels, num_classes)
+
+    @property
+    def classifier(self):
+        return self._fc
+
+    def features(self, x):
+        x = F.relu6(self._bn0(self._conv_stem(x)))   # (B, 32, H/2, W/2)
+        for block in self._blocks:
+            x = block(x)                              # ... (B, 320, H/32, W/32)
+        return self.head_activation(self._bn1(self._conv_head(x)))  # (B, 1280, H/32, W/32)
+
+    def forward(self, x):
+        return self._fc(self.features(x).mean(dim=(2, 3)))  # dropout is a training-time layer
+
+
+MODELS = {"MLP": MLP, "CifarResNet": CifarResNet, "EfficientNetLite0": EfficientNetLite0}
 
 
 def build_model(arch):

@@ -1,8 +1,6 @@
-"""Tables, figures and the README: results as they are shown, and where they may be written.
+"""Tables and figures from saved results: the numbers as every table shows them, and captions.
 
-The README and `figures/` show the committed results of the README's exact commands.
-Anything else (a partial sweep, other settings) writes its tables and figures beside its
-runs, or to an explicit `--fig-dir`, and never touches the README.
+Where they may be written (the README's figures/ or beside the runs) is lab.outputs' rule.
 """
 import math
 import os
@@ -10,93 +8,10 @@ import os
 import torch
 
 from models import CifarResNet
-from runs import CHECKPOINT_FILE, METRICS_FILE, collect
-from storage import savefig_atomic, write_text_atomic
-from utils import UserError, check_writable, count
+from lab.files import savefig_atomic
+from lab.runs import CHECKPOINT_FILE
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-FIGURES_DIR = os.path.join(REPO_DIR, "figures")
-README = os.path.join(REPO_DIR, "README.md")
 CAPTION_FONTSIZE = 8
-
-
-def output_dir(fig_dir, publish, scratch_dir):
-    """Where tables and figures go: `--fig-dir` if given, else the README's figures/ when
-    `publish`, else `scratch_dir` (beside the runs)."""
-    if fig_dir:
-        return fig_dir
-    return FIGURES_DIR if publish else scratch_dir
-
-
-# flags that say where things are, or how much of a command to run, not what it computes
-WHERE_FLAGS = ("data_dir", "out_dir", "fig_dir", "workers", "force", "plot_only", "analyses", "select")
-
-
-def destination(args, readme_args, scratch_dir, inputs_published=True):
-    """(folder, publish) for a command's tables and figures, the one rule of every script: the
-    README's figures/ (and the README) when the command is the README's (every flag outside
-    WHERE_FLAGS as in `readme_args`, a whole sweep, not a shard) and its inputs are the published
-    results; else `--fig-dir` if given, else `scratch_dir`. The folder is checked writable here,
-    before any work, so a long computation never ends unable to write."""
-    same = all(getattr(args, k) == getattr(readme_args, k, None) for k in vars(args) if k not in WHERE_FLAGS)
-    publish = same and inputs_published and not getattr(args, "shard", None)
-    folder = output_dir(args.fig_dir, publish, scratch_dir)
-    check_writable(folder)
-    return folder, publish
-
-
-def sweep_destination(args, readme_args):
-    """destination() of a sweep: its scratch folder is figures/ beside its runs."""
-    return destination(args, readme_args, os.path.join(args.out_dir, "figures"))
-
-
-def sweep_results(configs, roots, name_fn, fig_dir, command):
-    """(found, number missing) for the tables and figures of a sweep written to `fig_dir`:
-    [(config, record, folder)] of its finished runs in `roots`, an error if there are none."""
-    found = collect(configs, roots, name_fn)
-    if not found:
-        started = sum(any(os.path.exists(os.path.join(root, name_fn(c), METRICS_FILE)) for root in roots)
-                      for c in configs)
-        if started:
-            raise UserError(f"none of the {count(len(configs), 'run')} of these settings has finished yet: "
-                            f"{started} started in {' or '.join(roots)} (another process may be training "
-                            f"them; else rerun `{command}` to resume)")
-        raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; "
-                        f"run `{command}` with the same flags first")
-    by_root = {}
-    for _, _, folder in found:
-        by_root[os.path.dirname(folder)] = by_root.get(os.path.dirname(folder), 0) + 1
-    print("reading " + ", ".join(f"{count(n, 'finished run')} from {os.path.relpath(root)}"
-                                 for root, n in by_root.items()))
-    missing = len(configs) - len(found)
-    if missing:
-        print(f"{count(missing, 'run')} of these settings not finished: the tables and figures show "
-              f"{len(found)} of {len(configs)}")
-    check_writable(fig_dir)
-    return found, missing
-
-
-def write_table(text, name, fig_dir, publish):
-    """Write `name`.md to `fig_dir`; into the README too when `publish` and `fig_dir` is the
-    README's figures/ folder. Returns the path written."""
-    path = os.path.join(fig_dir, f"{name}.md")
-    write_text_atomic(text, path)
-    if publish and os.path.abspath(fig_dir) == FIGURES_DIR:
-        update_readme(name, text)
-    return path
-
-
-def update_readme(name, text, readme=README):
-    """Put `text` between `<!-- name -->` and `<!-- /name -->` in the README."""
-    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    try:
-        with open(readme) as f:
-            content = f.read()
-    except OSError:
-        return
-    if begin in content and end in content:
-        head, rest = content.split(begin, 1)
-        write_text_atomic(head + begin + "\n" + text + rest[rest.index(end):], readme)
 
 
 def save_figure(fig, caption, path, caption_lines=1, top_inches=0.0, layout=True):
@@ -112,13 +27,6 @@ def save_figure(fig, caption, path, caption_lines=1, top_inches=0.0, layout=True
         savefig_atomic(fig, path, dpi=110)
     finally:
         plt.close(fig)
-
-
-def remove_stale(paths):
-    """Delete figures a run could not draw this time, so none from an earlier run stays."""
-    for path in paths:
-        if os.path.exists(path):
-            os.remove(path)
 
 
 def cnn_name(residual, blocks):

@@ -1,17 +1,18 @@
-"""The one training loop of every exercise: train_one_epoch, evaluate, and fit a run folder."""
+"""The one training loop of every exercise: train_one_epoch, evaluate, fit, and Exercise 1.3's recipe."""
 import math
 import os
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from data import batches, epoch_order
-from runs import CHECKPOINT_FILE, LAST_FILE, record_problem
-from storage import load_checkpoint, save_atomic
-from utils import UserError
 
 EVAL_BATCH_SIZE = 1000  # evaluation keeps no activations for backward, so it takes big batches
+CNN_CPU_EPOCHS = 8      # Exercise 1.3's CPU preset: the published CNN runs that Exercise 2 reads
 
 
 def _loss_and_correct(logits, y):
@@ -62,134 +63,53 @@ def evaluate(model, batches):
     return {"loss": float(loss_sum) / n, "acc": float(correct) / n}
 
 
-def all_finite(model):
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+@dataclass
+class Recipe:
+    """How a run trains, besides its model, data and run folder."""
+    optimizer: torch.optim.Optimizer
+    epochs: int
+    batch_size: int
+    generator: torch.Generator        # the batch order and the augmentation draw from it
+    scheduler: object = None          # stepped every batch
+    criterion: Callable = cross_entropy
+    train_transform: Optional[Callable] = None  # uint8 batch -> the model's input (augmented)
+    eval_transform: Optional[Callable] = None
 
 
-def fit(model, arch, data, optimizer, run, *, epochs, batch_size, generator, scheduler=None,
-        train_transform=None, eval_transform=None, progress=True, desc="train", criterion=cross_entropy):
-    """Train `run` for `epochs`, validate after each, keep the best-validation checkpoint.
-
-    `arch` ({'name', 'kwargs'} of models.build_model) goes into the checkpoint, so any
-    caller can rebuild the network. The test set is read once, at the end, by the
-    checkpoint that validation picked. After every epoch the run folder holds `last.pt`
-    (model, optimizer, scheduler, RNG), so an interrupted run resumes from its last
-    finished epoch. A non-finite training or validation loss stops the run as diverged,
-    and a non-finite model is never saved as best.
-
-    Returns (outcome, record): ('trained', the final record); ('held', None) without
-    training if another process holds the run; ('finished', the saved record) if another
-    process finished it meanwhile.
-    """
-    from tqdm import tqdm
-
-    if not run.claim():
-        return "held", None
-    try:
-        saved = run.saved()
-        if saved is not None:
-            return "finished", saved
-        return "trained", _fit(model, arch, data, optimizer, run, epochs, batch_size, generator, scheduler,
-                    train_transform, eval_transform, tqdm, progress, desc, criterion)
-    finally:
-        run.release()
-
-
-def _fit(model, arch, data, optimizer, run, epochs, batch_size, generator, scheduler,
-         train_transform, eval_transform, tqdm, progress, desc, criterion):
-    # vanishing gradients of deep plain nets reach denormal floats, which are slow on CPUs
-    torch.set_flush_denormal(True)
-    device = data.train.y.device
-    best_path, last_path = os.path.join(run.path, CHECKPOINT_FILE), os.path.join(run.path, LAST_FILE)
-    start_epoch, best_val = _resume(last_path, run, model, optimizer, scheduler, generator)
-    if start_epoch == 0 and os.path.exists(best_path):
-        os.remove(best_path)  # a checkpoint of an interrupted earlier start must not stand for this one
-    steps = math.ceil(len(data.train) / batch_size)
-    status = "complete"
-    bar = tqdm(total=epochs * steps, initial=start_epoch * steps, desc=desc, unit="step",
-               disable=not progress, dynamic_ncols=True)
-    try:  # the bar is closed before an error's one line, which must come last
-        for epoch in range(start_epoch + 1, epochs + 1):
+def fit(model, data, recipe, run, progress=True):
+    """Train in the run folder `run` (lab.runs.RunFolder) for recipe.epochs, validating after
+    each epoch and keeping the best-validation checkpoint; the test set is read once, at the
+    end, by that checkpoint. An interrupted run resumes from its last finished epoch; a
+    non-finite loss stops it as diverged. Returns ('trained', record), or ('finished', record)
+    if the folder held a finished run already."""
+    if run.finished is not None:
+        return "finished", run.finished
+    torch.set_flush_denormal(True)  # vanishing gradients of deep plain nets reach slow denormal floats
+    start = run.resume(model, recipe.optimizer, recipe.scheduler, recipe.generator)
+    steps, device = math.ceil(len(data.train) / recipe.batch_size), data.train.y.device
+    with tqdm(total=recipe.epochs * steps, initial=start * steps, desc=os.path.basename(run.path),
+              unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        for epoch in range(start + 1, recipe.epochs + 1):
             started = time.perf_counter()
-            order = epoch_order(len(data.train), generator, device)
-            train = train_one_epoch(model, batches(data.train, batch_size, order, train_transform),
-                                    optimizer, scheduler, bar, criterion)
+            order = epoch_order(len(data.train), recipe.generator, device)
+            train_batches = batches(data.train, recipe.batch_size, order, recipe.train_transform)
+            train = train_one_epoch(model, train_batches, recipe.optimizer, recipe.scheduler, bar,
+                                    recipe.criterion)
             metrics = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                       **getattr(criterion, "epoch_metrics", dict)()}  # a criterion's own measures
+                       **getattr(recipe.criterion, "epoch_metrics", dict)()}  # a criterion's own measures
             if math.isfinite(train["loss"]):
-                val = evaluate(model, batches(data.val, EVAL_BATCH_SIZE, transform=eval_transform))
+                val = evaluate(model, batches(data.val, EVAL_BATCH_SIZE, transform=recipe.eval_transform))
                 metrics.update(val_loss=val["loss"], val_acc=val["acc"])
             metrics["seconds"] = time.perf_counter() - started
-            if not all(math.isfinite(metrics.get(k, math.nan)) for k in ("train_loss", "val_loss")):
-                status = "diverged"
-                run.log_epoch(**metrics)
+            if not run.log_epoch(metrics):  # diverged
                 break
-            run.log_epoch(**metrics)
             bar.set_postfix(train_loss=f"{train['loss']:.3f}", val_acc=f"{val['acc']:.4f}")
-            if val["acc"] > best_val and all_finite(model):
-                best_val = val["acc"]
-                save_atomic({"model": model.state_dict(), "arch": arch, "config": run.config,
-                             "epoch": epoch, "val_acc": val["acc"]}, best_path)
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler else None,
-                         "generator": generator.get_state(), "record": run.record,
-                         "best_val": best_val}, last_path)
-    finally:
-        bar.close()
-    summary = {}
-    if os.path.exists(best_path):
-        best = load_checkpoint(best_path, f"delete the run folder {run.path} and rerun", device)
-        model.load_state_dict(best["model"])
-        test = evaluate(model, batches(data.test, EVAL_BATCH_SIZE, transform=eval_transform))
-        summary = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
-                   "test_acc": test["acc"], "test_loss": test["loss"]}
-    run.finish(status, **summary)
-    if os.path.exists(last_path):
-        os.remove(last_path)  # the run is finished: best.pt and metrics.json are what stays
-    return run.record
-
-
-PROVENANCE = ("commit", "torch")  # meta that says which code ran, not what decides the numbers
-
-
-def _same_numbers(meta):
-    """The meta fields a resumed run must share with its start (data, hardware, threads)."""
-    return {k: v for k, v in (meta or {}).items() if k not in PROVENANCE}
-
-
-def _resume(last_path, run, model, optimizer, scheduler, generator):
-    """Restore the state of an interrupted run; returns (epochs done, best validation acc)."""
-    if not os.path.exists(last_path):
-        return 0, -1.0
-    remedy = "delete it to restart this run from epoch 0"
-    state = load_checkpoint(last_path, remedy, keys=("model", "optimizer", "generator", "record", "best_val"))
-    if not isinstance(state["record"], dict) or state["record"].get("config") != run.config:
-        raise UserError(f"{last_path} belongs to a run with other settings; {remedy}")
-    if _same_numbers(state["record"].get("meta")) != _same_numbers(run.record["meta"]):
-        # CPU kernels sum in an order that depends on the thread count: a run resumed under
-        # other threads (or data, or hardware) would match no uninterrupted run
-        then, now = (state["record"].get("meta") or {}).get("hardware"), run.record["meta"].get("hardware")
-        raise UserError(f"{last_path} was trained on {then}, this process is {now}: resume it the way it "
-                        f"was started (a single run uses every core, a sweep worker one), or {remedy}")
-    problem = record_problem(state["record"])
-    if problem or not isinstance(state["best_val"], float):
-        raise UserError(f"{last_path} holds a damaged run record ({problem or 'best_val'}); {remedy}")
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{last_path} does not fit this run ({type(e).__name__}); {remedy}")
-    best_path = os.path.join(run.path, CHECKPOINT_FILE)
-    if state["best_val"] >= 0 and not os.path.exists(best_path):
-        raise UserError(f"{best_path} is missing, although this run saved one (validation accuracy "
-                        f"{state['best_val']:.4f}): the run cannot be finished without it; delete the run "
-                        f"folder {run.path} and rerun to train it again")
-    run.record = state["record"]
-    print(f"{run.path}: resuming after epoch {len(run.record['epochs'])}")
-    return len(run.record["epochs"]), state["best_val"]
+            run.keep_best(model, epoch, val["acc"])
+            run.save_last(model, recipe.optimizer, recipe.scheduler, recipe.generator)
+    test = None
+    if run.load_best(model):
+        test = evaluate(model, batches(data.test, EVAL_BATCH_SIZE, transform=recipe.eval_transform))
+    return "trained", run.finish(test)
 
 
 def warmup_cosine(total_steps, warmup_steps):

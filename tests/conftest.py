@@ -29,7 +29,7 @@ def cli_in_process(module, argv, capsys):
 
     An exception that is not turned into a one-line error propagates and fails the test.
     """
-    from utils import run_cli
+    from lab.cli import run_cli
     with pytest.raises(SystemExit) as exit_:
         run_cli(module.main, module.get_args(argv), module.PROG,
                 *([module.INTERRUPTED] if hasattr(module, "INTERRUPTED") else []))

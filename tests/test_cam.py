@@ -248,7 +248,7 @@ def test_ties_in_a_map_are_ranked_in_pixel_order(net):
 
 def test_the_default_checkpoint_is_the_published_one_whatever_the_user_trained(tmp_path, monkeypatch, capsys):
     """A user's better run in runs/ex1_cnn never replaces the README's network; --runs-dir picks it."""
-    from runs import published_dir
+    from lab.runs import published_dir
     user = save_checkpoint(str(tmp_path / "runs" / "res_n5_e8_s0_x" / "best.pt"), val_acc=0.99)
     path, why = ex2_cam.find_checkpoint()
     assert path.startswith(published_dir("ex1_cnn")) and "res_n5_e8_s0_" in path and "published" in why

@@ -1,5 +1,6 @@
 """Files read with their fields checked, and writes that fail: one line naming the file, nothing
 finished lost, and a rerun that ends where an uninterrupted run ends (issue 19, items 1-4)."""
+from lab import datafiles
 import json
 import os
 import resource
@@ -133,9 +134,8 @@ def test_4_run_record_fields_are_checked_in_plot_only(change, message, mnist_dir
 
 def test_mnist_labels_outside_0_to_9_are_named(tmp_path, capsys, monkeypatch):
     import numpy as np
-    import data
     from conftest import make_mnist, write_idx
-    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)
+    monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)
     root = make_mnist(str(tmp_path / "mnist"))
     write_idx(os.path.join(root, "MNIST", "raw", "t10k-labels-idx1-ubyte"), np.full(100, 12))
     code, err = cli_in_process(ex1_mlp, TINY + ["--data-dir", root, "--out-dir", str(tmp_path / "r")], capsys)

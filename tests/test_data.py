@@ -1,10 +1,12 @@
+from lab import datafiles
 import os
 
 import pytest
 import torch
 
 import data
-from data import DataError, Split, batches, epoch_order, load_mnist, random_crop_flip, split_indices
+from data import Split, batches, epoch_order, load_mnist, random_crop_flip, split_indices
+from lab.errors import DataError
 from conftest import MNIST_SIZES
 
 
@@ -44,7 +46,7 @@ def test_load_mnist_reads_idx_files_normalizes_and_splits(mnist_dir):
 
 
 def test_missing_mnist_names_folder_and_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)  # no network
+    monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)  # no network
     with pytest.raises(DataError, match="train-images-idx3-ubyte") as e:
         load_mnist(str(tmp_path / "nothing"), torch.device("cpu"))
     assert os.path.join("nothing", "MNIST", "raw") in str(e.value)

@@ -1,14 +1,16 @@
+from lab import datafiles
+from lab import outputs
 import os
 import shutil
 
 import pytest
 import torch
 
-import data
 import ex1_cnn
 from conftest import (CIFAR_PER_CLASS, assert_one_line_error, cifar_images, cli_in_process,
                       cli_subprocess, make_cifar_official)
-from data import DataError, load_cifar10
+from data import load_cifar10
+from lab.errors import DataError
 
 CPU = torch.device("cpu")
 TINY = ["--blocks", "1", "--width", "4", "--epochs", "1", "--val-size", "10", "--batch-size", "8",
@@ -27,7 +29,7 @@ def test_image_folder_copy_goes_through_the_real_loader_and_is_cached(cifar_fold
                for img, c in zip(images, labels)}
     for x, y in zip(ds.train.x, ds.train.y):
         assert written[bytes(x.numpy())] == y
-    monkeypatch.setattr(data, "_decode_images", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(datafiles, "decode_images", lambda *a: pytest.fail("decoded again"))
     again = load_cifar10(cifar_folder, CPU, n_val=10)
     assert torch.equal(again.train.x, ds.train.x)
 
@@ -94,8 +96,7 @@ def test_main_one_epoch_end_to_end(cifar_folder, tmp_path):
 
 
 def test_partial_sweep_writes_beside_its_runs_never_the_readme(cifar_folder, tmp_path, capsys):
-    import report
-    published = (report.README, os.path.join(report.FIGURES_DIR, "ex1_cnn_table.md"))
+    published = (outputs.README, os.path.join(outputs.FIGURES_DIR, "ex1_cnn_table.md"))
     before = {p: open(p, "rb").read() for p in published}
     argv = TINY + ["--sweep", "--blocks-list", "1", "--seeds", "1", "--data-dir", cifar_folder,
                    "--out-dir", str(tmp_path / "runs"), "--workers", "1"]
@@ -129,7 +130,7 @@ def test_sweep_then_plot_only(cifar_folder, tmp_path):
     (["--data-dir", "{cifar}", "--val-size", "10", "--train-subset", "1000"], "exceeds"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder, capsys, monkeypatch):
-    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)  # offline
+    monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)  # offline
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{cifar}", cifar_folder) for a in argv]
     argv += ["--out-dir", str(tmp_path / "runs"), "--fig-dir", str(tmp_path / "fig")]
     assert_one_line_error(*cli_in_process(ex1_cnn, argv, capsys), message)

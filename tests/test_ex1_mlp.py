@@ -1,3 +1,4 @@
+from lab import datafiles
 import json
 
 import pytest
@@ -153,8 +154,7 @@ def test_interrupted_run_resumes_from_its_last_epoch(mnist_dir, tmp_path, monkey
     (["--data-dir", "{tmp}/missing"], "MNIST not found"),
 ])
 def test_bad_input_is_one_line_exit_2_no_traceback(argv, message, tmp_path, capsys, monkeypatch):
-    import data
-    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)  # offline
+    monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)  # offline
     # --epochs 1: settings of no published run, which would be printed without reading any data
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out-dir", str(tmp_path), "--epochs", "1"]
     assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), message)

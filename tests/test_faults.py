@@ -1,5 +1,6 @@
 """Faults a user or another machine can inject: each is one line on stderr, exit code 2,
 no traceback, and nothing finished is lost (issue 11's cases, numbered as there)."""
+from lab import datafiles
 import json
 import os
 import signal
@@ -111,9 +112,8 @@ def test_5_a_bad_best_pt_for_the_gradient_figure(mnist_dir, tmp_path, capsys, re
 
 
 def test_3_6_bad_mnist_files(tmp_path, capsys, monkeypatch):
-    import data
     from conftest import make_mnist
-    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)
+    monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)
     root = make_mnist(str(tmp_path / "mnist"))
     images = os.path.join(root, "MNIST", "raw", "train-images-idx3-ubyte")
     for content, message in ((b"garbage garbage garbage", "not an MNIST idx file"),
@@ -170,8 +170,7 @@ def test_8_sigterm_of_a_sweep_is_one_message(mnist_dir, tmp_path):
 
 
 def test_9_a_figure_that_cannot_be_drawn_is_removed_and_said(mnist_dir, tmp_path, capsys, monkeypatch):
-    import data
-    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)  # offline
+    monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)  # offline
     ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path)))
     gradients = tmp_path / "fig" / "ex1_mlp_gradients.png"
     assert gradients.exists()

@@ -225,7 +225,7 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
 
 
 def test_a_checkpoint_that_is_not_an_mnist_classifier_is_refused_and_nothing_written(tmp_path, capsys):
-    from storage import save_atomic
+    from lab.files import save_atomic
     path = tmp_path / "cnn.pt"
     net = CifarResNet(1, width=4)
     save_atomic({"model": net.state_dict(), "arch": {"name": "CifarResNet", "kwargs": {"blocks_per_stage": 1,

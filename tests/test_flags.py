@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from utils import Number
+from lab.cli import Number
 
 # (module, the words before the flags): ex2_cam's flags live in its two subcommands
 SCRIPTS = [("ex1_mlp", []), ("ex1_cnn", []), ("ex2_why", []), ("ex2_fcn", []), ("ex2_cam", ["cifar10"]),

@@ -12,7 +12,8 @@ import ex1_mlp
 import ex2_cam
 import ex2_why
 from conftest import assert_one_line_error, cli_in_process
-from data import DataError, load_cifar10
+from data import load_cifar10
+from lab.errors import DataError
 from test_checked_io import run_with_file_limit
 from test_faults import interrupted_run, run_folder, single, sweep
 
@@ -137,8 +138,8 @@ def no_setup(setup_args):
 
 @pytest.mark.slow
 def test_10_a_worker_killed_without_a_word_is_not_said_to_have_printed(capsys):
-    from runs import run_jobs
-    from utils import UserError
+    from lab.sweeps import run_jobs
+    from lab.errors import UserError
     with pytest.raises(UserError, match="it exited with code 3"):
         run_jobs(exits_with_3, [1, 2], 2, CPU, 1, "test", setup=no_setup, setup_args=None)
 

@@ -1,3 +1,4 @@
+from lab import datafiles
 import os
 import re
 
@@ -37,8 +38,7 @@ def test_readme_figures_exist_and_ci_runs_the_readme_test_command():
 def test_committed_tables_are_what_the_committed_results_give(script, argv, tmp_path, monkeypatch):
     """--plot-only from the results in git, with no data: the tables the README shows."""
     import importlib
-    import data
-    monkeypatch.setattr(data, "_try_download", lambda make, data_dir: None)  # offline, and no MNIST
+    monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)  # offline, and no MNIST
     module = importlib.import_module(script)
     module.main(module.get_args(argv + ["--data-dir", str(tmp_path / "no-data"), "--out-dir",
                                         str(tmp_path / "runs"), "--fig-dir", str(tmp_path)]))
@@ -73,7 +73,7 @@ def test_the_readme_prose_quotes_the_depth_gaps_the_results_give():
     here from results/, they must be the numbers the README's text gives (not only its table)."""
     import ex1_cnn
     from report import format_gap
-    from runs import collect
+    from lab.runs import collect
     args = ex1_cnn.get_args(ex1_cnn.README_SWEEP)
     found = collect(ex1_cnn.sweep_configs(args), ex1_cnn.roots(args), ex1_cnn.run_name)
     gaps = ex1_cnn.depth_gaps(ex1_cnn._by_network(found))

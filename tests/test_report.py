@@ -28,7 +28,7 @@ def test_the_fastest_epoch_ignores_epochs_slowed_by_other_work():
 def test_one_rule_for_where_outputs_go(tmp_path):
     import ex1_cnn
     import ex2_why
-    from report import FIGURES_DIR, destination
+    from lab.outputs import FIGURES_DIR, destination
     readme = ex2_why.get_args([])
     scratch = str(tmp_path / "scratch")
     for argv, inputs_published, publish in [

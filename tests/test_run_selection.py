@@ -42,7 +42,7 @@ def test_a_users_run_of_published_settings_never_replaces_it_in_a_figure(tmp_pat
 def test_checkpoints_not_in_git_are_trained_again_exactly(cifar_folder, tmp_path, capsys, monkeypatch):
     """Seeds 1 and 2 are published without checkpoints: --checkpoints makes exactly those, with
     the published numbers, and ex2_why names that command for the seed it was asked for."""
-    import runs
+    from lab import runs
     published = tmp_path / "published"
     argv = ["--sweep", "--blocks-list", "1", "--seeds", "1", "--epochs", "1", "--width", "4",
             "--val-size", "10", "--batch-size", "8", "--device", "cpu", "--workers", "1",

@@ -6,9 +6,17 @@ import sys
 import pytest
 
 from conftest import ROOT
-from runs import (CHECKPOINT_FILE, Run, checkpointed_runs, find_finished, folder_name, is_published,
-                  parse_shard, published_dir, shard, unique)
-from utils import UserError
+from lab.runs import (CHECKPOINT_FILE, checkpointed_runs, find_finished, folder_name, is_published,
+                      published_dir)
+from lab.sweeps import parse_shard, shard, unique
+from lab.errors import UserError
+from lab.files import write_json_atomic
+
+
+def write_record(folder, config, status, epochs=(), **summary):
+    """A run record as RunFolder writes it, made by hand."""
+    write_json_atomic({"config": config, "meta": {}, "status": status, "epochs": list(epochs), **summary},
+                      os.path.join(folder, "metrics.json"))
 
 
 def test_shards_partition_the_runs():
@@ -44,7 +52,7 @@ def test_folder_names_differ_for_every_setting_and_are_stable():
 def test_a_run_folder_whose_config_does_not_match_its_name_is_an_error(tmp_path):
     config = {"epochs": 1, "seed": 0, "lr": 0.1}
     name = folder_name("x", config)
-    Run(str(tmp_path / name), dict(config, lr=0.5)).finish("complete", test_acc=0.5)
+    write_record(str(tmp_path / name), dict(config, lr=0.5), "complete", test_acc=0.5)
     with pytest.raises(UserError, match="does not match its name; delete that folder"):
         find_finished([str(tmp_path)], name, config)
 
@@ -54,11 +62,11 @@ def test_only_complete_runs_that_kept_a_checkpoint_are_analysed(tmp_path):
     trained network for a result; nor a diverged run, nor a finished one without its best.pt."""
     def make(prefix, status, checkpoint=True, epochs=1):
         config = {"epochs": epochs, "seed": 0}
-        run = Run(str(tmp_path / folder_name(prefix, config)), config)
-        run.log_epoch(epoch=1, val_acc=0.5)
-        if status != "running":
-            run.finish(status, best_epoch=1, best_val_acc=0.5, test_acc=0.5, test_loss=1.0)
-        path = os.path.join(run.path, CHECKPOINT_FILE)
+        folder = str(tmp_path / folder_name(prefix, config))
+        summary = {} if status == "running" else {"best_epoch": 1, "best_val_acc": 0.5, "test_acc": 0.5,
+                                                  "test_loss": 1.0}
+        write_record(folder, config, status, [{"epoch": 1, "val_acc": 0.5}], **summary)
+        path = os.path.join(folder, CHECKPOINT_FILE)
         if checkpoint:
             open(path, "wb").close()
         return path

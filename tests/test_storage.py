@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from storage import FolderLock, load_checkpoint, read_json, save_atomic
-from utils import UserError
+from lab.files import FolderLock, load_checkpoint, read_json, save_atomic
+from lab.errors import UserError
 
 
 class KilledWhileWriting:
@@ -73,7 +73,7 @@ def test_corrupt_json_is_named_with_what_to_do(tmp_path, content, message):
 def test_a_folder_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
     folder = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from storage import FolderLock; "
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from lab.files import FolderLock; "
         "assert FolderLock(sys.argv[2]).acquire(); print('held', flush=True); time.sleep(60)"),
         ROOT, folder], stdout=subprocess.PIPE, text=True)
     try:

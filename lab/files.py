@@ -1,9 +1,9 @@
-"""Files that must never be half-written, run code, or be trusted blindly.
+"""Files never half-written, and files read back checked: atomic writes, checked reads, folder locks.
 
-Writes go to a temporary file in the same folder, are fsynced and renamed. Reads of a
-file another machine or person may have made check it and name it, in one line, when
-it is not what it should be. Checkpoints hold only tensors, numbers, strings, lists and
-dicts, so `torch.load(..., weights_only=True)` reads them and no pickle can run code.
+Writes go to a temporary file in the same folder, are fsynced and renamed. Reads of a file
+another machine or person may have made check it and name it, in one line, when it is not
+what it should be. Checkpoints hold only tensors, numbers, strings, lists and dicts, so
+`torch.load(..., weights_only=True)` reads them and no pickle can run code.
 """
 import errno
 import io
@@ -13,15 +13,33 @@ import tempfile
 
 import torch
 
-from models import build_model
-from utils import UserError, fields_problem
-
-ARCH_FIELDS = {"name": str, "kwargs": dict}  # what models.build_model reads
+from lab.cli import Number
+from lab.errors import UserError
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; two processes must not share an --out-dir
     fcntl = None
+
+
+def fields_problem(mapping, fields):
+    """What is wrong with the fields of a dict read from a file, None if nothing: `fields` maps
+    each required key to a Number (checked by value), or to a type or tuple of types."""
+    if not isinstance(mapping, dict):
+        return f"a {type(mapping).__name__} where a dict belongs"
+    for key, check in fields.items():
+        if key not in mapping:
+            return f"no {key!r}"
+        value = mapping[key]
+        if isinstance(check, Number):
+            problem = check.problem(value)
+            if problem:
+                return f"{key!r}: {problem}"
+        elif not isinstance(value, check) or (isinstance(value, bool) and bool not in (
+                check if isinstance(check, tuple) else (check,))):
+            names = "/".join(t.__name__ for t in (check if isinstance(check, tuple) else (check,)))
+            return f"{key!r} is {value!r}, not of type {names}"
+    return None
 
 
 TMP_PREFIX = ".tmp-"  # an interrupted write's leftover; .gitignore keeps them out of git
@@ -32,14 +50,14 @@ class WriteError(UserError):
     names the file and the reason; the file as it was before is intact."""
 
 
-def _atomic(path, write):
+def _atomic(path, write, prefix=TMP_PREFIX):
     """Write to a temporary file in the same folder, then rename: never a half-written file.
     A failed write raises WriteError naming `path` and leaves what was there before."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -64,12 +82,12 @@ def write_text_atomic(text, path):
     _atomic(path, lambda f: f.write(text.encode()))
 
 
-def save_atomic(obj, path):
+def save_atomic(obj, path, prefix=TMP_PREFIX):
     """torch.save, atomically. Serialized in memory first: torch's own writer turns a full disk
     into a RuntimeError without its errno, a plain write keeps it."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _atomic(path, lambda f: f.write(buffer.getbuffer()))
+    _atomic(path, lambda f: f.write(buffer.getbuffer()), prefix)
 
 
 def save_image_atomic(image, path):
@@ -151,35 +169,6 @@ class FolderLock:
         self.release()
 
 
-def load_model(path, device, expected, remedy, keys=("model", "arch", "config"), config_fields=None,
-               fields=None):
-    """(model in eval mode, checkpoint): the network a checkpoint describes, rebuilt and
-    loaded. Refused in one line: a checkpoint of anything but an `expected` network, one whose
-    `config` lacks `config_fields` or whose top level lacks `fields` (each {key: Number or
-    type}, as utils.fields_problem checks them), and weights that are not all finite."""
-    ckpt = load_checkpoint(path, remedy, device, keys=keys)
-
-    def refuse(problem):
-        return UserError(f"{path} is not a checkpoint of a {expected.__name__} ({problem}); {remedy}")
-
-    problem = fields_problem(ckpt.get("arch"), ARCH_FIELDS)
-    if problem:
-        raise refuse(f"its arch has {problem}")
-    try:
-        model = build_model(ckpt["arch"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise refuse(str(e).splitlines()[0][:80] or type(e).__name__)
-    if not isinstance(model, expected):
-        raise refuse(f"a {type(model).__name__}")
-    for what, mapping, wanted in (("config", ckpt.get("config"), config_fields or {}),
-                                  ("top level", ckpt, fields or {})):
-        problem = fields_problem(mapping, wanted)
-        if problem:
-            raise refuse(f"its {what} has {problem}")
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (ValueError, RuntimeError, TypeError, KeyError) as e:
-        raise refuse(str(e).splitlines()[0][:80] or type(e).__name__)
-    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
-        raise refuse("non-finite weights, NaN or inf: a diverged or damaged network")
-    return model.to(device).eval(), ckpt
+def all_finite(state_dict):
+    """True if every floating-point tensor of a state dict is finite (no NaN, no inf)."""
+    return all(bool(torch.isfinite(t).all()) for t in state_dict.values() if t.is_floating_point())

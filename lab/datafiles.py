@@ -1,0 +1,177 @@
+"""Dataset files checked before use, and an image folder decoded once into a cached tensor file.
+
+Nothing here knows a dataset: the expected classes and image shape come in as arguments.
+"""
+import hashlib
+import math
+import os
+import struct
+import sys
+
+import torch
+
+from lab.errors import DataError
+from lab.files import WriteError, save_atomic
+
+
+def try_download(make, data_dir):
+    """torchvision's download, or None when the network (or the host) is not reachable."""
+    try:
+        return make(download=True)
+    except Exception:  # no network: urllib, socket and checksum errors all land here
+        return None
+
+
+IDX_UBYTE = 0x08  # the idx format's type code of unsigned bytes
+
+
+def check_idx(path):
+    """Raise DataError naming `path` unless it is a whole idx file of unsigned bytes."""
+    remedy = "re-unpack MNIST, e.g. ../shared/datasets/install.sh <data-dir>, or delete it to download again"
+    with open(path, "rb") as f:
+        header = f.read(4)
+        if len(header) < 4 or header[:3] != bytes([0, 0, IDX_UBYTE]) or header[3] not in (1, 3):
+            raise DataError(f"{path} is not an MNIST idx file (empty or wrong header); {remedy}")
+        dims = struct.unpack(f">{header[3]}I", f.read(4 * header[3]).ljust(4 * header[3], b"\0"))
+    expected = 4 + 4 * len(dims) + math.prod(dims)
+    if os.path.getsize(path) != expected:
+        raise DataError(f"{path} has {os.path.getsize(path)} bytes where its header says {expected} "
+                        f"(truncated?); {remedy}")
+
+
+def arrays_problem(arrays, shape, n_classes, sizes=None):
+    """What is wrong with image arrays (x, y, ...) pairs, None if nothing: uint8 images of
+    `shape`, int64 labels of `n_classes` classes, one per image (`sizes`: the counts)."""
+    if not isinstance(arrays, (tuple, list)) or len(arrays) % 2 or not all(isinstance(a, torch.Tensor)
+                                                                            for a in arrays):
+        return "no (images, labels) tensors"
+    for i, (x, y) in enumerate(zip(arrays[::2], arrays[1::2])):
+        if x.dtype != torch.uint8 or tuple(x.shape[1:]) != tuple(shape):
+            return f"images of {x.dtype} {tuple(x.shape)}, not uint8 (N, {', '.join(map(str, shape))})"
+        if y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(x):
+            return f"labels of {y.dtype} {tuple(y.shape)}, not one int64 label per image"
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < n_classes:
+            return f"labels from {int(y.min())} to {int(y.max())}, outside 0..{n_classes - 1}"
+        if sizes is not None and len(y) != sizes[i]:
+            return f"{len(y)} images where the folder has {sizes[i]}"
+    return None
+
+
+def list_image_folder(root, classes):
+    """[(path, label)] of an ImageFolder split whose class folders are `classes`."""
+    if not os.path.isdir(root):
+        raise DataError(f"{root} is not a folder")
+    present = {d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))}
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise DataError(f"{root} lacks the class folder(s) {', '.join(missing)}")
+    items = []
+    for label, cls in enumerate(classes):
+        folder = os.path.join(root, cls)
+        # hidden files (.DS_Store, ._* of macOS, editors' backups) are not images of the set
+        files = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if not f.startswith(".")]
+        if not files:
+            raise DataError(f"the class folder {folder} holds no images: a split without a class would "
+                            "train or test without it; put its images back (e.g. re-unpack the dataset)")
+        items += [(path, label) for path in files]
+    return items
+
+
+def decode_images(items, desc, shape):
+    """uint8 (N, *shape) images and int64 labels of [(path, label)], every mode and bit depth
+    read the same way; an unreadable image is one line naming it."""
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    x = torch.empty((len(items),) + tuple(shape), dtype=torch.uint8)
+    converted = []
+    for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
+        try:
+            with Image.open(path) as im:
+                if im.mode.startswith("I;16"):  # 16-bit grey: convert("RGB") would clip it to 255
+                    grey = np.array(im).astype(np.uint16) >> 8
+                    img = torch.from_numpy(grey.astype(np.uint8)).expand(3, *grey.shape).contiguous()
+                    converted.append(path)
+                elif im.mode in ("I", "F"):
+                    raise DataError(f"image {path} has 32-bit pixels (mode {im.mode}), which have no "
+                                    "faithful 8-bit form; save it as an 8-bit image")
+                else:
+                    img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"cannot read image {path}: {type(e).__name__}")
+        if tuple(img.shape) != tuple(shape):
+            raise DataError(f"image {path} has shape {tuple(img.shape)}, expected {tuple(shape)}")
+        x[i] = img
+    if converted:
+        print(f"note: {len(converted)} 16-bit grey image(s), e.g. {converted[0]}, converted to 8-bit RGB "
+              "by their high byte", file=sys.stderr)
+    y = torch.tensor([label for _, label in items], dtype=torch.int64)
+    return x, y
+
+
+def folder_signature(items):
+    """A digest of every file's name, label, size and modification time: the decoded cache is
+    used only if no image was added, removed, replaced or edited since it was written."""
+    digest = hashlib.sha256()
+    for path, label in items:
+        st = os.stat(path)
+        digest.update(f"{os.path.basename(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def image_folder_arrays(root, classes, shape, cache_name):
+    """(train_x, train_y, test_x, test_y) of an ImageFolder copy with train/ and test/, decoded
+    once; later calls read the cached uint8 tensors (`cache_name` in `root`) in seconds."""
+    splits = {s: list_image_folder(os.path.join(root, s), classes) for s in ("train", "test")}
+    cache = os.path.join(root, cache_name)
+    key = {s: folder_signature(items) for s, items in splits.items()}
+    sizes = [len(splits["train"]), len(splits["test"])]
+    if os.path.exists(cache):
+        try:
+            cached = torch.load(cache, weights_only=True)
+            if cached["key"] == key and arrays_problem(cached["arrays"], shape, len(classes), sizes) is None:
+                return tuple(cached["arrays"])
+        except Exception:
+            pass  # an unreadable, stale or foreign cache is rebuilt below
+    arrays = (decode_images(splits["train"], "decoding train", shape)
+              + decode_images(splits["test"], "decoding test", shape))
+    _write_cache({"key": key, "arrays": arrays}, cache)
+    return arrays
+
+
+CACHE_TMP_PREFIX = ".tmp-decoded-"  # then the writer's process id: .gitignore covers .tmp-*
+
+
+def _remove_stale_temporaries(folder):
+    """Delete the cache's temporary files whose writer is gone (killed mid-write); a live
+    process's file is its own to finish."""
+    for name in os.listdir(folder):
+        if not name.startswith(CACHE_TMP_PREFIX):
+            continue
+        pid = name[len(CACHE_TMP_PREFIX):].split("-")[0]
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer still runs
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
+def _write_cache(obj, cache):
+    """Write the decoded cache whole or not at all: it only saves decoding next time, so a
+    read-only folder or a full disk is a note, not an error. Its temporary file carries the
+    writer's process id, so a concurrent writer's file is never taken for debris."""
+    _remove_stale_temporaries(os.path.dirname(cache))
+    try:
+        save_atomic(obj, cache, prefix=f"{CACHE_TMP_PREFIX}{os.getpid()}-")
+    except WriteError as e:
+        print(f"note: could not write the decoded-image cache ({e}); going on without it (the images are "
+              "decoded again next time)", file=sys.stderr)

@@ -1,0 +1,111 @@
+"""Where tables and figures may go: the README's figures/ and README.md only for the README's
+exact commands on the published results; anything else beside its runs or to --fig-dir."""
+import os
+import time
+
+from lab.cli import check_writable, count
+from lab.errors import UserError
+from lab.files import FolderLock, write_text_atomic
+from lab.runs import METRICS_FILE, collect
+
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+FIGURES_DIR = os.path.join(REPO_DIR, "figures")
+
+
+README = os.path.join(REPO_DIR, "README.md")
+
+
+def output_dir(fig_dir, publish, scratch_dir):
+    """Where tables and figures go: `--fig-dir` if given, else the README's figures/ when
+    `publish`, else `scratch_dir` (beside the runs)."""
+    if fig_dir:
+        return fig_dir
+    return FIGURES_DIR if publish else scratch_dir
+
+
+# flags that say where things are, or how much of a command to run, not what it computes
+WHERE_FLAGS = ("data_dir", "out_dir", "fig_dir", "workers", "force", "plot_only", "analyses", "select")
+
+
+def destination(args, readme_args, scratch_dir, inputs_published=True):
+    """(folder, publish) for a command's tables and figures, the one rule of every script: the
+    README's figures/ (and the README) when the command is the README's (every flag outside
+    WHERE_FLAGS as in `readme_args`, a whole sweep, not a shard) and its inputs are the published
+    results; else `--fig-dir` if given, else `scratch_dir`. The folder is checked writable here,
+    before any work, so a long computation never ends unable to write."""
+    same = all(getattr(args, k) == getattr(readme_args, k, None) for k in vars(args) if k not in WHERE_FLAGS)
+    publish = same and inputs_published and not getattr(args, "shard", None)
+    folder = output_dir(args.fig_dir, publish, scratch_dir)
+    check_writable(folder)
+    return folder, publish
+
+
+def sweep_destination(args, readme_args):
+    """destination() of a sweep: its scratch folder is figures/ beside its runs."""
+    return destination(args, readme_args, os.path.join(args.out_dir, "figures"))
+
+
+def sweep_results(configs, roots, name_fn, fig_dir, command):
+    """(found, number missing) for the tables and figures of a sweep written to `fig_dir`:
+    [(config, record, folder)] of its finished runs in `roots`, an error if there are none."""
+    found = collect(configs, roots, name_fn)
+    if not found:
+        started = sum(any(os.path.exists(os.path.join(root, name_fn(c), METRICS_FILE)) for root in roots)
+                      for c in configs)
+        if started:
+            raise UserError(f"none of the {count(len(configs), 'run')} of these settings has finished yet: "
+                            f"{started} started in {' or '.join(roots)} (another process may be training "
+                            f"them; else rerun `{command}` to resume)")
+        raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; "
+                        f"run `{command}` with the same flags first")
+    by_root = {}
+    for _, _, folder in found:
+        by_root[os.path.dirname(folder)] = by_root.get(os.path.dirname(folder), 0) + 1
+    print("reading " + ", ".join(f"{count(n, 'finished run')} from {os.path.relpath(root)}"
+                                 for root, n in by_root.items()))
+    missing = len(configs) - len(found)
+    if missing:
+        print(f"{count(missing, 'run')} of these settings not finished: the tables and figures show "
+              f"{len(found)} of {len(configs)}")
+    check_writable(fig_dir)
+    return found, missing
+
+
+def write_table(text, name, fig_dir, publish):
+    """Write `name`.md to `fig_dir`; into the README too when `publish` and `fig_dir` is the
+    README's figures/ folder. Returns the path written."""
+    path = os.path.join(fig_dir, f"{name}.md")
+    write_text_atomic(text, path)
+    if publish and os.path.abspath(fig_dir) == FIGURES_DIR:
+        update_readme(name, text)
+    return path
+
+
+def update_readme(name, text, readme=README):
+    """Put `text` between `<!-- name -->` and `<!-- /name -->` in the README, holding a lock on
+    its folder for the read-modify-write, so two scripts updating it at once lose neither table."""
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    lock = FolderLock(os.path.dirname(os.path.abspath(readme)))
+    while not lock.acquire():
+        time.sleep(0.1)
+    try:
+        with open(readme) as f:
+            content = f.read()
+        if begin in content and end in content:
+            head, rest = content.split(begin, 1)
+            write_text_atomic(head + begin + "\n" + text + rest[rest.index(end):], readme)
+    except OSError:
+        return
+    finally:
+        lock.release()
+
+
+
+def remove_stale(paths):
+    """Delete figures a run could not draw this time, so none from an earlier run stays."""
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)

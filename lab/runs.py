@@ -1,0 +1,305 @@
+"""Run folders: names, records, the folder a run trains in, and where finished runs are found.
+
+A run folder is named after what defines the run, ending in a digest of its whole config, so
+two settings never share a folder. It holds `metrics.json` (config, per-epoch metrics, status,
+summary) and `best.pt`; `last.pt` while it trains. Finished runs are looked up first in the
+results committed with the code (`results/<exercise>/`), then in the run folder (`--out-dir`),
+so a fresh clone does not retrain what the README shows.
+"""
+import glob
+import hashlib
+import json
+import math
+import os
+import shutil
+
+from lab.cli import FRACTION, Number
+from lab.errors import UserError
+from lab.files import (TMP_PREFIX, FolderLock, all_finite, fields_problem, load_checkpoint, read_json,
+                       save_atomic, write_json_atomic)
+
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "best.pt"
+LAST_FILE = "last.pt"
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+FINISHED = ("complete", "diverged")
+EPOCH = Number(int, 1, 10 ** 6)
+RECORD_FIELDS = {"config": dict, "meta": dict, "status": str, "epochs": list}
+# a finished run's summary (absent if it diverged before its first validation)
+SUMMARY_FIELDS = {"best_epoch": EPOCH, "best_val_acc": FRACTION, "test_acc": FRACTION,
+                  "test_loss": Number(float, 0, float("inf"))}
+STATUSES = ("running",) + FINISHED
+
+
+def config_digest(config):
+    """8 hex digits of a hash of the whole config: the same on every machine and Python."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def folder_name(prefix, config):
+    """e.g. 'res_n3_e8_s0_1a2b3c4d': readable, and unique to the config by its digest."""
+    return f"{prefix}_e{config['epochs']}_s{config['seed']}_{config_digest(config)}"
+
+
+def published_dir(exercise):
+    """The committed results of `exercise` (read, never written, unless it is the --out-dir)."""
+    return os.path.join(RESULTS_DIR, exercise)
+
+
+def is_published(path, exercise):
+    """True if `path` lies inside the committed results of `exercise` (a figure made only from
+    them may replace the README's)."""
+    root = os.path.realpath(published_dir(exercise))
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
+def read_record(folder):
+    """The metrics.json of a run folder (None if it has none), checked for what the code reads."""
+    path = os.path.join(folder, METRICS_FILE)
+    remedy = f"delete the run folder {folder} and rerun to train it again"
+    record = read_json(path, remedy)
+    if record is None:
+        return None
+    problem = record_problem(record)
+    if problem:
+        raise UserError(f"{path} is not a run record this code can use ({problem}); {remedy}")
+    return record
+
+
+def record_problem(record):
+    """What is wrong with the fields of a run record, None if nothing: their presence, types and
+    ranges, so no table, figure or resume meets a field it cannot use."""
+    problem = fields_problem(record, RECORD_FIELDS)
+    if problem:
+        return problem
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r}, not one of {', '.join(STATUSES)}"
+    for i, epoch in enumerate(record["epochs"]):
+        if not isinstance(epoch, dict):
+            return f"epoch {i + 1} is a {type(epoch).__name__}"
+        numbers = {k: (int, float) for k in epoch if k != "epoch"}
+        problem = fields_problem(epoch, {"epoch": EPOCH, **numbers})  # NaN allowed: a diverged epoch
+        if problem:
+            return f"epoch {i + 1}: {problem}"
+    present = {k: v for k, v in SUMMARY_FIELDS.items() if k in record}
+    if record["status"] == "complete" and "test_acc" not in record:
+        return "a complete run without its test accuracy"
+    problem = fields_problem(record, present)
+    return problem and f"its summary has {problem}"
+
+
+def check_checkpoint_of_run(path, ckpt, remedy):
+    """Refuse, in one line, a checkpoint whose config is not that of the run record beside it
+    (a best.pt copied or swapped between run folders): its numbers would be shown as another
+    network's. A checkpoint with no record beside it (a file passed by hand) is not checked."""
+    record = read_record(os.path.dirname(os.path.abspath(path)))
+    if record is not None and record["config"] != ckpt.get("config"):
+        raise UserError(f"{path} is not the checkpoint of the run in its folder (its config differs from "
+                        f"{METRICS_FILE}'s); {remedy}")
+
+
+def find_finished(roots, name, config):
+    """(record, folder) of the finished run `name` with `config` in the first of `roots` that
+    has it, or (None, None). A folder of that name with another config is an error."""
+    for root in dict.fromkeys(os.path.abspath(r) for r in roots):
+        folder = os.path.join(root, name)
+        record = read_record(folder)
+        if record is None:
+            continue
+        if record["config"] != config:
+            raise UserError(f"{folder} holds a run whose config does not match its name; "
+                            "delete that folder")
+        if record["status"] in FINISHED:
+            return record, folder
+    return None, None
+
+
+class RunHeld(UserError):
+    """Another process holds the run folder (it is training this run)."""
+
+
+PROVENANCE = ("commit", "torch")  # meta that says which code ran, not what decides the numbers
+
+
+def _same_numbers(meta):
+    """The meta fields a resumed run must share with its start (data, hardware, threads)."""
+    return {k: v for k, v in (meta or {}).items() if k not in PROVENANCE}
+
+
+class RunFolder:
+    """The folder a run trains in, used as `with RunFolder(...) as run:`: it holds the folder's
+    lock while open (RunHeld if another process has it), and owns the record, the best and
+    last checkpoints and the resume checks, so training.fit holds only the loop.
+
+    metrics.json is rewritten atomically after every epoch; its `status` is 'running',
+    'complete' or 'diverged'. `finished` is the saved record if the run had finished already.
+    """
+
+    def __init__(self, path, config, meta, arch):
+        self.path, self.config, self.arch = path, config, arch
+        self.record = {"config": config, "meta": meta, "status": "running", "epochs": []}
+        self.best_val = -1.0
+        self.finished = None
+        self.best_path = os.path.join(path, CHECKPOINT_FILE)
+        self.last_path = os.path.join(path, LAST_FILE)
+        self._lock = FolderLock(path)
+
+    def __enter__(self):
+        if not self._lock.acquire():
+            raise RunHeld(f"another process is training {self.path}; wait for it or use another --out-dir")
+        for name in os.listdir(self.path):  # what an interrupted write (kill -9) left behind
+            if name.startswith(TMP_PREFIX):
+                os.remove(os.path.join(self.path, name))
+        self.finished, _ = find_finished([os.path.dirname(self.path)], os.path.basename(self.path),
+                                         self.config)
+        if self.finished is not None and os.path.exists(self.last_path):
+            os.remove(self.last_path)  # killed between "complete" and this removal
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+    def resume(self, model, optimizer, scheduler, generator):
+        """Restore an interrupted run from last.pt; returns the epochs it had finished (0 if none)."""
+        if not os.path.exists(self.last_path):
+            if os.path.exists(self.best_path):
+                os.remove(self.best_path)  # a checkpoint of an interrupted earlier start is not this one's
+            return 0
+        state = self._checked_last()
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{self.last_path} does not fit this run ({type(e).__name__}); {self._restart}")
+        self.record, self.best_val = state["record"], state["best_val"]
+        print(f"{self.path}: resuming after epoch {len(self.record['epochs'])}")
+        return len(self.record["epochs"])
+
+    _restart = "delete it to restart this run from epoch 0"
+
+    def _checked_last(self):
+        """last.pt, refused in one line unless it is this run's, made the way this process runs."""
+        remedy = self._restart
+        state = load_checkpoint(self.last_path, remedy,
+                                keys=("model", "optimizer", "generator", "record", "best_val"))
+        saved = state["record"]
+        if not isinstance(saved, dict) or saved.get("config") != self.config:
+            raise UserError(f"{self.last_path} belongs to a run with other settings; {remedy}")
+        if _same_numbers(saved.get("meta")) != _same_numbers(self.record["meta"]):
+            # CPU kernels sum in an order that depends on the thread count: a run resumed under
+            # other threads (or data, or hardware) would match no uninterrupted run
+            then, now = (saved.get("meta") or {}).get("hardware"), self.record["meta"].get("hardware")
+            raise UserError(f"{self.last_path} was trained on {then}, this process is {now}: resume it the "
+                            f"way it was started (a single run uses every core, a sweep worker one), or "
+                            f"{remedy}")
+        problem = record_problem(saved)
+        if problem or not isinstance(state["best_val"], float):
+            raise UserError(f"{self.last_path} holds a damaged run record ({problem or 'best_val'}); "
+                            f"{remedy}")
+        if state["best_val"] >= 0 and not os.path.exists(self.best_path):
+            raise UserError(f"{self.best_path} is missing, although this run saved one (validation accuracy "
+                            f"{state['best_val']:.4f}): the run cannot be finished without it; delete the "
+                            f"run folder {self.path} and rerun to train it again")
+        return state
+
+    def log_epoch(self, metrics):
+        """Record an epoch; False (and the run marked diverged) if its losses are not finite."""
+        self.record["epochs"].append(metrics)
+        finite = all(math.isfinite(metrics.get(k, math.nan)) for k in ("train_loss", "val_loss"))
+        if not finite:
+            self.record["status"] = "diverged"
+        write_json_atomic(self.record, os.path.join(self.path, METRICS_FILE))
+        return finite
+
+    def keep_best(self, model, epoch, val_acc):
+        """Save the model as best.pt if it beats every earlier epoch on validation (and is finite)."""
+        if val_acc > self.best_val and all_finite(model.state_dict()):
+            self.best_val = val_acc
+            save_atomic({"model": model.state_dict(), "arch": self.arch, "config": self.config,
+                         "epoch": epoch, "val_acc": val_acc}, self.best_path)
+
+    def save_last(self, model, optimizer, scheduler, generator):
+        """Everything an interrupted run resumes from: weights, optimizer, schedule, RNG, record."""
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler else None,
+                     "generator": generator.get_state(), "record": self.record, "best_val": self.best_val},
+                    self.last_path)
+
+    def load_best(self, model):
+        """Load best.pt's weights into `model`; False if the run never saved one."""
+        if not os.path.exists(self.best_path):
+            return False
+        device = next(model.parameters()).device
+        best = load_checkpoint(self.best_path, f"delete the run folder {self.path} and rerun", device)
+        model.load_state_dict(best["model"])
+        self.record.update(best_epoch=best["epoch"], best_val_acc=best["val_acc"])
+        return True
+
+    def finish(self, test=None):
+        """Close the record (complete, unless diverged) with the test read; last.pt goes."""
+        if self.record["status"] == "running":
+            self.record["status"] = "complete"
+        if test is not None:
+            self.record.update(test_acc=test["acc"], test_loss=test["loss"])
+        write_json_atomic(self.record, os.path.join(self.path, METRICS_FILE))
+        if os.path.exists(self.last_path):
+            os.remove(self.last_path)  # the run is finished: best.pt and metrics.json are what stays
+        return self.record
+
+
+def remove_run(folder):
+    """--force: a finished run is deleted (only ever on the user's explicit request)."""
+    lock = FolderLock(folder)
+    if not lock.acquire():
+        raise UserError(f"{folder} is being trained by another process")
+    try:
+        if os.path.islink(folder):
+            raise UserError(f"{folder} is a symbolic link, not a run folder; remove the link (or what "
+                            "it points to) yourself, then rerun")
+        shutil.rmtree(folder)
+    except OSError as e:
+        raise UserError(f"cannot delete the run folder {folder}: {e.strerror or e}")
+    finally:
+        lock.release()
+
+
+def lookup_roots(out_dir, exercise):
+    """Where a script looks for finished runs, in this order: the results published with the
+    code, then the run folder. A published run is the reference for its settings: no single run
+    or sweep trains it again, and a user's run of the same settings never stands in for it in a
+    table or figure. (Runs of other settings are the user's, found in the run folder.)"""
+    return [published_dir(exercise), out_dir]
+
+
+def collect(configs, roots, name_fn):
+    """[(config, record, folder)] of the finished runs of `configs` found in `roots`."""
+    found = []
+    for c in configs:
+        record, folder = find_finished(roots, name_fn(c), c)
+        if record is not None:
+            found.append((c, record, folder))
+    return found
+
+
+def checkpointed_runs(root, pattern="*"):
+    """[(record, best.pt path)] of the complete runs in `root` (folders matching `pattern`) that
+    kept a checkpoint, found by their records, not by folder names: a run still training has a
+    best.pt too, and a partly trained network is no result to analyse."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(root, pattern, CHECKPOINT_FILE))):
+        record = read_record(os.path.dirname(path))
+        if record is not None and record["status"] == "complete":
+            found.append((record, path))
+    return found
+
+
+def has_checkpoint(roots, name, config):
+    """True if one of `roots` holds the finished run `name` of `config` with its best.pt."""
+    for root in dict.fromkeys(os.path.abspath(r) for r in roots):
+        record, folder = find_finished([root], name, config)
+        if record is not None and os.path.exists(os.path.join(folder, CHECKPOINT_FILE)):
+            return True
+    return False

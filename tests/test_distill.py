@@ -1,0 +1,138 @@
+"""Exercise 2.2 (2024): the distillation loss, the frozen teacher, and the pairing with the baseline."""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ex1_cnn
+import ex2_distill
+import training
+from data import Dataset, Split
+from conftest import ROOT, cifar_images
+from ex2_distill import Distillation, distillation_loss
+from models import CifarResNet
+
+
+def test_the_loss_is_its_formula_by_hand():
+    s = torch.tensor([[2.0, 0.0, -1.0]])
+    t = torch.tensor([[1.0, 1.0, 0.0]])
+    y = torch.tensor([0])
+    temperature, alpha = 2.0, 0.7
+    ps = [math.exp(v / temperature) for v in (2.0, 0.0, -1.0)]
+    pt = [math.exp(v / temperature) for v in (1.0, 1.0, 0.0)]
+    ps, pt = [p / sum(ps) for p in ps], [p / sum(pt) for p in pt]
+    kl = sum(q * math.log(q / p) for p, q in zip(ps, pt))
+    ce = -math.log(math.exp(2.0) / (math.exp(2.0) + 1 + math.exp(-1.0)))
+    expected = (1 - alpha) * ce + alpha * temperature ** 2 * kl
+    assert distillation_loss(s, t, y, temperature, alpha).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_alpha_zero_is_cross_entropy_and_needs_no_teacher():
+    s, y = torch.randn(5, 10), torch.randint(0, 10, (5,))
+    assert torch.equal(distillation_loss(s, None, y, 4.0, 0.0), F.cross_entropy(s, y))
+
+
+def test_t_squared_keeps_the_soft_terms_gradient_scale():
+    """The soft term's gradient shrinks as 1/T^2; times T^2 it stays the same as T grows."""
+    torch.manual_seed(0)
+    t = torch.randn(8, 10)
+    norms = []
+    for temperature in (8.0, 16.0, 32.0):
+        s = torch.randn(8, 10, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        loss = distillation_loss(s, t, torch.zeros(8, dtype=torch.long), temperature, 1.0)
+        loss.backward()
+        norms.append(s.grad.norm().item())
+    assert norms[0] == pytest.approx(norms[1], rel=0.05) == pytest.approx(norms[2], rel=0.05)
+
+
+def tiny_data(n_train=24, n_val=8, n_test=8):
+    x, y = cifar_images(n_train + n_val + n_test, seed=3)
+    x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(y).long()
+    a, b = n_train, n_train + n_val
+    return Dataset(Split(x[:a], y[:a]), Split(x[a:b], y[a:b]), Split(x[b:], y[b:]), "synthetic",
+                   tuple(str(c) for c in range(10)))
+
+
+def test_the_teacher_is_never_updated_and_stays_in_eval_mode():
+    torch.manual_seed(0)
+    teacher, student = CifarResNet(1, width=4), CifarResNet(1, width=4)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    criterion = Distillation(teacher, 2.0, 0.9)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+    data = tiny_data()
+    x = data.train.x.float() / 255
+    training.train_one_epoch(student, [(x[:12], data.train.y[:12]), (x[12:], data.train.y[12:])], optimizer,
+                             criterion=criterion)
+    assert not teacher.training and student.training
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # BN statistics too
+    assert all(p.grad is None for p in teacher.parameters())
+    metrics = criterion.epoch_metrics()
+    assert metrics["teacher_seconds"] > 0 and metrics["train_ce"] > 0
+
+
+def tiny_config():
+    baseline, _ = ex2_distill.published_cnn_run(True, ex2_distill.STUDENT_BLOCKS, 0)
+    _, teacher = ex2_distill.published_cnn_run(**ex2_distill.TEACHER_RUN)
+    student = {**baseline["config"], "epochs": 2, "batch_size": 8, "width": 4, "blocks": 1}
+    return ex2_distill.run_config(student, teacher, 2.0, 0.9), student
+
+
+def first_batch_and_init(train, config, data, tmp_path, monkeypatch):
+    """The model's weights and the first batch a run trains on; the run is stopped there."""
+    seen = {}
+
+    def stop(model, batches, *args, **kwargs):
+        seen["init"] = {k: v.clone() for k, v in model.state_dict().items()}
+        seen["x"], seen["y"] = next(iter(batches))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_one_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, torch.device("cpu"), str(tmp_path), progress=False)
+    monkeypatch.undo()
+    return seen
+
+
+def test_a_distilled_run_starts_from_its_baselines_initialization_and_batches(tmp_path, monkeypatch):
+    """Same seed, same recipe: the same initial weights, the same shuffled and augmented batch, so
+    a distilled student and its published baseline differ only in the loss."""
+    config, student = tiny_config()
+    data = tiny_data()
+    distilled = first_batch_and_init(ex2_distill.train, config, data, tmp_path / "kd", monkeypatch)
+    alone = first_batch_and_init(ex1_cnn.train, student, data, tmp_path / "alone", monkeypatch)
+    assert torch.equal(distilled["x"], alone["x"]) and torch.equal(distilled["y"], alone["y"])
+    assert all(torch.equal(distilled["init"][k], v) for k, v in alone["init"].items())
+
+
+def test_a_distillation_run_resumed_after_a_kill_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    config, _ = tiny_config()
+    data = tiny_data()
+    device = torch.device("cpu")
+    _, whole = ex2_distill.train(config, data, device, str(tmp_path / "whole"), progress=False)
+    real, calls = training.train_one_epoch, []
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        ex2_distill.train(config, data, device, str(tmp_path / "cut"), progress=False)
+    monkeypatch.undo()
+    _, resumed = ex2_distill.train(config, data, device, str(tmp_path / "cut"), progress=False)
+    untimed = [[{k: v for k, v in e.items() if k not in ("seconds", "teacher_seconds")} for e in r["epochs"]]
+               for r in (whole, resumed)]
+    assert len(untimed[0]) == 2 and untimed[0] == untimed[1]
+    assert whole["test_acc"] == resumed["test_acc"]
+
+
+def test_plot_only_redraws_the_committed_tables_without_data(tmp_path):
+    ex2_distill.main(ex2_distill.get_args(["--plot-only", "--fig-dir", str(tmp_path)]))
+    for name in ("ex2_distill_select", "ex2_distill_table"):
+        with open(os.path.join(ROOT, "figures", f"{name}.md")) as f:
+            assert (tmp_path / f"{name}.md").read_text() == f.read()

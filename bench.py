@@ -16,7 +16,7 @@ from data import (CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, MNIST_MEAN, MNIST_STD
                   epoch_order, load_cifar10, load_mnist, normalize_images, random_crop_flip)
 from models import MLP, CifarResNet
 from lab.outputs import destination, write_table
-from lab.cli import ArgumentParser, MAX_BATCH, MAX_IMAGES, command_line, count_flag, run_cli
+from lab.cli import MAX_BATCH, MAX_IMAGES, add_device_flag, ArgumentParser, command_line, count_flag, run_cli
 from lab.errors import UserError
 from utils import get_device, machine
 
@@ -35,8 +35,7 @@ CNN_SGD = {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
 def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("what", choices=["mlp", "cnn"], help="which training to time")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA if available, else the CPU")
+    add_device_flag(p)
     p.add_argument("--data-dir", default="data", help="where MNIST / CIFAR-10 are")
     p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="training batch size")
     p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=5000,

@@ -22,8 +22,8 @@ from report import (cnn_name, depth_gap, epoch_times, fastest_epoch_seconds, for
                     print_result, run_result, save_figure)
 from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
 from utils import get_device, hardware, provenance, seed_everything
-from lab.cli import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number,
-                     SEED, add_run_flags, count, count_flag, run_cli)
+from lab.cli import (LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED, add_device_flag,
+                     add_run_flags, ArgumentParser, count, count_flag, Number, run_cli)
 from lab.errors import UserError
 from lab.experiment import Experiment, single_run, sweep
 from lab.outputs import sweep_destination, sweep_results, write_table
@@ -36,11 +36,11 @@ SWEEP_BLOCKS = (1, 3, 5, 9)  # depths 8, 20, 32 and 56 (He et al.'s Fig. 6 goes 
 GAP_BLOCKS = (3, 9)          # the depth gap the README measures: 56 layers against 20
 DEFAULTS = {"epochs": 40, "seeds": 3}
 # The CPU preset: what a 2-core machine affords for the README's sweep (eight networks, three
-# seeds, about 2 h 20 min per seed idle): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
+# seeds; the README gives its cost): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
 # on the JPEG copy; 8 take it past 0.80. On a GPU use the defaults.
 CPU_PRESET = {"epochs": CNN_CPU_EPOCHS}
 # a single run's epoch per block per stage on our 2-core CPU, for the warning before a long CPU
-# run: bench.py cnn trains ResNet-20 (3 blocks) at 628 images/s on both cores, about 77 s an epoch
+# run: ResNet-20 (3 blocks) at bench.py cnn's rate on both cores (figures/bench_cnn.md)
 CPU_EPOCH_SECONDS_PER_BLOCK = 26
 MAX_BLOCKS, MAX_WIDTH = 200, 1024  # depth 1202, He et al.'s deepest CIFAR network; 64x its width
 README_SWEEP = ["--sweep", "--cpu"]  # the command whose results the README shows
@@ -71,8 +71,7 @@ def make_parser():
                    help="seed of initialization, batch order and augmentation")
     p.add_argument("--cpu", action="store_true",
                    help="the CPU preset: fewer epochs, unless --epochs is given (the device is --device's)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA if available, else the CPU")
+    add_device_flag(p)
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
     add_run_flags(p, EXERCISE)

@@ -19,8 +19,8 @@ from report import finished_results, format_result, mean_std, print_result, save
 from training import Recipe, fit
 from utils import get_device, hardware, provenance, seed_everything
 from lab.checkpoints import load_model
-from lab.cli import (ArgumentParser, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED,
-                     add_run_flags, count, count_flag, run_cli)
+from lab.cli import (LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED, add_device_flag,
+                     add_run_flags, ArgumentParser, count, count_flag, run_cli)
 from lab.errors import DataError, UserError
 from lab.experiment import Experiment, single_run, sweep
 from lab.files import read_json, write_json_atomic
@@ -69,8 +69,7 @@ def make_parser():
     p.add_argument("--lr", type=LR, default=1e-4, help="Adam learning rate")
     p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="training images per step")
     p.add_argument("--seed", type=SEED, default=0, help="seed of initialization and batch order")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA if available, else the CPU")
+    add_device_flag(p)
     p.add_argument("--data-dir", default="data", help="where MNIST is (or is downloaded to)")
     p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=MNIST_VAL_SIZE,
                    help="validation images held out of the training set (seeded split)")

@@ -23,7 +23,7 @@ from report import cnn_name, format_mean_std, save_figure
 from training import CNN_CPU_EPOCHS
 from utils import get_device, hardware
 from lab.checkpoints import load_model, load_state_dict_file
-from lab.cli import ArgumentParser, FRACTION, MAX_IMAGES, SEED, count_flag, run_cli
+from lab.cli import FRACTION, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, count_flag, run_cli
 from lab.errors import UserError
 from lab.outputs import destination, write_table
 from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
@@ -77,8 +77,7 @@ def make_parser():
     common.add_argument("--seed", type=SEED, default=0, help="picks the images")
     common.add_argument("--class-index", type=count_flag(MAX_CLASSES - 1, low=0), default=None,
                         help="explain this class for every image (default: the predicted class)")
-    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto: CUDA if available, else the CPU")
+    add_device_flag(common)
     common.add_argument("--data-dir", default="data", help="where the dataset is")
     common.add_argument("--fig-dir", default=None,
                         help=f"where figures and tables go (default: figures/ for the README's settings, "
@@ -473,12 +472,8 @@ def load_resnet18(weights_path, device):
     if weights_path:
         if not os.path.exists(weights_path):
             raise UserError(f"--weights {weights_path} not found")
-        model = resnet18(weights=None)
-        try:
-            model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-        except Exception as e:
-            raise UserError(f"{weights_path} is not a ResNet-18 state dict that loads safely "
-                            f"({type(e).__name__}); pass torchvision's resnet18 weights file")
+        model = load_state_dict_file(weights_path, resnet18(weights=None),
+                                     "pass torchvision's resnet18 weights file")
     else:
         try:
             model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)  # uses the torch hub cache if present

@@ -27,8 +27,8 @@ from report import cnn_name, depth_gap, fastest_epoch_seconds, format_gap, forma
 from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
 from utils import get_device, hardware, provenance, seed_everything
 from lab.checkpoints import load_model
-from lab.cli import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, Number, count,
-                     count_flag, run_cli)
+from lab.cli import (MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, add_device_flag, ArgumentParser, count,
+                     count_flag, Number, run_cli)
 from lab.errors import UserError
 from lab.experiment import Experiment, sweep
 from lab.outputs import destination, sweep_results, write_table
@@ -115,12 +115,13 @@ def run_name(config):
     return folder_name(f"kd-{student}_T{config['temperature']:g}_a{config['alpha']:g}", config)
 
 
-def configs_of(args, seeds, candidates, schedule):
-    """The distilled runs of `seeds` x `candidates` (T, alpha), the baseline recipe changed by `schedule`."""
+def configs_of(student, seeds, candidates, schedule):
+    """The distilled `student` ('residual' or 'plain') runs of `seeds` x `candidates` (T, alpha),
+    the baseline recipe changed by `schedule`."""
     _, teacher = published_cnn_run(**TEACHER_RUN)
     out = []
     for seed in seeds:
-        baseline, _ = published_cnn_run(args.student == "residual", STUDENT_BLOCKS, seed)
+        baseline, _ = published_cnn_run(student == "residual", STUDENT_BLOCKS, seed)
         for temperature, alpha in candidates:
             out.append(run_config({**baseline["config"], **schedule}, teacher, temperature, alpha))
     return out
@@ -130,12 +131,13 @@ def schedule_flags(args):
     return {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None}
 
 
-def main_configs(args):
-    return configs_of(args, range(args.seeds), [(args.temperature, args.alpha)], schedule_flags(args))
+def main_configs(args, student=None):
+    return configs_of(student or args.student, range(args.seeds), [(args.temperature, args.alpha)],
+                      schedule_flags(args))
 
 
 def select_configs(args):
-    return configs_of(args, [0], SELECT_CANDIDATES, {**SELECT_SCHEDULE, **schedule_flags(args)})
+    return configs_of(args.student, [0], SELECT_CANDIDATES, {**SELECT_SCHEDULE, **schedule_flags(args)})
 
 
 def load_teacher(device, memory_format=torch.channels_last):
@@ -188,13 +190,13 @@ def _val(record):
     return record.get("best_val_acc")
 
 
-def main_table(found, args):
+def main_table(found, student_kind, missing=0):
     """Teacher, student alone, student distilled: mean ± std over seeds, the gain ± its SE, per seed."""
     teacher, _ = published_cnn_run(**TEACHER_RUN)
     distilled = [record for _, record, _ in found]
-    alone = [published_cnn_run(args.student == "residual", STUDENT_BLOCKS, r["config"]["seed"])[0]
-             for r in distilled]
-    student = cnn_name(args.student == "residual", STUDENT_BLOCKS)
+    residual = student_kind == "residual"
+    alone = [published_cnn_run(residual, STUDENT_BLOCKS, r["config"]["seed"])[0] for r in distilled]
+    student = cnn_name(residual, STUDENT_BLOCKS)
     teacher_params, student_params = (sum(p.numel() for p in CifarResNet(b, residual=True).parameters())
                                       for b in (TEACHER_RUN["blocks"], STUDENT_BLOCKS))
     lines = ["| network | parameters | best val. accuracy | test accuracy (best val.) | fastest epoch (s) "
@@ -217,12 +219,13 @@ def main_table(found, args):
                   f"{distilled[0]['meta']['data']}, {distilled[0]['meta']['hardware']}. Mean ± std over "
                   f"{count(len(distilled), 'seed')}; the difference of the means ± its standard error, and "
                   "within each seed (the same initialization, batches and augmentation). The teacher's "
-                  f"forward passes took {min(teacher_s):.0f}-{max(teacher_s):.0f} s of each distilled epoch. "
-                  f"Made by `python {PROG}`."]
+                  f"forward passes took {min(teacher_s):.0f}-{max(teacher_s):.0f} s of each distilled epoch."
+                  + (f" **{count(missing, 'seed')} not finished.** " if missing else " ") +
+                  f"Made by `python {PROG}{'' if residual else ' --student plain'}`."]
     return "\n".join(lines) + "\n"
 
 
-def select_table(found):
+def select_table(found, missing=0):
     lines = ["| T | alpha | best val. accuracy | final train CE |", "|---:|---:|---:|---:|"]
     for config, record, _ in found:
         ce = record["epochs"][-1].get("train_ce", float("nan"))
@@ -236,15 +239,19 @@ def select_table(found):
 
 
 def make_tables(args):
-    fig_dir, publish = destination(args, get_args([]), os.path.join(args.out_dir, "figures"))
+    readme = get_args(["--student", args.student])  # either student's table goes to the README
+    fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"))
     roots = lookup_roots(args.out_dir, EXERCISE)
-    for name, configs, table in (("ex2_distill_select", select_configs(args), select_table),
-                                 ("ex2_distill_table", main_configs(args), lambda f: main_table(f, args))):
+    tables = [("ex2_distill_select", select_configs(args), select_table)]
+    tables += [(f"ex2_distill_{'' if kind == 'residual' else 'plain_'}table", main_configs(args, kind),
+                lambda found, missing, kind=kind: main_table(found, kind, missing))
+               for kind in ("residual", "plain")]
+    for name, configs, table in tables:
         if not collect(configs, roots, run_name):
             print(f"{name}: none of its {count(len(configs), 'run')} has finished yet")
             continue
-        found, _ = sweep_results(configs, roots, run_name, fig_dir, f"python {PROG}")
-        text = table(found)
+        found, missing = sweep_results(configs, roots, run_name, fig_dir, f"python {PROG}")
+        text = table(found, missing)
         print(text)
         print(f"table {write_table(text, name, fig_dir, publish)} written")
 
@@ -266,8 +273,7 @@ def make_parser():
                    help="train on the first N training images (default: the baseline's, all)")
     p.add_argument("--select", action="store_true",
                    help=f"train the check of T and alpha: {SELECT_CANDIDATES} on a short schedule")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA if available, else the CPU")
+    add_device_flag(p)
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
     p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")

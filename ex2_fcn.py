@@ -24,8 +24,8 @@ from report import format_mean_std, save_figure
 from training import Recipe, fit
 from utils import get_device, hardware, provenance, seed_everything
 from lab.checkpoints import load_model
-from lab.cli import (ArgumentParser, FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, Number,
-                     check_writable, count, count_flag, run_cli)
+from lab.cli import (FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, add_device_flag,
+                     ArgumentParser, check_writable, count, count_flag, Number, run_cli)
 from lab.errors import UserError
 from lab.experiment import Experiment, single_run
 from lab.files import fields_problem, read_json, save_image_atomic, write_json_atomic
@@ -86,8 +86,7 @@ def make_parser():
     p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=3,
                    help="runs 0..N-1, each with its own canvases and fine-tuning; the table shows their "
                         "mean ± std")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA if available, else the CPU")
+    add_device_flag(p)
     p.add_argument("--data-dir", default="data", help="where MNIST is")
     p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
     p.add_argument("--fig-dir", default=None,

@@ -1,6 +1,6 @@
 """Exercise 2.1: why residual networks train better, measured inside the trained CNNs.
 
-    python ex2_why.py                      # all four analyses (19 min on our idle 2-core CPU)
+    python ex2_why.py                      # all four analyses (the README says what it costs)
     python ex2_why.py gradients            # gradient norm of each conv layer, at init and trained
     python ex2_why.py responses            # std of each 3x3 layer's response (He et al. 2016, Fig. 7)
     python ex2_why.py lesion               # delete blocks of the depth-32 and -56 nets (Veit et al. 2016)
@@ -27,8 +27,8 @@ from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, p
 from training import CNN_CPU_EPOCHS
 from lab.checkpoints import load_model
 from lab.files import savefig_atomic
-from lab.cli import (ArgumentParser, MAX_EPOCHS, MAX_IMAGES, Number, SEED, command_line, count, count_flag,
-                     run_cli)
+from lab.cli import (MAX_EPOCHS, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, command_line, count,
+                     count_flag, Number, run_cli)
 from lab.errors import UserError
 from lab.sweeps import set_threads
 from utils import get_device, hardware, seed_everything
@@ -78,8 +78,7 @@ def make_parser():
                    default=1.0, help="landscape coordinates run from -span to span")
     p.add_argument("--landscape-images", type=count_flag(MAX_IMAGES), default=1000,
                    help="training images (a seeded subset) for each landscape loss")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA if available, else the CPU")
+    add_device_flag(p)
     p.add_argument("--data-dir", default="data", help="where CIFAR-10 is")
     p.add_argument("--fig-dir", default=None,
                    help=f"where figures go (default: figures/ for the README's settings, else {SCRATCH_DIR})")

@@ -33,7 +33,7 @@ class MLPBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """Plain MLP: input projection, `depth` hidden layers, classifier: (B, in) -> (B, classes).
+    """Plain or residual MLP: input projection, `depth` hidden layers, classifier: (B, in) -> (B, classes).
 
     Depth convention: the input is first projected to `width`
     units by a Linear layer (the stem, not counted, no activation, so the residual stream

@@ -166,3 +166,12 @@ def check_writable(*folders):
 def count(n, noun, plural=None):
     """'1 run', '2 runs': numbers the user reads, in words that agree with them."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def add_device_flag(parser):
+    """--device, the same in every script (utils.get_device reads it)."""
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="auto: CUDA if available, else the CPU")

@@ -118,7 +118,9 @@ def folder_signature(items):
     digest = hashlib.sha256()
     for path, label in items:
         st = os.stat(path)
-        digest.update(f"{os.path.basename(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 is still a name (its bytes)
+        digest.update(f"{os.path.basename(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                      .encode(errors="surrogateescape"))
     return digest.hexdigest()
 
 

@@ -102,14 +102,29 @@ def savefig_atomic(fig, path, **kwargs):
     _atomic(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
 
 
+MAX_JSON_BYTES = 64 * 2 ** 20  # far more than any record or table this code writes
+
+
+def check_regular_file(path, remedy):
+    """Refuse, before opening it, a path that is there but is no regular file (a FIFO would block
+    the read for ever, a device or a folder is no result)."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"{path} is not a regular file (a folder, FIFO or device); {remedy}")
+
+
 def read_json(path, remedy):
     """The JSON object in `path`, None if there is no such file; a one-line error naming the
-    file and `remedy` (what to do) if it is unreadable or not a JSON object."""
+    file and `remedy` (what to do) if it is unreadable, too large or deep, or not a JSON object."""
+    check_regular_file(path, remedy)
     try:
+        if os.path.getsize(path) > MAX_JSON_BYTES:
+            raise UserError(f"{path} is larger than any file this code writes; {remedy}")
         with open(path) as f:
             obj = json.load(f)
     except FileNotFoundError:
         return None
+    except RecursionError:
+        raise UserError(f"{path} is nested deeper than any file this code writes; {remedy}")
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({type(e).__name__}); {remedy}")
     if not isinstance(obj, dict):
@@ -120,6 +135,7 @@ def read_json(path, remedy):
 def load_checkpoint(path, remedy, map_location="cpu", keys=("model",)):
     """torch.load with weights_only=True: a file that is corrupt, empty, of another format or
     would run code is refused with a one-line error naming it and `remedy`."""
+    check_regular_file(path, remedy)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

@@ -29,6 +29,10 @@ RECORD_FIELDS = {"config": dict, "meta": dict, "status": str, "epochs": list}
 SUMMARY_FIELDS = {"best_epoch": EPOCH, "best_val_acc": FRACTION, "test_acc": FRACTION,
                   "test_loss": Number(float, 0, float("inf"))}
 STATUSES = ("running",) + FINISHED
+LOSS, SECONDS = Number(float, 0, float("inf")), Number(float, 0, 10 ** 7)
+# what each per-epoch field can be: an accuracy is a fraction, a loss and a time not negative
+EPOCH_FIELDS = {"train_acc": FRACTION, "val_acc": FRACTION, "train_loss": LOSS, "val_loss": LOSS,
+                "train_ce": LOSS, "seconds": SECONDS, "teacher_seconds": SECONDS}
 
 
 def config_digest(config):
@@ -77,8 +81,10 @@ def record_problem(record):
     for i, epoch in enumerate(record["epochs"]):
         if not isinstance(epoch, dict):
             return f"epoch {i + 1} is a {type(epoch).__name__}"
-        numbers = {k: (int, float) for k in epoch if k != "epoch"}
-        problem = fields_problem(epoch, {"epoch": EPOCH, **numbers})  # NaN allowed: a diverged epoch
+        numbers = {k: EPOCH_FIELDS.get(k, (int, float)) for k in epoch if k != "epoch"}
+        finite = {k: v for k, v in epoch.items() if not (isinstance(v, float) and not math.isfinite(v))}
+        problem = fields_problem(finite, {"epoch": EPOCH, **{k: numbers[k] for k in finite if k in numbers}})
+        # NaN and inf allowed (not range-checked): a diverged epoch's losses
         if problem:
             return f"epoch {i + 1}: {problem}"
     present = {k: v for k, v in SUMMARY_FIELDS.items() if k in record}

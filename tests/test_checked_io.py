@@ -36,7 +36,7 @@ def without_times(record):
 
 
 @pytest.mark.slow
-def test_1_a_checkpoint_write_past_a_file_size_limit_is_one_line_and_the_rerun_is_exact(mnist_dir, tmp_path):
+def test_a_checkpoint_write_past_a_file_size_limit_is_one_line_and_the_rerun_is_exact(mnist_dir, tmp_path):
     argv = TINY + ["--depth", "2", "--epochs", "2", "--data-dir", mnist_dir,
                    "--out-dir", str(tmp_path / "runs")]
     code, err = run_with_file_limit("ex1_mlp.py", argv, limit=8_000)  # metrics.json fits, best.pt does not
@@ -52,7 +52,7 @@ def test_1_a_checkpoint_write_past_a_file_size_limit_is_one_line_and_the_rerun_i
 
 
 @pytest.mark.slow
-def test_1_the_cifar_cache_is_optional_when_it_cannot_be_written(cifar_folder, tmp_path):
+def test_the_cifar_cache_is_optional_when_it_cannot_be_written(cifar_folder, tmp_path):
     argv = ["--blocks", "1", "--width", "4", "--epochs", "1", "--val-size", "10", "--batch-size", "8",
             "--device", "cpu", "--data-dir", cifar_folder, "--out-dir", str(tmp_path / "runs")]
     code, err = run_with_file_limit("ex1_cnn.py", argv, limit=120_000)  # the cache is 184 kB, a run less
@@ -65,7 +65,7 @@ def test_1_the_cifar_cache_is_optional_when_it_cannot_be_written(cifar_folder, t
 
 
 @pytest.mark.parametrize("labels", ["out-of-range", "int32", "too-few"])
-def test_2_a_cache_with_bad_labels_is_rebuilt_not_trained_on(cifar_folder, labels):
+def test_a_cache_with_bad_labels_is_rebuilt_not_trained_on(cifar_folder, labels):
     good = load_cifar10(cifar_folder, CPU, n_val=10)
     cache = os.path.join(cifar_folder, CIFAR10_CACHE)
     saved = torch.load(cache, weights_only=True)
@@ -97,7 +97,7 @@ CONFIG_CASES = {
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES)
-def test_3_checkpoint_fields_are_checked_in_ex2_cam_and_ex2_why(case, tmp_path, cifar_folder, capsys):
+def test_checkpoint_fields_are_checked_in_ex2_cam_and_ex2_why(case, tmp_path, cifar_folder, capsys):
     path = cnn_checkpoint(tmp_path, CONFIG_CASES[case])
     if case != "a string seed":  # ex2_cam does not read the seed
         code, err = cli_in_process(ex2_cam, ["cifar10", "--checkpoint", path, "--data-dir", cifar_folder,
@@ -118,7 +118,7 @@ def test_3_checkpoint_fields_are_checked_in_ex2_cam_and_ex2_why(case, tmp_path, 
     (lambda r: r["epochs"][0].update(val_acc="high"), "epoch 1: 'val_acc'"),
     (lambda r: r.update(status="done"), "status 'done'"),
 ])
-def test_4_run_record_fields_are_checked_in_plot_only(change, message, mnist_dir, tmp_path, capsys):
+def test_run_record_fields_are_checked_in_plot_only(change, message, mnist_dir, tmp_path, capsys):
     argv = TINY + ["--epochs", "1", "--sweep", "--depths", "2", "--variants", "plain", "--seeds", "1",
                    "--workers", "1", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
                    "--fig-dir", str(tmp_path / "fig")]

@@ -59,7 +59,7 @@ def interrupted_run(mnist_dir, tmp_path, monkeypatch):
     return folder
 
 
-def test_1_a_crafted_last_pt_runs_no_code(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_a_crafted_last_pt_runs_no_code(mnist_dir, tmp_path, capsys, monkeypatch):
     folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
     marker = tmp_path / "code-ran"
     torch.save({"model": {}, "payload": RunsCode(marker)}, folder / "last.pt")
@@ -68,7 +68,7 @@ def test_1_a_crafted_last_pt_runs_no_code(mnist_dir, tmp_path, capsys, monkeypat
     assert not marker.exists()
 
 
-def test_5_a_zero_byte_last_pt_is_named_not_announced_as_resume(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_a_zero_byte_last_pt_is_named_not_announced_as_resume(mnist_dir, tmp_path, capsys, monkeypatch):
     folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
     (folder / "last.pt").write_bytes(b"")
     code, err = cli_in_process(ex1_mlp, single(mnist_dir, tmp_path, "--epochs", "2"), capsys)
@@ -76,7 +76,7 @@ def test_5_a_zero_byte_last_pt_is_named_not_announced_as_resume(mnist_dir, tmp_p
     assert "delete it to restart this run from epoch 0" in err
 
 
-def test_2_repeated_sweep_values_are_one_run(mnist_dir, tmp_path, capsys):
+def test_repeated_sweep_values_are_one_run(mnist_dir, tmp_path, capsys):
     ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path, "--depths", "2,2", "--workers", "2")))
     out = capsys.readouterr().out
     assert "sweep: 1 run, 0 already finished, 1 to train" in out and "over 1 seed." in out
@@ -87,7 +87,7 @@ def test_2_repeated_sweep_values_are_one_run(mnist_dir, tmp_path, capsys):
     ('{"config": {}, "epochs": []}', "not a run record this code can use (no 'meta')"),
     ('{"config": {"dep', "unreadable"),
 ])
-def test_5_corrupt_metrics_json(mnist_dir, tmp_path, capsys, content, message):
+def test_corrupt_metrics_json(mnist_dir, tmp_path, capsys, content, message):
     ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path)))
     (run_folder(tmp_path) / "metrics.json").write_text(content)
     code, err = cli_in_process(ex1_mlp, sweep(mnist_dir, tmp_path, "--plot-only"), capsys)
@@ -96,7 +96,7 @@ def test_5_corrupt_metrics_json(mnist_dir, tmp_path, capsys, content, message):
 
 
 @pytest.mark.parametrize("replace", ["empty", "other-run"])
-def test_5_a_bad_best_pt_for_the_gradient_figure(mnist_dir, tmp_path, capsys, replace):
+def test_a_bad_best_pt_for_the_gradient_figure(mnist_dir, tmp_path, capsys, replace):
     argv = sweep(mnist_dir, tmp_path, "--depths", "2,8")
     ex1_mlp.main(ex1_mlp.get_args(argv))
     folders = sorted(p for p in (tmp_path / "runs").iterdir() if p.name != "figures")
@@ -111,7 +111,7 @@ def test_5_a_bad_best_pt_for_the_gradient_figure(mnist_dir, tmp_path, capsys, re
     assert "delete the run folder" in err
 
 
-def test_3_6_bad_mnist_files(tmp_path, capsys, monkeypatch):
+def test_bad_mnist_files(tmp_path, capsys, monkeypatch):
     from conftest import make_mnist
     monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)
     root = make_mnist(str(tmp_path / "mnist"))
@@ -132,7 +132,7 @@ def test_3_6_bad_mnist_files(tmp_path, capsys, monkeypatch):
     assert not missing.exists()  # no empty MNIST/raw tree left behind
 
 
-def test_6_hidden_files_in_cifar_class_folders_are_ignored(cifar_folder):
+def test_hidden_files_in_cifar_class_folders_are_ignored(cifar_folder):
     from data import load_cifar10
     for split in ("train", "test"):
         with open(os.path.join(cifar_folder, split, "cat", ".DS_Store"), "wb") as f:
@@ -140,7 +140,7 @@ def test_6_hidden_files_in_cifar_class_folders_are_ignored(cifar_folder):
     assert len(load_cifar10(cifar_folder, torch.device("cpu"), 10).test) == 20
 
 
-def test_7_an_unwritable_out_dir_fails_before_training(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_an_unwritable_out_dir_fails_before_training(mnist_dir, tmp_path, capsys, monkeypatch):
     import training
     monkeypatch.setattr(training, "train_one_epoch", lambda *a, **k: pytest.fail("trained first"))
     blocker = tmp_path / "file"
@@ -152,7 +152,7 @@ def test_7_an_unwritable_out_dir_fails_before_training(mnist_dir, tmp_path, caps
 
 
 @pytest.mark.slow
-def test_8_sigterm_of_a_sweep_is_one_message(mnist_dir, tmp_path):
+def test_sigterm_of_a_sweep_is_one_message(mnist_dir, tmp_path):
     argv = sweep(mnist_dir, tmp_path, "--epochs", "50", "--workers", "2", "--depths", "2,4")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "ex1_mlp.py")] + argv, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -169,7 +169,7 @@ def test_8_sigterm_of_a_sweep_is_one_message(mnist_dir, tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
-def test_9_a_figure_that_cannot_be_drawn_is_removed_and_said(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_a_figure_that_cannot_be_drawn_is_removed_and_said(mnist_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)  # offline
     ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path)))
     gradients = tmp_path / "fig" / "ex1_mlp_gradients.png"
@@ -181,7 +181,7 @@ def test_9_a_figure_that_cannot_be_drawn_is_removed_and_said(mnist_dir, tmp_path
     assert not gradients.exists() and (tmp_path / "fig" / "ex1_mlp_table.md").exists()
 
 
-def test_4_a_cnn_diverging_on_validation_saves_no_best(cifar_folder, tmp_path, monkeypatch):
+def test_a_cnn_diverging_on_validation_saves_no_best(cifar_folder, tmp_path, monkeypatch):
     import training
     monkeypatch.setattr(training, "evaluate", lambda model, batches: {"loss": float("nan"), "acc": 0.1})
     record = ex1_cnn.main(ex1_cnn.get_args(["--blocks", "1", "--width", "4", "--epochs", "1", "--val-size",
@@ -203,7 +203,7 @@ def test_completed_results_survive_every_fault_above(mnist_dir, tmp_path, capsys
     assert json.loads(metrics.read_text())["status"] == "complete"
 
 
-def test_7_an_unwritable_fig_dir_fails_before_training(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_an_unwritable_fig_dir_fails_before_training(mnist_dir, tmp_path, capsys, monkeypatch):
     import training
     monkeypatch.setattr(training, "train_one_epoch", lambda *a, **k: pytest.fail("trained first"))
     blocker = tmp_path / "file"
@@ -213,7 +213,7 @@ def test_7_an_unwritable_fig_dir_fails_before_training(mnist_dir, tmp_path, caps
     assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "cannot create the output folder")
 
 
-def test_8_ctrl_c_of_ex2_cam_says_nothing_was_written(capsys, monkeypatch):
+def test_ctrl_c_of_ex2_cam_says_nothing_was_written(capsys, monkeypatch):
     import ex2_cam
     monkeypatch.setattr(ex2_cam, "main", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
     code, err = cli_in_process(ex2_cam, ["cifar10"], capsys)

@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.slow
-def test_1_a_plot_only_cut_by_a_failed_write_leaves_every_figure_as_it_was(mnist_dir, tmp_path):
+def test_a_plot_only_cut_by_a_failed_write_leaves_every_figure_as_it_was(mnist_dir, tmp_path):
     argv = sweep(mnist_dir, tmp_path, "--depths", "2,8")
     ex1_mlp.main(ex1_mlp.get_args(argv))
     before = {p: p.read_bytes() for p in (tmp_path / "fig").iterdir()}
@@ -41,7 +41,7 @@ def tiny_cnn_sweep(cifar_folder, runs):
 SWAPPED = "is not the checkpoint of the run in its folder"
 
 
-def test_2_a_checkpoint_swapped_between_run_folders_is_refused(cifar_folder, tmp_path, capsys):
+def test_a_checkpoint_swapped_between_run_folders_is_refused(cifar_folder, tmp_path, capsys):
     folders = tiny_cnn_sweep(cifar_folder, tmp_path / "runs")
     plain, res = (folders[k] / "best.pt" for k in ("plain", "res"))
     a, b = plain.read_bytes(), res.read_bytes()
@@ -53,7 +53,7 @@ def test_2_a_checkpoint_swapped_between_run_folders_is_refused(cifar_folder, tmp
     assert_one_line_error(*cli_in_process(ex2_cam, argv, capsys), SWAPPED)
 
 
-def test_3_a_lost_best_pt_is_not_a_complete_run(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_a_lost_best_pt_is_not_a_complete_run(mnist_dir, tmp_path, capsys, monkeypatch):
     folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
     (folder / "best.pt").unlink()
     code, err = cli_in_process(ex1_mlp, single(mnist_dir, tmp_path, "--epochs", "2"), capsys)
@@ -61,7 +61,7 @@ def test_3_a_lost_best_pt_is_not_a_complete_run(mnist_dir, tmp_path, capsys, mon
     assert json.loads((folder / "metrics.json").read_text())["status"] == "running"
 
 
-def test_6_debris_of_a_killed_write_is_removed_at_the_next_start(mnist_dir, tmp_path, monkeypatch,
+def test_debris_of_a_killed_write_is_removed_at_the_next_start(mnist_dir, tmp_path, monkeypatch,
                                                                   cifar_folder):
     folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
     (folder / ".tmp-abc123").write_bytes(b"half a checkpoint")
@@ -77,7 +77,7 @@ def test_6_debris_of_a_killed_write_is_removed_at_the_next_start(mnist_dir, tmp_
     assert not os.path.exists(dead) and os.path.exists(alive)
 
 
-def test_7_a_resume_on_other_threads_is_refused(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_a_resume_on_other_threads_is_refused(mnist_dir, tmp_path, capsys, monkeypatch):
     folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
     state = torch.load(folder / "last.pt", weights_only=True)
     state["record"]["meta"]["hardware"] = "CPU (x86_64, 2 cores, 2 threads per process)"
@@ -86,7 +86,7 @@ def test_7_a_resume_on_other_threads_is_refused(mnist_dir, tmp_path, capsys, mon
     assert_one_line_error(code, err, "resume it the way it was started")
 
 
-def test_9_a_16_bit_png_is_converted_by_its_high_byte_and_an_empty_class_is_refused(cifar_folder, capsys):
+def test_a_16_bit_png_is_converted_by_its_high_byte_and_an_empty_class_is_refused(cifar_folder, capsys):
     from PIL import Image
     grey = (np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)
     path = os.path.join(cifar_folder, "test", "cat", "0003.png")
@@ -102,7 +102,7 @@ def test_9_a_16_bit_png_is_converted_by_its_high_byte_and_an_empty_class_is_refu
         load_cifar10(cifar_folder, CPU, n_val=10)
 
 
-def test_10_a_sweep_whose_runs_are_all_started_elsewhere_says_so(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_a_sweep_whose_runs_are_all_started_elsewhere_says_so(mnist_dir, tmp_path, capsys, monkeypatch):
     interrupted_run(mnist_dir, tmp_path, monkeypatch)
     argv = single(mnist_dir, tmp_path, "--epochs", "2", "--sweep", "--depths", "2", "--variants", "plain",
                   "--seeds", "1", "--plot-only", "--fig-dir", str(tmp_path / "fig"))
@@ -111,13 +111,13 @@ def test_10_a_sweep_whose_runs_are_all_started_elsewhere_says_so(mnist_dir, tmp_
     assert "with the same flags first" not in err
 
 
-def test_10_workers_are_reported_as_the_processes_that_ran(mnist_dir, tmp_path, capsys):
+def test_workers_are_reported_as_the_processes_that_ran(mnist_dir, tmp_path, capsys):
     ex1_mlp.main(ex1_mlp.get_args(sweep(mnist_dir, tmp_path, "--workers", "200")))
     out = capsys.readouterr().out
     assert "(1 process of 1 thread)" in out and "200" not in out
 
 
-def test_10_force_on_a_symlinked_run_folder_names_it(mnist_dir, tmp_path, capsys):
+def test_force_on_a_symlinked_run_folder_names_it(mnist_dir, tmp_path, capsys):
     ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path)))
     folder = run_folder(tmp_path)
     target = tmp_path / "elsewhere"
@@ -137,14 +137,14 @@ def no_setup(setup_args):
 
 
 @pytest.mark.slow
-def test_10_a_worker_killed_without_a_word_is_not_said_to_have_printed(capsys):
+def test_a_worker_killed_without_a_word_is_not_said_to_have_printed(capsys):
     from lab.sweeps import run_jobs
     from lab.errors import UserError
     with pytest.raises(UserError, match="it exited with code 3"):
         run_jobs(exits_with_3, [1, 2], 2, CPU, 1, "test", setup=no_setup, setup_args=None)
 
 
-def test_10_a_corrupt_cifar_batches_folder_is_not_reported_missing(tmp_path):
+def test_a_corrupt_cifar_batches_folder_is_not_reported_missing(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     (folder / "data_batch_1").write_bytes(b"garbage")
@@ -152,7 +152,7 @@ def test_10_a_corrupt_cifar_batches_folder_is_not_reported_missing(tmp_path):
         load_cifar10(str(tmp_path), CPU, n_val=10)
 
 
-def test_10_a_failed_imagenette_download_leaves_no_folder(tmp_path, capsys, monkeypatch):
+def test_a_failed_imagenette_download_leaves_no_folder(tmp_path, capsys, monkeypatch):
     from torchvision.models import resnet18
     import torchvision.datasets.imagenette as imagenette
     def no_network(url, download_root, *args, **kwargs):  # torchvision makes the folder, then fails

@@ -8,7 +8,19 @@ from conftest import ROOT
 
 CHECKPOINT_BUDGET = 20 * 2 ** 20  # the published checkpoints, in all
 GENERATED = ("ex1_mlp_table", "ex1_cnn_table", "ex2_cam_faithfulness", "ex2_why_responses", "bench_mlp",
-             "bench_cnn", "ex2_fcn_table")
+             "bench_cnn", "ex2_fcn_table", "ex2_distill_select", "ex2_distill_table",
+             "ex2_distill_plain_table", "ex2_cam_photos")
+# Results at a glance: each number it quotes, and the committed table it comes from
+GLANCE = {"ex1_mlp_table": ("0.114 ± 0.000", "0.961 ± 0.002", "0.957 ± 0.000", "0.385 ± 0.033"),
+          "ex1_cnn_table": ("-0.272 ± 0.008", "+0.019 ± 0.003"),
+          "ex2_why_gradients": ("1811.09", "5.30"),
+          "ex2_why_lesion": ("| residual-56 | 0.846 | 0.801 |", "| plain-56 | 0.513 | 0.128 |"),
+          "ex2_fcn_table": ("0.458 ± 0.010", "0.856 ± 0.006"),
+          "ex2_cam_faithfulness": ("0.262 ± 0.189", "0.371 ± 0.206", "1000 CIFAR-10 test images"),
+          "ex2_cam_photos": ("coffee | scikit-image skimage.data.coffee() | espresso",
+                             "chelsea | scikit-image skimage.data.chelsea() | Egyptian cat")}
+MAX_WORDS = 8000
+GLANCE_LINES = 80  # the contents and the results at a glance come first
 
 
 def read(*path):
@@ -130,3 +142,21 @@ def test_the_per_block_lesion_numbers_the_readme_quotes_are_the_committed_tables
     intact = {"residual-32": 0.830, "residual-56": 0.846}
     costly = {n: sum(float(v) < intact[n] - 0.1 for v in blocks[n]) for n in intact}
     assert costly == {"residual-32": 5, "residual-56": 2} and "5 of its 15 blocks" in prose
+
+
+def test_the_readme_leads_with_contents_and_a_glance_whose_numbers_are_the_tables():
+    readme = read("README.md")
+    head = "\n".join(readme.splitlines()[:GLANCE_LINES])
+    assert "**Contents.**" in head and "## Results at a glance" in head and "## Quick start" in readme
+    glance = readme.split("## Results at a glance")[1].split("## Quick start")[0]
+    assert glance.strip() in head
+    for table, quoted in GLANCE.items():
+        text = read("figures", f"{table}.md")
+        for q in quoted:
+            assert q in text, (table, q)
+            number = q.split("|")[-2].strip() if q.startswith("|") else q.split(" | ")[-1]
+            assert number in glance, (table, number)
+
+
+def test_the_readme_is_at_most_its_word_budget():
+    assert len(read("README.md").split()) <= MAX_WORDS

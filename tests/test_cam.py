@@ -197,7 +197,7 @@ def test_imagenette_class_order_matches_torchvision(tmp_path):
     (["cifar10", "--data-dir", "{tmp}"], "no published run with the settings"),
     (["cifar10", "--runs-dir", "{tmp}/no-runs"], "no finished residual ex1_cnn.py run"),
     (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{tmp}/none.pth"], "--weights"),
-    (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{ckpt}"], "not a ResNet-18"),
+    (["imagenette", "--data-dir", "{tmp}/none", "--weights", "{ckpt}"], "not a state dict of tensors"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder, capsys, monkeypatch):
     monkeypatch.setattr(ex2_cam, "CNN_RUNS", str(tmp_path / "no-runs"))

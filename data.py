@@ -121,32 +121,31 @@ def mnist_images(x):
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
-def _cifar_official(data_dir):
-    """(train_x, train_y, test_x, test_y) uint8 NCHW from torchvision's CIFAR10 format, or None."""
-    from torchvision.datasets import CIFAR10
+def _cifar_official(data_dir, name="CIFAR10"):
+    """((train_x, train_y, test_x, test_y) uint8 NCHW, class names) from torchvision's CIFAR10
+    (or CIFAR100) format, or None if its folder is not in `data_dir`."""
+    import torchvision.datasets
 
-    def make(train, download=False):
-        return CIFAR10(data_dir, train=train, download=download)
-
-    folder = os.path.join(data_dir, CIFAR10_OFFICIAL_DIR)
+    dataset = getattr(torchvision.datasets, name)
+    folder = os.path.join(data_dir, dataset.base_folder)
     if not os.path.exists(folder):
         return None
     try:
-        train, test = make(True), make(False)
+        train, test = dataset(data_dir, train=True), dataset(data_dir, train=False)
     except Exception as e:  # torchvision's checksum failure, or a file that does not unpickle
         raise DataError(f"{folder} is corrupt or incomplete ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:60] if str(e) else ''}); delete it and download or "
-                        "unpack CIFAR-10 again")
-    return _cifar_arrays(train) + _cifar_arrays(test)
+                        f"unpack {name} again")
+    return _cifar_arrays(train, folder) + _cifar_arrays(test, folder), tuple(train.classes)
 
 
-def _cifar_arrays(ds):
+def _cifar_arrays(ds, folder):
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> NCHW
     y = torch.tensor(ds.targets, dtype=torch.int64)
-    problem = datafiles.arrays_problem((x, y), CIFAR10_IMAGE_SHAPE, len(CIFAR10_CLASSES))
+    problem = datafiles.arrays_problem((x, y), CIFAR10_IMAGE_SHAPE, len(ds.classes))
     if problem:
-        raise DataError(f"the CIFAR-10 files in {ds.root} hold {problem}; delete cifar-10-batches-py/ there "
-                        "and unpack or download it again")
+        raise DataError(f"the files in {folder} hold {problem}; delete {folder} and unpack or download "
+                        "it again")
     return x, y
 
 
@@ -157,7 +156,7 @@ def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED
     Looks for torchvision's own files in `data_dir`, then for an ImageFolder copy in
     `data_dir` itself or in `data_dir/cifar10-jpeg`, then tries torchvision's download.
     """
-    arrays, source = _cifar_official(data_dir), "CIFAR-10"
+    arrays, source = (_cifar_official(data_dir) or (None,))[0], "CIFAR-10"
     if arrays is None:
         for root in (data_dir, os.path.join(data_dir, CIFAR10_JPEG_DIR)):
             if os.path.isdir(os.path.join(root, "train")):
@@ -171,7 +170,7 @@ def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED
         os.makedirs(data_dir, exist_ok=True)
         if datafiles.try_download(lambda download: CIFAR10(data_dir, train=True, download=download),
                                   data_dir):
-            arrays, source = _cifar_official(data_dir), "CIFAR-10"
+            arrays, source = _cifar_official(data_dir)[0], "CIFAR-10"
         elif not existed:  # a failed download leaves no empty folder behind
             shutil.rmtree(data_dir, ignore_errors=True)
     if arrays is None:
@@ -179,6 +178,26 @@ def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED
         raise DataError(f"CIFAR-10 not found in {data_dir} (looked for cifar-10-batches-py/ and "
                         f"an ImageFolder copy {jpeg_dir}/{{train,test}}/<class>/) and it could not "
                         f"be downloaded; e.g. ../shared/datasets/install.sh {data_dir}")
+    return _cifar_dataset(arrays, device, n_val, split_seed, train_subset, source, CIFAR10_CLASSES)
+
+
+def load_cifar100(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED, train_subset=0):
+    """CIFAR-100 (its 100 fine labels) from torchvision's own files in `data_dir`, else its
+    download, as load_cifar10 gives CIFAR-10."""
+    from torchvision.datasets import CIFAR100
+    found = _cifar_official(data_dir, "CIFAR100")
+    if found is None and datafiles.try_download(lambda download: CIFAR100(data_dir, download=download),
+                                                data_dir):
+        found = _cifar_official(data_dir, "CIFAR100")
+    if found is None:
+        raise DataError(f"CIFAR-100 not found in {data_dir} (looked for {CIFAR100.base_folder}/) and it "
+                        "could not be downloaded; download it where there is a network (torchvision's "
+                        f"CIFAR100('{data_dir}', download=True)) and copy {CIFAR100.base_folder}/ there")
+    arrays, classes = found
+    return _cifar_dataset(arrays, device, n_val, split_seed, train_subset, "CIFAR-100", classes)
+
+
+def _cifar_dataset(arrays, device, n_val, split_seed, train_subset, source, classes):
     train_x, train_y, test_x, test_y = (a.to(device) for a in arrays)
     train_split, val_split = _split(train_x, train_y, n_val, split_seed)
     if train_subset:
@@ -186,7 +205,7 @@ def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED
             raise DataError(f"a training subset of {train_subset} exceeds the {len(train_split)} training "
                             "images")
         train_split = Split(train_split.x[:train_subset], train_split.y[:train_subset])
-    return Dataset(train_split, val_split, Split(test_x, test_y), source, CIFAR10_CLASSES)
+    return Dataset(train_split, val_split, Split(test_x, test_y), source, classes)
 
 
 def normalize_images(x, mean=CIFAR10_MEAN, std=CIFAR10_STD):
@@ -196,15 +215,20 @@ def normalize_images(x, mean=CIFAR10_MEAN, std=CIFAR10_STD):
     return (x.float() / 255 - mean) / std
 
 
-def cifar_transforms(generator, memory_format=torch.channels_last):
+def cifar_transforms(generator, memory_format=torch.channels_last, size=None, mean=CIFAR10_MEAN,
+                     std=CIFAR10_STD):
     """(train, eval) batch transforms of Exercise 1.3: uint8 -> normalized float in
-    `memory_format`, the training one after a seeded random crop and flip."""
-    def train_transform(x):
-        return normalize_images(random_crop_flip(x, generator)).contiguous(memory_format=memory_format)
+    `memory_format`, the training one after a seeded random crop and flip; with `size`, the
+    images then upsampled (bilinear) to size x size, as a pretrained network may want them."""
+    def prepare(x):
+        x = normalize_images(x, mean, std)
+        if size is not None and size != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return x.contiguous(memory_format=memory_format)
 
-    def eval_transform(x):
-        return normalize_images(x).contiguous(memory_format=memory_format)
-    return train_transform, eval_transform
+    def train_transform(x):
+        return prepare(random_crop_flip(x, generator))
+    return train_transform, prepare
 
 
 def random_crop_flip(x, generator, padding=CROP_PADDING):

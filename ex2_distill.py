@@ -13,7 +13,6 @@ and is trained with the recipe of its published Exercise 1.3 run (read from that
 same seed, so the same initialization, batch order and augmented batches, which the teacher sees
 too. Each distilled run and its published baseline differ only in the loss.
 """
-import glob
 import math
 import os
 import time
@@ -23,8 +22,9 @@ import torch.nn.functional as F
 
 from data import cifar_transforms, load_cifar10
 from models import CifarResNet, build_model
-from report import cnn_name, depth_gap, fastest_epoch_seconds, format_gap, format_result, run_result
-from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
+from report import (cnn_name, depth_gap, fastest_epoch_seconds, format_gap, format_result,
+                    published_cnn_run, run_result)
+from training import Recipe, fit, sgd_warmup_cosine
 from utils import get_device, hardware, provenance, seed_everything
 from lab.checkpoints import load_model
 from lab.cli import (MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, add_device_flag, ArgumentParser, count,
@@ -32,8 +32,8 @@ from lab.cli import (MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, add_device_
 from lab.errors import UserError
 from lab.experiment import Experiment, sweep
 from lab.outputs import destination, sweep_results, write_table
-from lab.runs import (CHECKPOINT_FILE, METRICS_FILE, RunFolder, check_checkpoint_of_run, collect,
-                      config_digest, folder_name, lookup_roots, published_dir, read_record)
+from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, collect,
+                      folder_name, lookup_roots)
 from lab.sweeps import parse_shard
 
 PROG = "ex2_distill.py"
@@ -90,19 +90,6 @@ class Distillation:
 
 
 # ----------------------------------------------------------------------------- the runs
-
-def published_cnn_run(residual, blocks, seed):
-    """(record, folder) of the published Exercise 1.3 run of these settings at the CPU preset."""
-    root = published_dir("ex1_cnn")
-    prefix = f"{'res' if residual else 'plain'}_n{blocks}_e{CNN_CPU_EPOCHS}_s{seed}_"
-    for path in sorted(glob.glob(os.path.join(root, prefix + "*", METRICS_FILE))):
-        folder = os.path.dirname(path)
-        record = read_record(folder)
-        is_its_own = record is not None and folder.endswith(config_digest(record["config"]))
-        if is_its_own and record["status"] == "complete":
-            return record, folder
-    raise UserError(f"no published run {prefix}* in {root} (is the checkout complete?)")
-
 
 def run_config(student_config, teacher_folder, temperature, alpha):
     """A distilled run: its student's recipe (the published baseline's config) plus what distils."""
@@ -190,38 +177,44 @@ def _val(record):
     return record.get("best_val_acc")
 
 
-def main_table(found, student_kind, missing=0):
-    """Teacher, student alone, student distilled: mean ± std over seeds, the gain ± its SE, per seed."""
+def main_table(students, missing=0):
+    """Teacher, then per student kind ('residual', 'plain') with finished runs, [(config, record,
+    folder)] of its distilled runs: alone and distilled, mean ± std over seeds, the gain ± its SE
+    and per seed."""
     teacher, _ = published_cnn_run(**TEACHER_RUN)
-    distilled = [record for _, record, _ in found]
-    residual = student_kind == "residual"
-    alone = [published_cnn_run(residual, STUDENT_BLOCKS, r["config"]["seed"])[0] for r in distilled]
-    student = cnn_name(residual, STUDENT_BLOCKS)
     teacher_params, student_params = (sum(p.numel() for p in CifarResNet(b, residual=True).parameters())
                                       for b in (TEACHER_RUN["blocks"], STUDENT_BLOCKS))
+    rows = [(f"teacher: {cnn_name(True, TEACHER_RUN['blocks'])}", teacher_params, [teacher])]
+    gaps, all_distilled = [], []
+    for kind, found in students.items():
+        distilled = [record for _, record, _ in found]
+        residual = kind == "residual"
+        alone = [published_cnn_run(residual, STUDENT_BLOCKS, r["config"]["seed"])[0] for r in distilled]
+        student = cnn_name(residual, STUDENT_BLOCKS)
+        rows += [(f"{student} alone", student_params, alone),
+                 (f"{student} distilled", student_params, distilled)]
+        gaps.append((student, [depth_gap(distilled, alone, key) for key in (_val, _test)]))
+        all_distilled += distilled
     lines = ["| network | parameters | best val. accuracy | test accuracy (best val.) | fastest epoch (s) "
              "| seeds |", "|---|---:|---:|---:|---:|---:|"]
-    for name, records in ((f"teacher: {cnn_name(True, TEACHER_RUN['blocks'])}", [teacher]),
-                          (f"student alone: {student}", alone),
-                          (f"student distilled: {student}", distilled)):
-        params = teacher_params if name.startswith("teacher") else student_params
+    for name, params, records in rows:
         cells = [format_result(records, _val), format_result(records, _test),
                  format_result(records, fastest_epoch_seconds, digits=0), str(len(records))]
         lines.append(f"| {name} | {params / 1e6:.2f}M | " + " | ".join(cells) + " |")
-    gaps = [depth_gap(distilled, alone, key) for key in (_val, _test)]
-    per_seed = [", ".join(f"{d:+.3f}" for d in g[2].values()) if g else "-" for g in gaps]
     lines += ["", "| distilled minus alone | best val. accuracy | test accuracy | val., per seed "
-                  "| test, per seed |", "|---|---:|---:|---:|---:|",
-              f"| {student} | " + " | ".join(map(format_gap, gaps)) + " | " + " | ".join(per_seed) + " |"]
-    teacher_s = [e["teacher_seconds"] for r in distilled for e in r["epochs"] if "teacher_seconds" in e]
-    cfg = distilled[0]["config"]
+                  "| test, per seed |", "|---|---:|---:|---:|---:|"]
+    for student, (val, test) in gaps:
+        per_seed = [", ".join(f"{d:+.3f}" for d in g[2].values()) if g else "-" for g in (val, test)]
+        lines.append(f"| {student} | {format_gap(val)} | {format_gap(test)} | " + " | ".join(per_seed) + " |")
+    teacher_s = [e["teacher_seconds"] for r in all_distilled for e in r["epochs"] if "teacher_seconds" in e]
+    cfg, meta = all_distilled[0]["config"], all_distilled[0]["meta"]
+    not_finished = f" **{count(missing, 'run')} not finished.** " if missing else " "
     lines += ["", f"T = {cfg['temperature']:g}, alpha = {cfg['alpha']:g}; {cfg['epochs']} epochs, "
-                  f"{distilled[0]['meta']['data']}, {distilled[0]['meta']['hardware']}. Mean ± std over "
-                  f"{count(len(distilled), 'seed')}; the difference of the means ± its standard error, and "
-                  "within each seed (the same initialization, batches and augmentation). The teacher's "
-                  f"forward passes took {min(teacher_s):.0f}-{max(teacher_s):.0f} s of each distilled epoch."
-                  + (f" **{count(missing, 'seed')} not finished.** " if missing else " ") +
-                  f"Made by `python {PROG}{'' if residual else ' --student plain'}`."]
+                  f"{meta['data']}, {meta['hardware']}. Mean ± std over seeds; the difference of the means ± "
+                  "its standard error (none for one seed), and within each seed (the same initialization, "
+                  "batches and augmentation). The teacher's forward passes took "
+                  f"{min(teacher_s):.0f}-{max(teacher_s):.0f} s of each distilled epoch.{not_finished}"
+                  f"Made by `python {PROG}` and `python {PROG} --student plain`."]
     return "\n".join(lines) + "\n"
 
 
@@ -239,19 +232,22 @@ def select_table(found, missing=0):
 
 
 def make_tables(args):
-    readme = get_args(["--student", args.student])  # either student's table goes to the README
+    readme = get_args(["--student", args.student])  # either student's runs go to the README's table
     fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"))
-    roots = lookup_roots(args.out_dir, EXERCISE)
-    tables = [("ex2_distill_select", select_configs(args), select_table)]
-    tables += [(f"ex2_distill_{'' if kind == 'residual' else 'plain_'}table", main_configs(args, kind),
-                lambda found, missing, kind=kind: main_table(found, kind, missing))
-               for kind in ("residual", "plain")]
-    for name, configs, table in tables:
-        if not collect(configs, roots, run_name):
-            print(f"{name}: none of its {count(len(configs), 'run')} has finished yet")
-            continue
-        found, missing = sweep_results(configs, roots, run_name, fig_dir, f"python {PROG}")
-        text = table(found, missing)
+    roots, command = lookup_roots(args.out_dir, EXERCISE), f"python {PROG}"
+    found, missing = sweep_results(select_configs(args), roots, run_name, fig_dir, command + " --select")
+    tables = [("ex2_distill_select", select_table(found, missing))]
+    students, missing = {}, 0
+    for kind in ("residual", "plain"):
+        configs = main_configs(args, kind)
+        found = collect(configs, roots, run_name)
+        if found:
+            students[kind] = found
+            missing += len(configs) - len(found)
+    if not students:
+        raise UserError(f"no finished distillation runs in {' or '.join(roots)}; run `{command}` first")
+    tables.append(("ex2_distill_table", main_table(students, missing)))
+    for name, text in tables:
         print(text)
         print(f"table {write_table(text, name, fig_dir, publish)} written")
 

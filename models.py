@@ -245,7 +245,32 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self.features(x).mean(dim=(2, 3)))  # dropout is a training-time layer
 
 
-MODELS = {"MLP": MLP, "CifarResNet": CifarResNet, "EfficientNetLite0": EfficientNetLite0}
+class PartlyFrozenLite0(EfficientNetLite0):
+    """EfficientNet-Lite0 of which only the submodules named in `trainable` learn (("",) for all):
+    the frozen rest has requires_grad off and stays in eval mode, so its BatchNorm layers keep
+    their pretrained statistics while the trainable part trains."""
+
+    def __init__(self, num_classes=1000, trainable=("",)):
+        super().__init__(num_classes)
+        self.trainable = tuple(trainable)
+        for name, p in self.named_parameters():
+            p.requires_grad_(self.learns(name))
+
+    def learns(self, name):
+        """True if the parameter or submodule `name` is in (or is) one of the trainable parts."""
+        return any(t == "" or name == t or name.startswith(t + ".") for t in self.trainable)
+
+    def train(self, mode=True):
+        super().train(False)
+        for name, module in self.named_modules():
+            if name and self.learns(name):
+                module.train(mode)
+        self.training = mode
+        return self
+
+
+MODELS = {"MLP": MLP, "CifarResNet": CifarResNet, "EfficientNetLite0": EfficientNetLite0,
+          "PartlyFrozenLite0": PartlyFrozenLite0}
 
 
 def build_model(arch):

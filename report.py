@@ -2,14 +2,17 @@
 
 Where they may be written (the README's figures/ or beside the runs) is lab.outputs' rule.
 """
+import glob
 import math
 import os
 
 import torch
 
 from models import CifarResNet
+from training import CNN_CPU_EPOCHS
+from lab.errors import UserError
 from lab.files import savefig_atomic
-from lab.runs import CHECKPOINT_FILE
+from lab.runs import CHECKPOINT_FILE, METRICS_FILE, config_digest, published_dir, read_record
 
 CAPTION_FONTSIZE = 8
 
@@ -32,6 +35,19 @@ def save_figure(fig, caption, path, caption_lines=1, top_inches=0.0, layout=True
 def cnn_name(residual, blocks):
     """'plain-20', 'residual-56': a CIFAR network as every table and figure names it."""
     return f"{'residual' if residual else 'plain'}-{CifarResNet.depth_of(blocks)}"
+
+
+def published_cnn_run(residual, blocks, seed):
+    """(record, folder) of the published Exercise 1.3 run of these settings at the CPU preset."""
+    root = published_dir("ex1_cnn")
+    prefix = f"{'res' if residual else 'plain'}_n{blocks}_e{CNN_CPU_EPOCHS}_s{seed}_"
+    for path in sorted(glob.glob(os.path.join(root, prefix + "*", METRICS_FILE))):
+        folder = os.path.dirname(path)
+        record = read_record(folder)
+        is_its_own = record is not None and folder.endswith(config_digest(record["config"]))
+        if is_its_own and record["status"] == "complete":
+            return record, folder
+    raise UserError(f"no published run {prefix}* in {root} (is the checkout complete?)")
 
 
 def run_result(record):

@@ -248,8 +248,8 @@ class RunFolder:
         """Close the record (complete, unless diverged) with the test read; last.pt goes."""
         if self.record["status"] == "running":
             self.record["status"] = "complete"
-        if test is not None:
-            self.record.update(test_acc=test["acc"], test_loss=test["loss"])
+        if test is not None:  # a classifier with no loss (k-NN) gives only its accuracy
+            self.record.update({f"test_{k}": v for k, v in test.items() if k in ("acc", "loss")})
         write_json_atomic(self.record, os.path.join(self.path, METRICS_FILE))
         if os.path.exists(self.last_path):
             os.remove(self.last_path)  # the run is finished: best.pt and metrics.json are what stays

@@ -176,7 +176,7 @@ def plan(configs, costs, name_fn, roots, out_dir, shard_spec=None, need_checkpoi
         costs = [costs[configs.index(c)] for c in mine]
         configs = mine
     todo = pending(configs, roots, out_dir, name_fn, need_checkpoints)
-    return sorted(todo, key=lambda c: (c["seed"], -costs[configs.index(c)], configs.index(c)))
+    return sorted(todo, key=lambda c: (c.get("seed", 0), -costs[configs.index(c)], configs.index(c)))
 
 
 def set_threads(device, threads):

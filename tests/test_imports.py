@@ -4,7 +4,7 @@ import os
 
 from conftest import ROOT
 
-SCRIPTS = {"ex1_mlp", "ex1_cnn", "ex2_cam", "ex2_fcn", "ex2_why", "bench"}
+SCRIPTS = {"ex1_mlp", "ex1_cnn", "ex2_cam", "ex2_distill", "ex2_fcn", "ex2_finetune", "ex2_why", "bench"}
 LEAVES = {"data", "models"}  # import nothing of the project
 
 

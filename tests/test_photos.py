@@ -3,12 +3,13 @@ import pytest
 import torch
 
 import ex2_cam
+import pretrained
 from lab.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def lite0():
-    return ex2_cam.load_efficientnet_lite0(torch.device("cpu"))
+    return pretrained.load_efficientnet_lite0(torch.device("cpu"))
 
 
 def top1(model, name):

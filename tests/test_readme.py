@@ -9,13 +9,14 @@ from conftest import ROOT
 CHECKPOINT_BUDGET = 20 * 2 ** 20  # the published checkpoints, in all
 GENERATED = ("ex1_mlp_table", "ex1_cnn_table", "ex2_cam_faithfulness", "ex2_why_responses", "bench_mlp",
              "bench_cnn", "ex2_fcn_table", "ex2_distill_select", "ex2_distill_table",
-             "ex2_distill_plain_table", "ex2_cam_photos")
+             "ex2_cam_photos", "ex2_finetune_probe", "ex2_finetune_table")
 # Results at a glance: each number it quotes, and the committed table it comes from
 GLANCE = {"ex1_mlp_table": ("0.114 ± 0.000", "0.961 ± 0.002", "0.957 ± 0.000", "0.385 ± 0.033"),
           "ex1_cnn_table": ("-0.272 ± 0.008", "+0.019 ± 0.003"),
           "ex2_why_gradients": ("1811.09", "5.30"),
           "ex2_why_lesion": ("| residual-56 | 0.846 | 0.801 |", "| plain-56 | 0.513 | 0.128 |"),
           "ex2_fcn_table": ("0.458 ± 0.010", "0.856 ± 0.006"),
+          "ex2_distill_table": ("0.819 ± 0.000", "0.816 ± 0.004", "+0.003 ± 0.003"),
           "ex2_cam_faithfulness": ("0.262 ± 0.189", "0.371 ± 0.206", "1000 CIFAR-10 test images"),
           "ex2_cam_photos": ("coffee | scikit-image skimage.data.coffee() | espresso",
                              "chelsea | scikit-image skimage.data.chelsea() | Egyptian cat")}

@@ -1,0 +1,506 @@
+"""Exercise 2.1 (2024 edition): transfer learning, ImageNet EfficientNet-Lite0 to CIFAR-10.
+
+    python ex2_finetune.py                    # every pending run: probes, fine-tuning grid, seeds
+    python ex2_finetune.py --part probe       # frozen features at each input size, linear probe, k-NN
+    python ex2_finetune.py --part finetune    # the fine-tuning grid on seed 0, then the best on 3 seeds
+    python ex2_finetune.py --plot-only        # redraw the README's tables from the saved runs
+    python ex2_finetune.py --dataset cifar100 --data-dir data   # the lab's original target
+
+The network's global-pooled 1280 features are extracted once per input size and saved beside
+the runs; a linear classifier (multinomial logistic regression, L-BFGS) and k-NN (cosine) are
+fitted on the training split's features, their setting chosen on the validation split, and
+their test accuracy read once. Fine-tuning trains the head and the last stage, or all layers,
+with SGD or AdamW (warm-up and cosine, the crop-and-flip of Exercise 1.3), chosen on validation.
+"""
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import CIFAR10_VAL_SIZE, batches, cifar_transforms, load_cifar10, load_cifar100
+from models import PartlyFrozenLite0
+from pretrained import LITE_MEAN, LITE_STD, WEIGHTS_PACKAGE, load_efficientnet_lite0
+from report import cnn_name, format_result, published_cnn_run, run_result
+from training import Recipe, fit, warmup_cosine
+from utils import get_device, hardware, provenance, seed_everything
+from lab.cli import MAX_WORKERS, add_device_flag, ArgumentParser, count, count_flag, run_cli
+from lab.errors import UserError
+from lab.experiment import Experiment, sweep
+from lab.files import FolderLock, load_checkpoint, save_atomic
+from lab.outputs import destination, sweep_results, write_table
+from lab.runs import RunFolder, collect, config_digest, folder_name, lookup_roots
+
+PROG = "ex2_finetune.py"
+EXERCISE = "ex2_finetune"
+DATASETS = {"cifar10": load_cifar10, "cifar100": load_cifar100}
+PROBE_SIZES = (32, 64, 96, 128)         # input sizes of the accuracy / CPU-time trade-off
+FINETUNE_SIZE = 96                       # chosen from that trade-off and the CPU budget (README)
+WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)  # the linear probe's L2 penalties, one chosen on validation
+LBFGS_STEPS = 200
+KNN_KS = (1, 5, 10, 20, 50, 100)         # k-NN's neighbours, one chosen on validation
+FEATURE_BATCH = 250
+KNN_CHUNK = 1000                         # queries per similarity matrix (1000 x 45000 floats)
+# EfficientNet-Lite0's last stage: the blocks at output stride 32 (indices 11-15), then its head
+LAST_STAGE = tuple(f"_blocks.{i}" for i in range(11, 16)) + ("_conv_head", "_bn1", "_fc")
+PARTS = {"last": LAST_STAGE, "all": ("",)}
+PART_NAMES = {"last": "head + last stage", "all": "all layers"}
+# common fine-tuning settings, not tuned here; each optimizer is warmed up, then cosine-decayed
+OPTIMIZERS = {"sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+              "adamw": {"lr": 3e-4, "weight_decay": 0.05}}
+RECIPE = {"epochs": 2, "batch_size": 128, "warmup_epochs": 0.2}
+SEEDS = 3
+FROM_SCRATCH = {"residual": True, "blocks": 9, "seed": 0}  # Exercise 1.3's published residual-56
+
+
+# ----------------------------------------------------------------------------- frozen features
+
+@torch.no_grad()
+def extract_features(model, split, transform, progress=None):
+    """(N, C) global-average-pooled final features of `model` (in eval mode) for a data.Split."""
+    model.eval()
+    out = []
+    for x, _ in batches(split, FEATURE_BATCH, transform=transform):
+        out.append(model.features(x).mean(dim=(2, 3)))
+        if progress is not None:
+            progress.update(x.shape[0])
+    return torch.cat(out)
+
+
+def feature_config(config):
+    return {k: config[k] for k in ("dataset", "size", "val_size", "weights")}
+
+
+def features_folder(out_dir, config):
+    name = f"features_{config['dataset']}_{config['size']}px_{config_digest(feature_config(config))}"
+    return os.path.join(out_dir, name)
+
+
+def cached_split(path, fconfig, split):
+    """The features saved in `path` for `split`, refused in one line unless they are this
+    extraction's (same settings, the split's labels, finite, one row per image)."""
+    remedy = "delete it to extract the features again"
+    saved = load_checkpoint(path, remedy, keys=("features", "labels", "config", "seconds"))
+    feats, labels = saved["features"], saved["labels"]
+    if saved["config"] != fconfig:
+        raise UserError(f"{path} holds features of other settings; {remedy}")
+    if not (isinstance(feats, torch.Tensor) and isinstance(labels, torch.Tensor) and feats.dim() == 2
+            and feats.shape[0] == len(split) and torch.equal(labels, split.y.cpu())):
+        raise UserError(f"{path} holds features of other images (another --data-dir?); {remedy}")
+    if not bool(torch.isfinite(feats).all()):
+        raise UserError(f"{path} holds non-finite features; {remedy}")
+    return feats, float(saved["seconds"])
+
+
+def frozen_features(config, data, device, out_dir, progress=True):
+    """{'train', 'val', 'test'} features at config['size'] and the CPU seconds their extraction
+    took: extracted once, each split saved as it finishes (an interrupted extraction resumes at
+    the split it was in), and read back checked."""
+    folder, fconfig = features_folder(out_dir, config), feature_config(config)
+    lock = FolderLock(folder)
+    while not lock.acquire():  # another worker is extracting the same features: wait for them
+        time.sleep(1)
+    try:
+        feats, seconds, model = {}, 0.0, None
+        _, transform = cifar_transforms(None, torch.channels_last, config["size"], LITE_MEAN, LITE_STD)
+        for name in ("train", "val", "test"):
+            path, split = os.path.join(folder, f"{name}.pt"), getattr(data, name)
+            if not os.path.exists(path):
+                model = model or load_efficientnet_lite0(device).to(memory_format=torch.channels_last)
+                started = time.perf_counter()
+                with tqdm(total=len(split), desc=f"features {name} {config['size']}px", unit="img",
+                          disable=not progress, dynamic_ncols=True) as bar:
+                    out = extract_features(model, split, transform, bar).cpu()
+                save_atomic({"features": out, "labels": split.y.cpu(), "config": fconfig,
+                             "seconds": time.perf_counter() - started}, path)
+            feats[name], took = cached_split(path, fconfig, split)
+            seconds += took
+    finally:
+        lock.release()
+    return feats, seconds
+
+
+# ----------------------------------------------------------------------------- classical baselines
+
+def standardized(feats):
+    """Each split's features minus the training mean, over the training std (per feature)."""
+    mean, std = feats["train"].mean(0), feats["train"].std(0).clamp_min(1e-6)
+    return {k: (v - mean) / std for k, v in feats.items()}
+
+
+def fit_linear_probe(x, y, n_classes, weight_decay, steps=LBFGS_STEPS):
+    """Multinomial logistic regression: (W, b) minimizing mean CE(x W + b, y) + wd/2 |W|^2,
+    by full-batch L-BFGS from zero (deterministic)."""
+    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + weight_decay / 2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return w.detach(), b.detach()
+
+
+def linear_probe(feats, labels, n_classes, config):
+    """The weight decay of config['grid'] with the best validation accuracy, and its test read."""
+    z = standardized(feats)
+    val_acc, fitted = {}, {}
+    for wd in config["grid"]:
+        fitted[wd] = fit_linear_probe(z["train"], labels["train"], n_classes, wd, config["steps"])
+        w, b = fitted[wd]
+        val_acc[wd] = accuracy((z["val"] @ w + b).argmax(1), labels["val"])
+    chosen = max(config["grid"], key=lambda wd: val_acc[wd])  # the first of equals: the least penalty
+    w, b = fitted[chosen]
+    logits = z["test"] @ w + b
+    test = {"acc": accuracy(logits.argmax(1), labels["test"]),
+            "loss": float(F.cross_entropy(logits, labels["test"]))}
+    return chosen, val_acc, test
+
+
+def nearest_neighbours(train_x, query, k, chunk=KNN_CHUNK):
+    """(indices, cosine similarities), each (Q, k), of the k training rows nearest each query row."""
+    train_n = F.normalize(train_x, dim=1)
+    idx, sims = [], []
+    for start in range(0, query.shape[0], chunk):
+        s = F.normalize(query[start:start + chunk], dim=1) @ train_n.T
+        top = s.topk(k, dim=1)
+        idx.append(top.indices)
+        sims.append(top.values)
+    return torch.cat(idx), torch.cat(sims)
+
+
+def knn_predict(neighbour_labels, neighbour_sims, k, n_classes):
+    """The majority class among the first k neighbours; a tie goes to the class whose tied
+    neighbours are the more similar in sum (that sum, below 1 per vote, never outweighs a vote)."""
+    labels, sims = neighbour_labels[:, :k], neighbour_sims[:, :k]
+    votes = F.one_hot(labels, n_classes).float()              # (Q, k, C)
+    score = votes.sum(1) + (votes * sims.clamp_min(0)[..., None]).sum(1) / (k + 1)
+    return score.argmax(1)
+
+
+def knn(feats, labels, n_classes, config):
+    """The k of config['grid'] with the best validation accuracy (cosine k-NN), and its test read."""
+    k_max = min(max(config["grid"]), len(labels["train"]))  # a k beyond the training set is all of it
+    val_idx, val_sims = nearest_neighbours(feats["train"], feats["val"], k_max)
+    val_acc = {k: accuracy(knn_predict(labels["train"][val_idx], val_sims, k, n_classes), labels["val"])
+               for k in config["grid"]}
+    chosen = max(config["grid"], key=lambda k: val_acc[k])
+    test_idx, test_sims = nearest_neighbours(feats["train"], feats["test"], min(chosen, k_max))
+    return chosen, val_acc, {"acc": accuracy(knn_predict(labels["train"][test_idx], test_sims, chosen,
+                                                          n_classes), labels["test"])}
+
+
+def accuracy(predictions, labels):
+    return float((predictions == labels).float().mean())
+
+
+CLASSIFIERS = {"linear": linear_probe, "knn": knn}
+
+
+def probe(config, data, device, out_dir, progress=True):
+    """One classical baseline on the frozen features; returns (outcome, record) as training.fit does."""
+    meta = {"data": data.source, "hardware": hardware(device), **provenance()}
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch=None) as run:
+        if run.finished is not None:
+            return "finished", run.finished
+        feats, feature_seconds = frozen_features(config, data, device, out_dir, progress)
+        labels = {name: getattr(data, name).y.cpu() for name in feats}
+        started = time.perf_counter()
+        chosen, val_acc, test = CLASSIFIERS[config["method"]](feats, labels, len(data.classes), config)
+        run.record.update(images={name: len(getattr(data, name)) for name in feats}, chosen=chosen,
+                          selection={f"{v:g}": a for v, a in val_acc.items()},
+                          best_val_acc=val_acc[chosen],
+                          seconds={"features": feature_seconds, "fit": time.perf_counter() - started})
+        return "trained", run.finish(test)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def pretrained_network(part, n_classes, device):
+    """The ImageNet EfficientNet-Lite0 with a new (seeded) n_classes classifier, of which only
+    PARTS[part] learns."""
+    model = load_efficientnet_lite0(device, PartlyFrozenLite0(trainable=PARTS[part]))
+    model._fc = torch.nn.Linear(model._fc.in_features, n_classes).to(device)
+    return model.train()
+
+
+def finetune_optimizer(model, config, steps_per_epoch):
+    """SGD (Nesterov momentum) or AdamW over the trainable parameters, warmed up then cosine-decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"], nesterov=True,
+                                    weight_decay=config["weight_decay"])
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        config["epochs"] * steps_per_epoch, round(config["warmup_epochs"] * steps_per_epoch)))
+    return optimizer, scheduler
+
+
+def finetune(config, data, device, out_dir, progress=True):
+    """Fine-tune one setting; returns (outcome, record) as training.fit does."""
+    generator = seed_everything(config["seed"])
+    model = pretrained_network(config["part"], len(data.classes), device)
+    model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(data.train) / config["batch_size"])
+    optimizer, scheduler = finetune_optimizer(model, config, steps_per_epoch)
+    train_transform, eval_transform = cifar_transforms(generator, torch.channels_last, config["size"],
+                                                       LITE_MEAN, LITE_STD)
+    recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
+                    train_transform=train_transform, eval_transform=eval_transform)
+    arch = {"name": "PartlyFrozenLite0", "kwargs": {"num_classes": len(data.classes),
+                                                    "trainable": list(PARTS[config["part"]])}}
+    meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
+            **provenance()}
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch) as run:
+        return fit(model, data, recipe, run, progress)
+
+
+def train(config, data, device, out_dir, progress=True):
+    """A run of either kind: a classical baseline on frozen features, or a fine-tuning."""
+    return (finetune if config["method"] == "finetune" else probe)(config, data, device, out_dir, progress)
+
+
+# ----------------------------------------------------------------------------- the runs
+
+def base_config(args, size):
+    return {"dataset": args.dataset, "size": size, "val_size": CIFAR10_VAL_SIZE, "weights": WEIGHTS_PACKAGE}
+
+
+def probe_configs(args):
+    grids = {"linear": {"grid": list(WEIGHT_DECAYS), "steps": LBFGS_STEPS}, "knn": {"grid": list(KNN_KS)}}
+    return [{"method": method, **base_config(args, size), **grid}
+            for size in PROBE_SIZES for method, grid in grids.items()]
+
+
+def finetune_config(args, part, optimizer, seed):
+    return {"method": "finetune", **base_config(args, FINETUNE_SIZE), "part": part, "optimizer": optimizer,
+            **OPTIMIZERS[optimizer], **RECIPE, "seed": seed}
+
+
+def grid_configs(args):
+    """Every fine-tuning setting on seed 0: the choice among them is made on validation."""
+    return [finetune_config(args, part, opt, 0) for part in PARTS for opt in OPTIMIZERS]
+
+
+def chosen_setting(args):
+    """(part, optimizer) of the grid's best validation accuracy, or None until the grid has finished."""
+    found = collect(grid_configs(args), lookup_roots(args.out_dir, EXERCISE), run_name)
+    if len(found) < len(grid_configs(args)):
+        return None
+    config, _, _ = max(found, key=lambda f: f[1].get("best_val_acc", -1.0))
+    return config["part"], config["optimizer"]
+
+
+def seed_configs(args):
+    """The chosen setting on every seed (empty until the grid has finished)."""
+    chosen = chosen_setting(args)
+    return [finetune_config(args, *chosen, seed) for seed in range(SEEDS)] if chosen else []
+
+
+def run_name(config):
+    """e.g. cifar10_ft-all-sgd_64px_e2_s0_1a2b3c4d, cifar10_knn_64px_1a2b3c4d."""
+    if config["method"] == "finetune":
+        setting = f"{config['part']}-{config['optimizer']}"
+        return folder_name(f"{config['dataset']}_ft-{setting}_{config['size']}px", config)
+    return f"{config['dataset']}_{config['method']}_{config['size']}px_{config_digest(config)}"
+
+
+def load_data(args, device):
+    return DATASETS[args.dataset](args.data_dir, device)
+
+
+def experiment():
+    """This script as the shared orchestration sees it (built when called, so tests can patch it)."""
+    return Experiment(EXERCISE, run_name, load_data, train)
+
+
+def cost(config):
+    """A run's relative CPU cost, to balance the workers and order the runs: pixels per image
+    times passes. k-NN, which reads the features its size's linear probe extracts, goes last, so
+    no worker waits on another's extraction."""
+    if config["method"] == "linear":
+        return config["size"] ** 2
+    if config["method"] == "knn":
+        return config["size"] ** 2 / 100
+    return config["size"] ** 2 * config["epochs"] * (3 if config["part"] == "all" else 1.5)
+
+
+# ----------------------------------------------------------------------------- tables
+
+def cpu_minutes(record):
+    """The CPU time of a run in minutes: extraction and fit of a baseline, the epochs of a training."""
+    if "seconds" in record and isinstance(record["seconds"], dict):
+        return sum(record["seconds"].values()) / 60
+    return sum(e["seconds"] for e in record["epochs"]) / 60
+
+
+def trained_parameters(config, n_classes):
+    """What a method fits: nothing for k-NN, a linear classifier on the pooled features (the
+    network's own head, new) for the probe, the trainable part for a fine-tuning."""
+    if config["method"] == "knn":
+        return 0
+    trainable = PARTS[config["part"]] if config["method"] == "finetune" else ("_fc",)
+    model = PartlyFrozenLite0(n_classes, trainable)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def format_count(n):
+    """12810 -> '12.8k', 3383818 -> '3.38M', 0 -> '0'."""
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}k" if n else "0"
+
+
+def probe_table(found, missing=0):
+    """Per input size: the features' extraction time, then each baseline's validation choice and test read."""
+    by_size = {}
+    for config, record, _ in found:
+        by_size.setdefault(config["size"], {})[config["method"]] = record
+    lines = ["| input (px) | features: CPU time (s) | linear probe: best val. accuracy (weight decay) | test "
+             "| k-NN: best val. accuracy (k) | test |", "|---:|---:|---:|---:|---:|---:|"]
+    for size, runs in sorted(by_size.items()):
+        cells = [f"{next(iter(runs.values()))['seconds']['features']:.0f}"]
+        for method in CLASSIFIERS:
+            r = runs.get(method)
+            cells += ([f"{r['best_val_acc']:.4f} ({r['chosen']:g})", f"{r['test_acc']:.4f}"] if r
+                      else ["-", "-"])
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    record = found[0][1]
+    lines += ["", f"ImageNet EfficientNet-Lite0 ({WEIGHTS_PACKAGE}), frozen; {record['meta']['data']} images "
+                  f"upsampled (bilinear) from 32 px; features of the {record['images']['train']:,} training, "
+                  f"{record['images']['val']:,} validation and {record['images']['test']:,} test images; "
+                  f"{record['meta']['hardware']}."
+                  + (f" **{count(missing, 'run')} not finished.**" if missing else "")
+                  + f" Made by `python {PROG} --part probe`."]
+    return "\n".join(lines) + "\n"
+
+
+def summary_rows(probes, grid, seeds, n_classes):
+    """(name, input, trained parameters, records) of the summary table, best probes first."""
+    rows = []
+    for method, label in (("linear", "linear probe (logistic regression)"), ("knn", "k-NN (cosine)")):
+        runs = [(c, r) for c, r, _ in probes if c["method"] == method]
+        if runs:  # the input size with the best validation accuracy
+            config, record = max(runs, key=lambda cr: cr[1]["best_val_acc"])
+            rows.append((f"{label}, frozen features", config["size"], trained_parameters(config, n_classes),
+                         [record]))
+    for config, record, _ in grid:
+        name = f"fine-tuned {PART_NAMES[config['part']]}, {config['optimizer']} (seed 0)"
+        rows.append((name, config["size"], trained_parameters(config, n_classes), [record]))
+    if seeds:
+        config = seeds[0][0]
+        name = f"**chosen: fine-tuned {PART_NAMES[config['part']]}, {config['optimizer']}**"
+        rows.append((name, config["size"], trained_parameters(config, n_classes), [r for _, r, _ in seeds]))
+    return rows
+
+
+def main_table(probes, grid, seeds, n_classes, missing=0):
+    """Every method on one test set: baselines, fine-tuning settings, the chosen one on its seeds,
+    and Exercise 1.3's residual-56 trained from scratch."""
+    lines = ["| method | input (px) | trained parameters | best val. accuracy | test accuracy "
+             "| CPU time (min) | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, size, params, records in summary_rows(probes, grid, seeds, n_classes):
+        cells = [format_result(records, lambda r: r.get("best_val_acc")), format_result(records, run_result),
+                 format_result(records, cpu_minutes, digits=1)]
+        lines.append(f"| {name} | {size} | {format_count(params)} | " + " | ".join(cells)
+                     + f" | {len(records)} |")
+    scratch, _ = published_cnn_run(**FROM_SCRATCH)
+    lines.append(f"| {cnn_name(True, FROM_SCRATCH['blocks'])} from scratch (Exercise 1.3, "
+                 f"{scratch['config']['epochs']} epochs) | 32 | 0.85M | {scratch['best_val_acc']:.3f} | "
+                 f"{run_result(scratch):.3f} | {cpu_minutes(scratch):.1f} | 1 |")
+    record = (seeds or grid or probes)[0][1]
+    cfg = (seeds or grid)[0][0] if (seeds or grid) else None
+    sgd, adamw = OPTIMIZERS["sgd"], OPTIMIZERS["adamw"]
+    recipe = (f" Fine-tuning: {cfg['epochs']} epochs, batch {cfg['batch_size']}, warm-up "
+              f"{cfg['warmup_epochs']:g} epoch then cosine; SGD lr {sgd['lr']:g} (Nesterov momentum "
+              f"{sgd['momentum']:g}, weight decay {sgd['weight_decay']:g}), AdamW lr {adamw['lr']:g} "
+              f"(weight decay {adamw['weight_decay']:g}); chosen by validation accuracy on seed 0."
+              if cfg else "")
+    tests = probes[0][1]["images"]["test"]
+    scratch_hardware = ("" if scratch["meta"]["hardware"] == record["meta"]["hardware"] else
+                        f" (the from-scratch run: {scratch['meta']['hardware']})")
+    lines += ["", f"{record['meta']['data']}, {tests:,} test images, read once per run;"
+                  f" {record['meta']['hardware']}{scratch_hardware}. "
+                  f"Mean ± std over seeds.{recipe} A baseline's CPU time is its feature extraction plus its "
+                  "fit; a training's, its epochs with their validation."
+                  + (f" **{count(missing, 'run')} not finished.**" if missing else "")
+                  + f" Made by `python {PROG}`."]
+    return "\n".join(lines) + "\n"
+
+
+def make_tables(args):
+    readme = get_args(["--data-dir", args.data_dir])  # the README's tables: CIFAR-10, the default settings
+    fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"))
+    roots, command = lookup_roots(args.out_dir, EXERCISE), f"python {PROG}"
+    if not collect(probe_configs(args), roots, run_name):
+        raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; run `{command}` first")
+    probes, missing = sweep_results(probe_configs(args), roots, run_name, fig_dir, command)
+    text = probe_table(probes, missing)
+    print(text)
+    print(f"table {write_table(text, 'ex2_finetune_probe', fig_dir, publish)} written")
+    grid = collect(grid_configs(args), roots, run_name)
+    seeds = collect(seed_configs(args), roots, run_name)
+    wanted = {run_name(c) for c in grid_configs(args) + seed_configs(args)}
+    missing = len(wanted - {run_name(c) for c, _, _ in grid + seeds}) + (0 if seeds else SEEDS - 1)
+    n_classes = 10 if args.dataset == "cifar10" else 100
+    text = main_table(probes, grid, seeds, n_classes, missing)
+    print(text)
+    print(f"table {write_table(text, 'ex2_finetune_table', fig_dir, publish)} written")
+
+
+# ----------------------------------------------------------------------------- command line
+
+def make_parser():
+    p = ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("--part", choices=("probe", "finetune", "all"), default="all",
+                   help="which runs to train: the baselines on frozen features, the fine-tuning, or both")
+    p.add_argument("--dataset", choices=tuple(DATASETS), default="cifar10",
+                   help="cifar100 needs torchvision's cifar-100-python/ in --data-dir (or its download)")
+    add_device_flag(p)
+    p.add_argument("--data-dir", default="data",
+                   help="torchvision's CIFAR files, or an ImageFolder copy of CIFAR-10 here or in "
+                        "data/cifar10-jpeg")
+    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE),
+                   help="one folder per run below this (and the extracted features)")
+    p.add_argument("--fig-dir", default=None,
+                   help="where tables go (default: figures/ for the README's settings, else "
+                        "<out-dir>/figures)")
+    p.add_argument("--workers", type=count_flag(MAX_WORKERS, low=0), default=0,
+                   help="processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the tables from saved runs")
+    return p
+
+
+def get_args(argv=None):
+    return make_parser().parse_args(argv)
+
+
+def train_runs(args, device, configs):
+    workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
+    args.shard = None
+    done = sweep(experiment(), args, device, configs, [cost(c) for c in configs],
+                 threads=max(1, (os.cpu_count() or 1) // workers))
+    if done:
+        print(done)
+
+
+def main(args):
+    if not args.plot_only:
+        device = get_device(args.device)
+        if args.part in ("probe", "all"):
+            train_runs(args, device, probe_configs(args))
+        if args.part in ("finetune", "all"):
+            train_runs(args, device, grid_configs(args))
+            if chosen_setting(args) is None:
+                raise UserError("the fine-tuning grid has not finished: rerun to finish it")
+            print("chosen on validation: fine-tuning {} with {}".format(*chosen_setting(args)))
+            train_runs(args, device, seed_configs(args))
+    return make_tables(args)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args(), PROG)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou, nms
 
 MAX_PLACEMENT_TRIES = 100  # random positions tried per digit before the canvas starts over
 MAX_RESTARTS = 100         # canvases started over before the digits go on a jittered grid
@@ -106,6 +105,7 @@ def training_windows(canvases, window, per_canvas, positive_iou, negative_iou, b
     its highest IoU with a true box: the digit's class when >= `positive_iou`, `background` when
     < `negative_iou` (empty space, parts and pairs of digits), left out in between.
     Returns (x (N, h, w) uint8, y (N,) int64)."""
+    from torchvision.ops import box_iou  # here, so --help need not load torchvision
     h, w = window
     xs, ys = [], []
     for image, boxes, labels in zip(canvases.images, canvases.boxes, canvases.labels):
@@ -147,6 +147,7 @@ def detect(score_maps, window, digits, min_score, nms_iou, max_detections):
     background class): per location the most probable digit and its softmax probability, those
     scoring >= `min_score`, non-maximum suppression across classes (digits never overlap), the
     `max_detections` best. Returns B tuples (boxes (k, 4), scores (k,), labels (k,)), on the CPU."""
+    from torchvision.ops import nms  # here, so --help need not load torchvision
     probs = F.softmax(score_maps.float(), dim=1)[:, :digits]
     scores, labels = probs.max(1)                              # (B, h, w)
     boxes = window_boxes(score_maps.shape[-2:], window).to(score_maps.device)
@@ -161,6 +162,7 @@ def detect(score_maps, window, digits, min_score, nms_iou, max_detections):
 def match(detections, canvases, classes, iou):
     """Per class: (scores, true-positive flags) of all its detections, best score first, and its
     number of true boxes, matched the VOC way (see the module's docstring)."""
+    from torchvision.ops import box_iou  # here, so --help need not load torchvision
     per_class = {c: ([], [], 0) for c in classes}
     for (boxes, scores, labels), true_boxes, true_labels in zip(detections, canvases.boxes, canvases.labels):
         for c in classes:

@@ -49,3 +49,19 @@ def test_the_import_graph_has_no_circle():
 
     for m in graph:
         visit(m)
+
+
+def test_help_loads_neither_torchvision_nor_matplotlib():
+    """--help and flag errors answer after importing torch alone: every script's module and its
+    parser, in one fresh interpreter, leave torchvision and matplotlib unloaded."""
+    import subprocess
+    import sys
+    code = ("import contextlib, io, sys\n"
+            f"for name in {sorted(SCRIPTS)!r}:\n"
+            "    module = __import__(name)\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        module.make_parser().parse_args(['--help'])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'matplotlib'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -130,7 +130,7 @@ def per_block_lesions():
 def test_the_per_block_lesion_numbers_the_readme_quotes_are_the_committed_tables():
     blocks = per_block_lesions()
     section = read("README.md").split("### 3. Lesions")[1].split("### 4.")[0]
-    prose = section.split("<!-- /ex2_why_lesion -->")[1]
+    prose = section.split("figures/ex2_why_lesion.md)")[1]
     quoted = {("plain-32", 1): "0.287", ("plain-32", 2): "0.239", ("residual-32", 6): "0.493",
               ("residual-32", 1): "0.653", ("residual-32", 11): "0.673", ("residual-56", 1): "0.626",
               ("residual-56", 2): "0.743", ("residual-56", 10): "0.783", ("residual-56", 19): "0.812"}

@@ -107,6 +107,28 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (a cluster scheduler's stop) ends like Ctrl-C
 
 
+def torchvision_problem():
+    """None if torchvision loads beside this torch, else one line naming both versions and the fix.
+
+    A CPU torch beside a CUDA torchvision, or a pair from two pip resolutions, fails inside
+    torchvision's operator registration (`operator torchvision::nms does not exist`), far from
+    its cause; every script and the tests check it first."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception as e:  # RuntimeError of the registration, ImportError, a broken install
+        from importlib import metadata
+        versions = []
+        for package in ("torch", "torchvision"):
+            try:
+                versions.append(f"{package} {metadata.version(package)}")
+            except metadata.PackageNotFoundError:
+                versions.append(f"no {package}")
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:80]
+        return (f"{' and '.join(versions)} do not work together ({reason}); install both from one "
+                "resolution: pip install -r requirements.txt in a fresh virtual environment")
+    return None
+
+
 def run_cli(main, args, prog, interrupted="finished runs are saved; rerun the command to resume"):
     """Call main(args); user-facing errors become one line on stderr with exit code 2.
 
@@ -114,6 +136,9 @@ def run_cli(main, args, prog, interrupted="finished runs are saved; rerun the co
     """
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        problem = torchvision_problem()
+        if problem:
+            raise UserError(problem)
         return main(args)
     except (UserError, DataError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 
 import torch
 
@@ -132,10 +133,23 @@ def read_json(path, remedy):
     return obj
 
 
+def _damaged_member(path):
+    """The first member of a torch.save zip archive whose bytes fail their CRC-32 (torch.load does
+    not check them: a flipped bit in a weight loads silently), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None  # not a zip archive (or unreadable): torch.load says what it is
+
+
 def load_checkpoint(path, remedy, map_location="cpu", keys=("model",)):
     """torch.load with weights_only=True: a file that is corrupt, empty, of another format or
     would run code is refused with a one-line error naming it and `remedy`."""
     check_regular_file(path, remedy)
+    damaged = _damaged_member(path)
+    if damaged:
+        raise UserError(f"{path} is damaged ({damaged} fails its CRC check: a changed byte); {remedy}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

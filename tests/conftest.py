@@ -126,3 +126,7 @@ def cifar_folder(tmp_path):
 def pytest_configure(config):
     config.addinivalue_line("markers",
                             "slow: starts interpreters or processes (pytest -m 'not slow' skips them)")
+    from lab.cli import torchvision_problem
+    problem = torchvision_problem()
+    if problem:  # one line, not a collection error per test file
+        pytest.exit(problem, returncode=2)

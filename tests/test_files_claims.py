@@ -71,3 +71,24 @@ def test_force_never_deletes_a_published_run(mnist_dir, capsys):
     with pytest.raises(UserError, match="never deletes a published run"):
         ex1_mlp.main(ex1_mlp.get_args(argv))
     assert json.load(open(os.path.join(out, folder, "metrics.json"))) == before
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_named_not_loaded(tmp_path):
+    """torch.load does not check the archive's CRCs: a changed byte inside a weight loads as a
+    different number. The checked loader verifies them and names the file."""
+    import zipfile
+    from lab.files import load_checkpoint
+    path = tmp_path / "best.pt"
+    torch.save({"model": {"w": torch.full((1000,), 0.0008)}}, path)
+    with zipfile.ZipFile(path) as archive:
+        member = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
+    blob = bytearray(path.read_bytes())
+    header = member.header_offset  # the local header: its name and extra-field lengths at 26 and 28
+    start = header + 30 + int.from_bytes(blob[header + 26:header + 28], "little") + int.from_bytes(
+        blob[header + 28:header + 30], "little")
+    blob[start + 2001] ^= 0x40  # a byte of the 501st float
+    path.write_bytes(bytes(blob))
+    silently = torch.load(path, weights_only=True)["model"]["w"]
+    assert silently[500] != silently[0]  # the damage torch.load lets through
+    with pytest.raises(UserError, match="best.pt is damaged.*CRC"):
+        load_checkpoint(str(path), "restore it")

@@ -1,6 +1,7 @@
 """The project's modules import in one direction: no circle, no script importing a script."""
 import ast
 import os
+import sys
 
 from conftest import ROOT
 
@@ -55,7 +56,6 @@ def test_help_loads_neither_torchvision_nor_matplotlib():
     """--help and flag errors answer after importing torch alone: every script's module and its
     parser, in one fresh interpreter, leave torchvision and matplotlib unloaded."""
     import subprocess
-    import sys
     code = ("import contextlib, io, sys\n"
             f"for name in {sorted(SCRIPTS)!r}:\n"
             "    module = __import__(name)\n"
@@ -65,3 +65,28 @@ def test_help_loads_neither_torchvision_nor_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_torchvision_that_does_not_load_is_one_line_naming_both_versions(monkeypatch, capsys):
+    """A CPU torch beside a CUDA torchvision fails in torchvision's operator registration; every
+    script says so first, in one line, with the versions and the fix."""
+    import builtins
+
+    import pytest
+    from conftest import assert_one_line_error
+    from lab.cli import run_cli
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name.startswith("torchvision"):
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda args: None, None, "ex1_mlp.py")
+    monkeypatch.undo()
+    stderr = capsys.readouterr().err
+    assert_one_line_error(exit_info.value.code, stderr, "torchvision::nms does not exist")
+    assert "torch 2." in stderr and "torchvision 0." in stderr and "pip install -r requirements.txt" in stderr

@@ -128,7 +128,7 @@ def load_data(args, device):
     return load_cifar10(args.data_dir, device, args.val_size, train_subset=args.train_subset)
 
 
-def train(config, data, device, out_dir, progress=True):
+def train(config, data, device, out_dir, progress=True, tensorboard=None):
     """Train one configuration; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
     # channels-last: cuDNN's tensor-core kernels, and faster on CPUs too (bench.py cnn measures both)
@@ -141,7 +141,7 @@ def train(config, data, device, out_dir, progress=True):
                     train_transform=train_transform, eval_transform=eval_transform)
     meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
             **provenance()}
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch) as run:
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
 

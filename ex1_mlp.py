@@ -145,7 +145,7 @@ def load_data(args, device):
     return load_mnist(args.data_dir, device, args.val_size)
 
 
-def train(config, data, device, out_dir, progress=True):
+def train(config, data, device, out_dir, progress=True, tensorboard=None):
     """Train one configuration; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
     arch = arch_of(config, data.train.x.shape[1], len(data.classes))
@@ -154,7 +154,7 @@ def train(config, data, device, out_dir, progress=True):
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator)
     meta = {"data": data.source, "hardware": hardware(device), **provenance()}
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch) as run:
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
 

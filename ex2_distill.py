@@ -27,8 +27,8 @@ from report import (cnn_name, depth_gap, fastest_epoch_seconds, format_gap, form
 from training import Recipe, fit, sgd_warmup_cosine
 from utils import get_device, hardware, provenance, seed_everything
 from lab.checkpoints import load_model
-from lab.cli import (MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, add_device_flag, ArgumentParser, count,
-                     count_flag, Number, run_cli)
+from lab.cli import (MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, add_device_flag, add_tensorboard_flag,
+                     ArgumentParser, count, count_flag, Number, run_cli)
 from lab.errors import UserError
 from lab.experiment import Experiment, sweep
 from lab.outputs import destination, sweep_results, write_table
@@ -141,7 +141,7 @@ def load_data(args, device):
     return load_cifar10(args.data_dir, device, config["val_size"], train_subset=config["train_subset"])
 
 
-def train(config, data, device, out_dir, progress=True):
+def train(config, data, device, out_dir, progress=True, tensorboard=None):
     """Train one distilled student; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
     memory_format = torch.channels_last
@@ -158,7 +158,7 @@ def train(config, data, device, out_dir, progress=True):
                     eval_transform)
     meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
             **provenance()}
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch) as run:
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
 
@@ -270,6 +270,7 @@ def make_parser():
     p.add_argument("--select", action="store_true",
                    help=f"train the check of T and alpha: {SELECT_CANDIDATES} on a short schedule")
     add_device_flag(p)
+    add_tensorboard_flag(p)
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
     p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")

@@ -25,7 +25,7 @@ from training import Recipe, fit
 from utils import get_device, hardware, provenance, seed_everything
 from lab.checkpoints import load_model
 from lab.cli import (FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, add_device_flag,
-                     ArgumentParser, check_writable, count, count_flag, Number, run_cli)
+                     add_tensorboard_flag, ArgumentParser, check_writable, count, count_flag, Number, run_cli)
 from lab.errors import UserError
 from lab.experiment import Experiment, single_run
 from lab.files import fields_problem, read_json, save_image_atomic, write_json_atomic
@@ -87,6 +87,7 @@ def make_parser():
                    help="runs 0..N-1, each with its own canvases and fine-tuning; the table shows their "
                         "mean ± std")
     add_device_flag(p)
+    add_tensorboard_flag(p)
     p.add_argument("--data-dir", default="data", help="where MNIST is")
     p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
     p.add_argument("--fig-dir", default=None,
@@ -188,10 +189,15 @@ def windows(canvases, config, generator, device):
     return Split(normalize_mnist(x.to(device)).flatten(1), y.to(device))
 
 
-def fine_tune(source, source_arch, config, splits, run_path, meta, generator, device):
-    """The classifier with an 11th output, background, trained on windows: (outcome, record)."""
-    arch = {"name": "MLP", "kwargs": {**source_arch["kwargs"], "num_classes": DIGITS + 1}}
-    model = build_model(arch).to(device)
+def detector_arch(source_arch):
+    """The classifier's architecture with an 11th output, background."""
+    return {"name": "MLP", "kwargs": {**source_arch["kwargs"], "num_classes": DIGITS + 1}}
+
+
+def fine_tune(source, config, splits, run, generator, device):
+    """The classifier with an 11th output, background, trained on windows in the RunFolder `run`
+    (not yet entered): (outcome, record)."""
+    model = build_model(run.arch).to(device)
     state = source.state_dict()
     # the ten digit outputs start as the classifier's; background starts at logit 0
     w, b = state.pop("classifier.weight"), state.pop("classifier.bias")
@@ -202,7 +208,7 @@ def fine_tune(source, source_arch, config, splits, run_path, meta, generator, de
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     data = Dataset(*splits, "windows of MNIST canvases", tuple(map(str, range(DIGITS))) + ("background",))
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator)
-    with RunFolder(run_path, config, meta, arch) as run:
+    with run:
         return fit(model, data, recipe, run)
 
 
@@ -305,14 +311,14 @@ def experiment(args, device, seed):
             made["canvases"] = benchmark_canvases(data, config, made["generator"])
         return made["canvases"], made["generator"]
 
-    def train(config, made, device, out_dir, progress):
+    def train(config, made, device, out_dir, progress, tensorboard=None):
         canvases, generator = made
         splits = [windows(c, config, generator, device) for c in canvases]
         print(f"{name}: {len(splits[0])} training windows from {len(canvases[0])} canvases, "
               f"{hardware(device)}")
         meta = {"data": "MNIST", "hardware": hardware(device), **provenance()}
-        return fine_tune(source, ckpt["arch"], config, splits, os.path.join(out_dir, name), meta, generator,
-                         device)
+        run = RunFolder(os.path.join(out_dir, name), config, meta, detector_arch(ckpt["arch"]), tensorboard)
+        return fine_tune(source, config, splits, run, generator, device)
 
     exp = Experiment(EXERCISE, run_name, lambda args, device: inputs(), train, THREADS)
     record, folder = single_run(exp, args, device, config)

@@ -26,7 +26,8 @@ from pretrained import LITE_MEAN, LITE_STD, WEIGHTS_PACKAGE, load_efficientnet_l
 from report import cnn_name, format_result, published_cnn_run, run_result
 from training import Recipe, fit, warmup_cosine
 from utils import get_device, hardware, provenance, seed_everything
-from lab.cli import MAX_WORKERS, add_device_flag, ArgumentParser, count, count_flag, run_cli
+from lab.cli import (MAX_WORKERS, add_device_flag, add_tensorboard_flag, ArgumentParser, count, count_flag,
+                     run_cli)
 from lab.errors import UserError
 from lab.experiment import Experiment, sweep
 from lab.files import FolderLock, load_checkpoint, save_atomic
@@ -202,7 +203,7 @@ def accuracy(predictions, labels):
 CLASSIFIERS = {"linear": linear_probe, "knn": knn}
 
 
-def probe(config, data, device, out_dir, progress=True):
+def probe(config, data, device, out_dir, progress=True, tensorboard=None):
     """One classical baseline on the frozen features; returns (outcome, record) as training.fit does."""
     meta = {"data": data.source, "hardware": hardware(device), **provenance()}
     with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch=None) as run:
@@ -242,7 +243,7 @@ def finetune_optimizer(model, config, steps_per_epoch):
     return optimizer, scheduler
 
 
-def finetune(config, data, device, out_dir, progress=True):
+def finetune(config, data, device, out_dir, progress=True, tensorboard=None):
     """Fine-tune one setting; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
     model = pretrained_network(config["part"], len(data.classes), device)
@@ -257,13 +258,14 @@ def finetune(config, data, device, out_dir, progress=True):
                                                     "trainable": list(PARTS[config["part"]])}}
     meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
             **provenance()}
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch) as run:
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
 
-def train(config, data, device, out_dir, progress=True):
-    """A run of either kind: a classical baseline on frozen features, or a fine-tuning."""
-    return (finetune if config["method"] == "finetune" else probe)(config, data, device, out_dir, progress)
+def train(config, data, device, out_dir, progress=True, tensorboard=None):
+    """A run of either kind: a classical baseline on frozen features (no epochs to log), or a fine-tuning."""
+    run = finetune if config["method"] == "finetune" else probe
+    return run(config, data, device, out_dir, progress, tensorboard)
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -461,6 +463,7 @@ def make_parser():
     p.add_argument("--dataset", choices=tuple(DATASETS), default="cifar10",
                    help="cifar100 needs torchvision's cifar-100-python/ in --data-dir (or its download)")
     add_device_flag(p)
+    add_tensorboard_flag(p)
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR files, or an ImageFolder copy of CIFAR-10 here or in "
                         "data/cifar10-jpeg")

@@ -96,6 +96,7 @@ def fit(model, data, recipe, run, progress=True):
             train = train_one_epoch(model, train_batches, recipe.optimizer, recipe.scheduler, bar,
                                     recipe.criterion)
             metrics = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+                       "lr": recipe.optimizer.param_groups[0]["lr"],
                        **getattr(recipe.criterion, "epoch_metrics", dict)()}  # a criterion's own measures
             if math.isfinite(train["loss"]):
                 val = evaluate(model, batches(data.val, EVAL_BATCH_SIZE, transform=recipe.eval_transform))

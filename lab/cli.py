@@ -167,6 +167,7 @@ def add_run_flags(parser, exercise):
     parser.add_argument("--shard", default=None, metavar="K/N",
                         help="train only the K-th (0-based) of N disjoint parts of the sweep")
     parser.add_argument("--plot-only", action="store_true", help="with --sweep: redraw from saved runs")
+    add_tensorboard_flag(parser)
 
 
 def command_line(prog, positionals, args, defaults):
@@ -194,6 +195,13 @@ def count(n, noun, plural=None):
 
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def add_tensorboard_flag(parser):
+    """--tensorboard, the same in every training script (lab.runs.RunFolder logs to it)."""
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="also log each run's per-epoch losses, accuracies and learning rate for "
+                             "TensorBoard, in DIR/<run folder name>/ (watch: tensorboard --logdir DIR)")
 
 
 def add_device_flag(parser):

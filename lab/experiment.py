@@ -20,7 +20,8 @@ class Experiment:
     exercise: str                   # its committed results are results/<exercise>/
     run_name: Callable              # config -> run folder name
     load_data: Callable             # (args, device) -> data.Dataset
-    train: Callable                 # (config, data, device, out_dir, progress) -> (outcome, record)
+    # (config, data, device, out_dir, progress, tensorboard folder or None) -> (outcome, record)
+    train: Callable
     threads: Optional[int] = None   # CPU threads of a single run (None: every core)
 
 
@@ -46,7 +47,7 @@ def single_run(exp, args, device, config):
     data = exp.load_data(args, device)
     if hasattr(data, "source"):  # a data.Dataset (a script whose data is of its own prints its own line)
         print(f"{name}: {data.source}, {count(len(data.train), 'training image')}")
-    _, record = exp.train(config, data, device, args.out_dir, True)
+    _, record = exp.train(config, data, device, args.out_dir, True, getattr(args, "tensorboard", None))
     return record, folder
 
 
@@ -58,7 +59,7 @@ def _setup(setup_args):
 def _job(config, context):
     exp, args, device, data = context
     try:
-        return exp.train(config, data, device, args.out_dir, False)[0]
+        return exp.train(config, data, device, args.out_dir, False, getattr(args, "tensorboard", None))[0]
     except RunHeld:
         return "held"
 

@@ -32,7 +32,11 @@ STATUSES = ("running",) + FINISHED
 LOSS, SECONDS = Number(float, 0, float("inf")), Number(float, 0, 10 ** 7)
 # what each per-epoch field can be: an accuracy is a fraction, a loss and a time not negative
 EPOCH_FIELDS = {"train_acc": FRACTION, "val_acc": FRACTION, "train_loss": LOSS, "val_loss": LOSS,
-                "train_ce": LOSS, "seconds": SECONDS, "teacher_seconds": SECONDS}
+                "train_ce": LOSS, "seconds": SECONDS, "teacher_seconds": SECONDS, "lr": LOSS}
+# --tensorboard: the tag each per-epoch field is logged under (the others under their own names)
+TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train",
+                    "val_acc": "accuracy/val", "lr": "learning rate (end of epoch)"}
+EVENTS_PREFIX = "events.out.tfevents."
 
 
 def config_digest(config):
@@ -141,8 +145,11 @@ class RunFolder:
     'complete' or 'diverged'. `finished` is the saved record if the run had finished already.
     """
 
-    def __init__(self, path, config, meta, arch):
+    def __init__(self, path, config, meta, arch, tensorboard=None):
         self.path, self.config, self.arch = path, config, arch
+        # --tensorboard: each epoch's scalars also go to <tensorboard>/<this folder's name>/
+        self.tensorboard = tensorboard and os.path.join(tensorboard, os.path.basename(path))
+        self._writer, self._fresh = None, False
         self.record = {"config": config, "meta": meta, "status": "running", "epochs": []}
         self.best_val = -1.0
         self.finished = None
@@ -163,6 +170,8 @@ class RunFolder:
         return self
 
     def __exit__(self, *exc):
+        if self._writer is not None:
+            self._writer.close()
         self._lock.release()
 
     def resume(self, model, optimizer, scheduler, generator):
@@ -170,6 +179,7 @@ class RunFolder:
         if not os.path.exists(self.last_path):
             if os.path.exists(self.best_path):
                 os.remove(self.best_path)  # a checkpoint of an interrupted earlier start is not this one's
+            self._fresh = True  # an earlier start's TensorBoard events are not this run's either
             return 0
         state = self._checked_last()
         try:
@@ -218,7 +228,21 @@ class RunFolder:
         if not finite:
             self.record["status"] = "diverged"
         write_json_atomic(self.record, os.path.join(self.path, METRICS_FILE))
+        if self.tensorboard:
+            self._log_scalars(metrics)
         return finite
+
+    def _log_scalars(self, metrics):
+        if self._writer is None:
+            if self._fresh and os.path.isdir(self.tensorboard):
+                for name in os.listdir(self.tensorboard):
+                    if name.startswith(EVENTS_PREFIX):
+                        os.remove(os.path.join(self.tensorboard, name))
+            self._writer = tensorboard_writer(self.tensorboard)
+        for key, value in metrics.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self._writer.add_scalar(TENSORBOARD_TAGS.get(key, key), value, metrics["epoch"])
+        self._writer.flush()
 
     def keep_best(self, model, epoch, val_acc):
         """Save the model as best.pt if it beats every earlier epoch on validation (and is finite)."""
@@ -254,6 +278,15 @@ class RunFolder:
         if os.path.exists(self.last_path):
             os.remove(self.last_path)  # the run is finished: best.pt and metrics.json are what stays
         return self.record
+
+
+def tensorboard_writer(folder):
+    """A TensorBoard SummaryWriter on `folder`; one line if the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
+    return SummaryWriter(folder)
 
 
 def remove_run(folder):

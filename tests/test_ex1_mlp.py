@@ -211,3 +211,33 @@ def test_the_reported_epoch_is_the_best_one_not_the_last(mnist_dir, tmp_path, mo
     record = run_main(argv)
     assert record["best_epoch"] == 2 and record["best_val_acc"] == 0.9 and record["test_acc"] == 0.77
     assert torch.load(folder_of(argv, tmp_path) / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def tensorboard_scalars(folder):
+    """{tag: [(step, value)]} of the event files in `folder`, read by tensorboard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_gets_one_scalar_per_epoch_per_tag_and_a_rerun_replaces_them(mnist_dir, tmp_path):
+    logs = tmp_path / "tb"
+    argv = TINY + ["--epochs", "2", "--depth", "2", "--data-dir", mnist_dir, "--out-dir",
+                   str(tmp_path / "runs"), "--tensorboard", str(logs)]
+    record = run_main(argv)
+    folder = logs / folder_of(argv, tmp_path / "runs").name
+    scalars = tensorboard_scalars(folder)
+    for tag in ("loss/train", "loss/val", "accuracy/train", "accuracy/val", "learning rate (end of epoch)"):
+        assert [step for step, _ in scalars[tag]] == [1, 2], tag
+    assert scalars["accuracy/val"][1][1] == pytest.approx(record["epochs"][1]["val_acc"])
+    run_main(argv + ["--force"])  # trained again: its events replace the first run's, not add to them
+    assert [step for step, _ in tensorboard_scalars(folder)["loss/train"]] == [1, 2]
+
+
+def test_tensorboard_missing_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path), "--tensorboard",
+                   str(tmp_path / "tb")]
+    assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "pip install tensorboard")

@@ -118,6 +118,21 @@ def make_cifar_official(root):
     return root
 
 
+def kill_in_epoch(monkeypatch, n):
+    """Make training.train_one_epoch raise KeyboardInterrupt in its n-th call: it stands for kill -9,
+    nothing after that point runs (monkeypatch.undo() restores it)."""
+    import training
+    real, calls = training.train_one_epoch, []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", killed)
+
+
 @pytest.fixture
 def cifar_folder(tmp_path):
     return make_cifar_folder(str(tmp_path / "cifar"))

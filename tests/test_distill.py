@@ -10,7 +10,7 @@ import ex1_cnn
 import ex2_distill
 import training
 from data import Dataset, Split
-from conftest import ROOT, cifar_images
+from conftest import kill_in_epoch, ROOT, cifar_images
 from ex2_distill import Distillation, distillation_loss
 from models import CifarResNet
 
@@ -112,15 +112,7 @@ def test_a_distillation_run_resumed_after_a_kill_ends_as_an_uninterrupted_one(tm
     data = tiny_data()
     device = torch.device("cpu")
     _, whole = ex2_distill.train(config, data, device, str(tmp_path / "whole"), progress=False)
-    real, calls = training.train_one_epoch, []
-
-    def killed_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_one_epoch", killed_in_epoch_2)
+    kill_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         ex2_distill.train(config, data, device, str(tmp_path / "cut"), progress=False)
     monkeypatch.undo()

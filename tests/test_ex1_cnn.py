@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ex1_cnn
-from conftest import (CIFAR_PER_CLASS, assert_one_line_error, cifar_images, cli_in_process,
+from conftest import (CIFAR_PER_CLASS, assert_one_line_error, cifar_images, cli_in_process, kill_in_epoch,
                       cli_subprocess, make_cifar_official)
 from data import load_cifar10
 from lab.errors import DataError
@@ -215,19 +215,10 @@ def test_a_long_cpu_run_says_so_before_it_starts(cifar_folder, tmp_path, capsys,
 
 def test_an_interrupted_cnn_run_resumes_to_the_uninterrupted_metrics(cifar_folder, tmp_path, monkeypatch):
     """The scheduler, the optimizer and the augmentation RNG all come back from last.pt."""
-    import training
     argv = TINY[:] + ["--residual", "--data-dir", cifar_folder]
     argv[argv.index("--epochs") + 1] = "3"
     whole = ex1_cnn.main(ex1_cnn.get_args(argv + ["--out-dir", str(tmp_path / "whole")]))
-    real, calls = training.train_one_epoch, []
-
-    def killed_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_one_epoch", killed_in_epoch_3)
+    kill_in_epoch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         ex1_cnn.main(ex1_cnn.get_args(argv + ["--out-dir", str(tmp_path / "cut")]))
     monkeypatch.undo()

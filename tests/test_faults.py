@@ -12,7 +12,7 @@ import torch
 
 import ex1_cnn
 import ex1_mlp
-from conftest import ROOT, assert_one_line_error, cli_in_process
+from conftest import kill_in_epoch, ROOT, assert_one_line_error, cli_in_process
 
 TINY = ["--width", "4", "--epochs", "1", "--val-size", "50", "--batch-size", "32", "--device", "cpu"]
 
@@ -41,16 +41,7 @@ class RunsCode:
 
 def interrupted_run(mnist_dir, tmp_path, monkeypatch):
     """A run folder as a kill leaves it: metrics.json 'running', last.pt after epoch 1 of 2."""
-    import training
-    real, calls = training.train_one_epoch, []
-
-    def killed_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_one_epoch", killed_in_epoch_2)
+    kill_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path, "--epochs", "2")))
     monkeypatch.undo()

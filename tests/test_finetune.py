@@ -8,7 +8,7 @@ import torch
 
 import ex2_finetune
 import training
-from conftest import ROOT, assert_one_line_error, cifar_images, cli_in_process
+from conftest import kill_in_epoch, ROOT, assert_one_line_error, cifar_images, cli_in_process
 from data import Dataset, Split, load_cifar100
 from ex2_finetune import PARTS, fit_linear_probe, knn_predict, nearest_neighbours
 from lab.errors import UserError
@@ -148,15 +148,7 @@ def test_a_fine_tuning_starts_from_the_imagenet_weights_with_a_new_head(tmp_path
 def test_a_fine_tuning_resumed_after_a_kill_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
     config, data = tiny_finetune_config(tmp_path, "last", "adamw"), tiny_data()
     _, whole = ex2_finetune.train(config, data, CPU, str(tmp_path / "whole"), progress=False)
-    real, calls = training.train_one_epoch, []
-
-    def killed_in_epoch_2(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(training, "train_one_epoch", killed_in_epoch_2)
+    kill_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         ex2_finetune.train(config, data, CPU, str(tmp_path / "cut"), progress=False)
     monkeypatch.undo()

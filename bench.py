@@ -32,6 +32,9 @@ MATMUL_SIZE = 2048
 CNN_SGD = {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
 
 
+SAME_SPEED = (0.95, 1.05)  # ratios within this band are measurement noise on a shared CPU
+
+
 def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("what", choices=["mlp", "cnn"], help="which training to time")
@@ -115,10 +118,20 @@ def bench_mlp(args, device):
         loader, many, one = (results[k] for k in setups)
         lines.append(f"depth {depth:>2}: DataLoader {loader:6.2f} s/epoch (1 thread); in-memory "
                      f"{many:6.2f} s/epoch on {all_threads} threads, {one:6.2f} on 1 thread: "
-                     f"1 thread in memory is {loader / one:4.1f}x faster than the DataLoader and "
-                     f"{many / one:4.1f}x faster than {all_threads} threads")
+                     f"1 thread in memory is {compared(loader, one)} than the DataLoader and "
+                     f"{compared(many, one)} than {all_threads} threads")
     torch.set_num_threads(all_threads)
     return lines
+
+
+def compared(baseline_seconds, seconds):
+    """'2.3x faster', '1.2x slower' or 'as fast': `seconds` against the baseline's (within 5%: as fast)."""
+    ratio = baseline_seconds / seconds
+    if ratio >= SAME_SPEED[1]:
+        return f"{ratio:.1f}x faster"
+    if ratio <= SAME_SPEED[0]:
+        return f"{1 / ratio:.1f}x slower"
+    return "as fast"
 
 
 def conv_linear_macs(model, x):

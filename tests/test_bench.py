@@ -49,3 +49,10 @@ def test_macs_of_resnet20_match_the_known_count():
     # He et al.'s ResNet-20 is about 41 M multiply-accumulates per 32x32 image
     macs = bench.conv_linear_macs(CifarResNet(3, 16), torch.zeros(1, 3, 32, 32))
     assert 40e6 < macs < 42e6
+
+
+def test_a_slower_setting_is_called_slower_not_0_9x_faster():
+    import bench
+    assert bench.compared(2.0, 1.0) == "2.0x faster"
+    assert bench.compared(1.0, 1.25) == "1.2x slower"
+    assert bench.compared(1.0, 1.02) == "as fast"

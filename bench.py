@@ -6,6 +6,7 @@
 Each line prints a ratio against a baseline measured in the same run, so the numbers
 compare like with like on whatever machine runs it.
 """
+import argparse
 import os
 import time
 
@@ -44,8 +45,11 @@ def make_parser():
     p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=5000,
                    help="held out as in training, so the epoch is the same")
     p.add_argument("--fig-dir", default=None,
-                   help=f"where the printed results are also written (default: figures/ and the README "
-                        f"with the default flags, else {SCRATCH_DIR})")
+                   help=f"where the printed results are also written (default: {SCRATCH_DIR}, or "
+                        "figures/ with --publish)")
+    p.add_argument("--publish", action="store_true",
+                   help="replace the committed figures/bench_*.md (run it on an idle machine: the "
+                        "README quotes them as idle measurements)")
     p.add_argument("--max-steps", type=count_flag(MAX_IMAGES), default=None,
                    help="time at most this many steps per measurement (default: a whole epoch for mlp, "
                         f"{CNN_STEPS} for cnn)")
@@ -118,20 +122,21 @@ def bench_mlp(args, device):
         loader, many, one = (results[k] for k in setups)
         lines.append(f"depth {depth:>2}: DataLoader {loader:6.2f} s/epoch (1 thread); in-memory "
                      f"{many:6.2f} s/epoch on {all_threads} threads, {one:6.2f} on 1 thread: "
-                     f"1 thread in memory is {compared(loader, one)} than the DataLoader and "
-                     f"{compared(many, one)} than {all_threads} threads")
+                     f"1 thread in memory is {compared(loader, one, 'the DataLoader')} and "
+                     f"{compared(many, one, f'{all_threads} threads')}")
     torch.set_num_threads(all_threads)
     return lines
 
 
-def compared(baseline_seconds, seconds):
-    """'2.3x faster', '1.2x slower' or 'as fast': `seconds` against the baseline's (within 5%: as fast)."""
+def compared(baseline_seconds, seconds, baseline):
+    """'2.3x faster than <baseline>', '1.2x slower than ...' or 'as fast as ...': `seconds`
+    against the baseline's (within 5%: as fast)."""
     ratio = baseline_seconds / seconds
     if ratio >= SAME_SPEED[1]:
-        return f"{ratio:.1f}x faster"
+        return f"{ratio:.1f}x faster than {baseline}"
     if ratio <= SAME_SPEED[0]:
-        return f"{1 / ratio:.1f}x slower"
-    return "as fast"
+        return f"{1 / ratio:.1f}x slower than {baseline}"
+    return f"as fast as {baseline}"
 
 
 def conv_linear_macs(model, x):
@@ -251,15 +256,22 @@ def bench_cnn(args, device):
     return lines
 
 
+def output_place(args):
+    """((folder, publish), the defaults): only the README's command with --publish replaces the
+    committed measurements in figures/; every other run writes to SCRATCH_DIR or --fig-dir."""
+    defaults = get_args([args.what, "--publish"])
+    return destination(args, defaults, SCRATCH_DIR), defaults
+
+
 def main(args):
     device = get_device(args.device)
-    defaults = get_args([args.what])
-    fig_dir, publish = destination(args, defaults, SCRATCH_DIR)  # only the README's command replaces them
+    (fig_dir, publish), defaults = output_place(args)
     lines = bench_mlp(args, device) if args.what == "mlp" else bench_cnn(args, device)
     text = "\n".join(lines)
     print(text)
     # the README shows the last measurement of its command, as printed, never numbers typed by hand
-    command = command_line(PROG, {"what": args.what}, args, defaults)
+    shown = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "publish"})
+    command = command_line(PROG, {"what": args.what}, shown, defaults)
     path = write_table(f"```\n$ {command}\n{text}\n```\n", f"bench_{args.what}", fig_dir, publish)
     print(f"written to {path}")
 

@@ -14,9 +14,10 @@ def test_mlp_benchmark_compares_pipelines_and_threads_and_says_its_command(mnist
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("depth")]
     assert len(lines) == len(bench.MLP_DEPTHS)
-    for line in lines:  # three timings and two ratios per depth, all positive numbers
+    for line in lines:  # three timings, all positive, and two comparisons per depth
         numbers = [float(w.rstrip("x;,")) for w in line.split() if w.rstrip("x;,").replace(".", "").isdigit()]
-        assert len(numbers) >= 5 and all(n > 0 for n in numbers[1:]), line
+        assert len(numbers) >= 4 and all(n > 0 for n in numbers[1:]), line
+        assert sum(line.count(w) for w in ("faster than", "slower than", "as fast as")) == 2, line
     saved = (tmp_path / "bench_mlp.md").read_text()
     # numbers made with other flags say so: never under the README's plain `python bench.py mlp`
     assert saved.startswith("```\n$ python bench.py mlp --") and "--max-steps 3" in saved
@@ -53,6 +54,15 @@ def test_macs_of_resnet20_match_the_known_count():
 
 def test_a_slower_setting_is_called_slower_not_0_9x_faster():
     import bench
-    assert bench.compared(2.0, 1.0) == "2.0x faster"
-    assert bench.compared(1.0, 1.25) == "1.2x slower"
-    assert bench.compared(1.0, 1.02) == "as fast"
+    assert bench.compared(2.0, 1.0, "it") == "2.0x faster than it"
+    assert bench.compared(1.0, 1.25, "it") == "1.2x slower than it"
+    assert bench.compared(1.0, 1.02, "it") == "as fast as it"
+
+
+def test_only_publish_replaces_the_committed_measurements(tmp_path, monkeypatch):
+    """`python bench.py mlp` on a loaded machine must not rewrite the idle numbers the README links."""
+    monkeypatch.setattr(bench, "SCRATCH_DIR", str(tmp_path / "scratch"))
+    (folder, publish), _ = bench.output_place(bench.get_args(["mlp"]))
+    assert not publish and folder == str(tmp_path / "scratch")
+    (folder, publish), _ = bench.output_place(bench.get_args(["mlp", "--publish"]))
+    assert publish and os.path.abspath(folder) == os.path.join(os.path.dirname(bench.__file__), "figures")

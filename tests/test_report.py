@@ -44,3 +44,14 @@ def test_one_rule_for_where_outputs_go(tmp_path):
     assert destination(sweep, sweep, scratch)[1] and not destination(shard, sweep, scratch)[1]
     fig = str(tmp_path / "fig")
     assert destination(ex2_why.get_args(["--fig-dir", fig]), readme, scratch) == (fig, True)
+
+
+def test_rewriting_a_table_says_which_cells_changed(tmp_path, capsys):
+    """A README command run on another machine rewrites a committed table: it says how much moved."""
+    from lab.outputs import write_table
+    table = "| network | ratio |\n|---|---:|\n| plain-56 | {} |\n| residual-56 | 5.30 |\n\ncaption\n"
+    write_table(table.format("1811.09"), "t", str(tmp_path), publish=False)
+    write_table(table.format("1811.09"), "t", str(tmp_path), publish=False)
+    assert "changed" not in capsys.readouterr().out  # the same numbers: nothing to say
+    write_table(table.format("1801.15"), "t", str(tmp_path), publish=False)
+    assert "1 cell of 8 changed, the most 1811.09 -> 1801.15 (-0.5%)" in capsys.readouterr().out

@@ -32,7 +32,7 @@ from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, p
 PROG = "ex2_cam.py"
 CNN_RUNS = os.path.join("runs", "ex1_cnn")
 SCRATCH_DIR = os.path.join("runs", "ex2_cam")  # figures of other checkpoints or settings
-MAKE_CHECKPOINT = "python ex1_cnn.py --blocks 3 --residual --cpu"
+MAKE_CHECKPOINT = "python ex1_cnn.py --blocks 3 --residual --cpu --force"  # --force: the published run exists
 INTERRUPTED = "nothing was written"  # what Ctrl-C leaves: figures are written whole, at the end
 MAX_FIGURE_IMAGES = 32  # a column per image: more would make a figure no screen shows
 MAX_CLASSES = 1000      # ImageNet's; a CIFAR-10 network checks --class-index against its 10
@@ -120,7 +120,7 @@ def find_checkpoint(runs_dir=None):
                     if r["config"].get("residual")]
         if not residual:
             raise UserError(f"no finished residual ex1_cnn.py run with a checkpoint in {runs_dir}; make one "
-                            f"with `{MAKE_CHECKPOINT}` or pass --checkpoint")
+                            f"with `{MAKE_CHECKPOINT} --out-dir {runs_dir}` or pass --checkpoint")
         val, path = max(residual)
         return path, f"the residual run with the best validation accuracy ({val:.4f}) in {runs_dir}"
     root = published_dir("ex1_cnn")

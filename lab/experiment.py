@@ -37,6 +37,9 @@ def single_run(exp, args, device, config):
         published = os.path.abspath(found) != os.path.abspath(folder) or is_published(found, exp.exercise)
         print(f"{found} holds this finished run{', published with the code' if published else ''} "
               f"(--force trains it again{' into ' + args.out_dir if published else ''}):")
+        own, _ = find_finished([args.out_dir], name, config) if published else (None, None)
+        if own is not None and os.path.abspath(found) != os.path.abspath(folder):
+            print(f"(your own run of these settings is in {folder}: test accuracy {own.get('test_acc')})")
         return record, found
     if os.path.exists(os.path.join(folder, METRICS_FILE)) and find_finished([args.out_dir], name, config)[0]:
         if is_published(folder, exp.exercise):

@@ -241,3 +241,19 @@ def test_tensorboard_missing_is_one_line(mnist_dir, tmp_path, monkeypatch, capsy
     argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path), "--tensorboard",
                    str(tmp_path / "tb")]
     assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "pip install tensorboard")
+
+
+def test_a_published_result_printed_mentions_the_users_own_run_beside_it(mnist_dir, tmp_path, monkeypatch,
+                                                                         capsys):
+    """After --force, the plain command prints the published run first; the user's run is named too."""
+    import shutil
+    from lab import runs
+    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs")]
+    run_main(argv)
+    folder = folder_of(argv, tmp_path / "runs")
+    shutil.copytree(folder, tmp_path / "results" / "ex1_mlp" / folder.name)  # as if it were published
+    monkeypatch.setattr(runs, "RESULTS_DIR", str(tmp_path / "results"))
+    capsys.readouterr()
+    run_main(argv)
+    out = capsys.readouterr().out
+    assert "published with the code" in out and f"your own run of these settings is in {folder}" in out

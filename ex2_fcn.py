@@ -11,6 +11,7 @@ seeded canvases of MNIST *test* digits: (a) that map alone (most probable digit 
 a score threshold, non-maximum suppression), and (b) the same network fine-tuned with an 11th
 "background" class on windows cut from canvases of MNIST *training* digits.
 """
+import argparse
 import math
 import os
 import time
@@ -25,7 +26,8 @@ from training import Recipe, fit
 from utils import get_device, hardware, provenance, seed_everything
 from lab.checkpoints import load_model
 from lab.cli import (FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, add_device_flag,
-                     add_tensorboard_flag, ArgumentParser, check_writable, count, count_flag, Number, run_cli)
+                     add_tensorboard_flag, ArgumentParser, check_writable, command_line, count, count_flag,
+                     Number, run_cli)
 from lab.errors import UserError
 from lab.experiment import Experiment, single_run
 from lab.files import fields_problem, read_json, save_image_atomic, write_json_atomic
@@ -339,7 +341,7 @@ def experiment(args, device, seed):
 
 # ----------------------------------------------------------------------------- table and figure
 
-def make_table(saved):
+def make_table(saved, made_by):
     """Markdown: AP per digit, mAP, precision and recall at the operating score, time per canvas,
     each the mean ± std over the runs `saved` (their benchmarks, seed 0 first)."""
     config = saved[0]["config"]
@@ -365,7 +367,7 @@ def make_table(saved):
                   f"{config['nms_iou']}. Classifier `{config['classifier']}`, fine-tuned {config['epochs']} "
                   f"epochs on windows of "
                   f"{config['train_canvases']:,} canvases of training digits. Time: maps, scores and NMS, "
-                  f"batches of {CANVAS_BATCH}; {saved[0]['hardware']}. Made by `python {PROG}`."]
+                  f"batches of {CANVAS_BATCH}; {saved[0]['hardware']}. Made by `{made_by}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -470,6 +472,16 @@ def finished_runs(args, device):
     return out, path
 
 
+WHERE_FLAGS = ("device", "tensorboard", "data_dir", "out_dir", "fig_dir", "force", "plot_only", "detect")
+
+
+def results_command(args):
+    """The command whose settings made a table: every flag that changes the numbers, none of where
+    files go or how they were redrawn (e.g. `python ex2_fcn.py --seeds 5`)."""
+    settings = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in WHERE_FLAGS})
+    return command_line(PROG, {}, settings, get_args([]))
+
+
 def make_outputs(args, device, found, classifier):
     """The table (all runs) and the figure (the first), from finished run folders."""
     published = all(is_published(f, EXERCISE) for f, _ in found)
@@ -478,7 +490,7 @@ def make_outputs(args, device, found, classifier):
     folder, saved = found[0]
     models = {"surgery": load_classifier(classifier, device)[0].cpu(),
               "finetuned": load_detector(folder, device).cpu()}
-    table = make_table([b for _, b in found])
+    table = make_table([b for _, b in found], results_command(args))
     path = write_table(table, "ex2_fcn_table", fig_dir, publish)
     plot(models, read_examples(folder, saved), saved, os.path.join(fig_dir, "ex2_fcn_detections.png"))
     print(table)

@@ -4,7 +4,7 @@
     python ex2_why.py gradients            # gradient norm of each conv layer, at init and trained
     python ex2_why.py responses            # std of each 3x3 layer's response (He et al. 2016, Fig. 7)
     python ex2_why.py lesion               # delete blocks of the depth-32 and -56 nets (Veit et al. 2016)
-    python ex2_why.py landscape --grid 21  # 2-D loss slices (Li et al. 2018); finer on a GPU
+    python ex2_why.py landscape --grid 41 --landscape-images 10000  # finer 2-D loss slices, on a GPU
 
 It reads the checkpoints of ex1_cnn.py (the published seed-0 CPU-preset runs in
 results/ex1_cnn/, else runs/ex1_cnn/) and trains nothing.

@@ -250,3 +250,10 @@ def test_the_published_detector_beats_the_surgery_alone():
     for path in found:
         detectors = json.loads(path.read_text())["detectors"]
         assert detectors["finetuned"]["map"] > detectors["surgery"]["map"], path
+
+
+def test_the_table_names_the_settings_that_made_it_not_where_it_went():
+    import ex2_fcn
+    assert ex2_fcn.results_command(ex2_fcn.get_args(["--seeds", "5", "--plot-only", "--fig-dir", "x"])) == \
+        "python ex2_fcn.py --seeds 5"
+    assert ex2_fcn.results_command(ex2_fcn.get_args(["--plot-only"])) == "python ex2_fcn.py"

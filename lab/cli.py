@@ -129,7 +129,7 @@ def torchvision_problem():
     return None
 
 
-def run_cli(main, args, prog, interrupted="finished runs are saved; rerun the command to resume"):
+def run_cli(main, args, prog, interrupted="every finished epoch is saved; rerun the command to resume"):
     """Call main(args); user-facing errors become one line on stderr with exit code 2.
 
     Ctrl-C and SIGTERM print one line (`interrupted`) and exit with 130.

@@ -31,12 +31,11 @@ def single_run(exp, args, device, config):
     finished run in --out-dir, never a published one)."""
     name = exp.run_name(config)
     folder = os.path.join(args.out_dir, name)
-    check_writable(args.out_dir)
     record, found = find_finished(lookup_roots(args.out_dir, exp.exercise), name, config)
     if record is not None and not args.force:
         published = os.path.abspath(found) != os.path.abspath(folder) or is_published(found, exp.exercise)
         print(f"{found} holds this finished run{', published with the code' if published else ''} "
-              f"(--force trains it again{' into ' + args.out_dir if published else ''}):")
+              f"(--force trains it again{' into ' + args.out_dir if published else ''})")
         own, _ = find_finished([args.out_dir], name, config) if published else (None, None)
         if own is not None and os.path.abspath(found) != os.path.abspath(folder):
             print(f"(your own run of these settings is in {folder}: test accuracy {own.get('test_acc')})")
@@ -46,6 +45,7 @@ def single_run(exp, args, device, config):
             raise UserError(f"--force never deletes a published run ({folder}); pass another --out-dir")
         remove_run(folder)
         print(f"--force: removed the finished run in {folder}")
+    check_writable(args.out_dir)  # only now: printing a finished run leaves no empty folder behind
     set_threads(device, exp.threads)
     data = exp.load_data(args, device)
     if hasattr(data, "source"):  # a data.Dataset (a script whose data is of its own prints its own line)
@@ -71,11 +71,11 @@ def sweep(exp, args, device, configs, costs, threads, need_checkpoints=False):
     """Train the pending runs of `configs` (of this --shard) on --workers processes of `threads`
     threads; returns the line saying what was done, or None if nothing was left to train.
     `costs` (one per config) balance shards and put the longest runs of a seed first."""
-    check_writable(args.out_dir)
     roots = lookup_roots(args.out_dir, exp.exercise)
     todo = plan(configs, costs, exp.run_name, roots, args.out_dir, args.shard, need_checkpoints)
     if not todo:
         return None
+    check_writable(args.out_dir)
     exp.load_data(args, device)  # a data error: one line here, not one per worker
     workers = getattr(args, "workers", 0) or (1 if device.type == "cuda" else os.cpu_count() or 1)
     results, wall, used = run_jobs(_job, todo, workers, device, threads, "sweep", _setup, (exp, args, device))

@@ -122,7 +122,7 @@ def read_json(path, remedy):
             raise UserError(f"{path} is larger than any file this code writes; {remedy}")
         with open(path) as f:
             obj = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no such file, or a file where a folder belongs
         return None
     except RecursionError:
         raise UserError(f"{path} is nested deeper than any file this code writes; {remedy}")

@@ -172,6 +172,8 @@ class RunFolder:
     def __exit__(self, *exc):
         if self._writer is not None:
             self._writer.close()
+        if exc[0] is not None and not os.listdir(self.path):
+            os.rmdir(self.path)  # interrupted before its first epoch: no empty folder stays
         self._lock.release()
 
     def resume(self, model, optimizer, scheduler, generator):

@@ -156,7 +156,7 @@ def test_sigterm_of_a_sweep_is_one_message(mnist_dir, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("ex1_mlp.py: interrupted; finished runs are saved")
+    assert err.strip().splitlines()[-1].startswith("ex1_mlp.py: interrupted; every finished epoch is saved")
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
@@ -209,3 +209,19 @@ def test_ctrl_c_of_ex2_cam_says_nothing_was_written(capsys, monkeypatch):
     monkeypatch.setattr(ex2_cam, "main", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
     code, err = cli_in_process(ex2_cam, ["cifar10"], capsys)
     assert code == 130 and err.strip() == "ex2_cam.py: interrupted; nothing was written"
+
+
+def test_ctrl_c_before_the_first_epoch_leaves_no_empty_run_folder(mnist_dir, tmp_path, monkeypatch):
+    from conftest import kill_in_epoch
+    kill_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path, "--epochs", "2")))
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_printing_a_published_run_creates_no_output_folder(tmp_path, monkeypatch, capsys):
+    """The quick start's command on a fresh clone, from another folder: nothing appears there."""
+    monkeypatch.chdir(tmp_path)
+    ex1_mlp.main(ex1_mlp.get_args(["--depth", "32", "--residual"]))
+    assert "published with the code" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []

@@ -16,6 +16,8 @@ GLANCE = {"ex1_mlp_table": ("0.114 ± 0.000", "0.961 ± 0.002", "0.957 ± 0.000"
           "ex2_why_gradients": ("1811.09", "5.30"),
           "ex2_why_lesion": ("| residual-56 | 0.846 | 0.801 |", "| plain-56 | 0.513 | 0.128 |"),
           "ex2_fcn_table": ("0.458 ± 0.010", "0.856 ± 0.006"),
+          "ex2_finetune_table": ("| 12.8k | 0.790 | 0.788 |", "| 0.853 ± 0.003 | 0.848 ± 0.001 |",
+                                 "| 0.85M | 0.831 | 0.829 |"),
           "ex2_distill_table": ("0.819 ± 0.000", "0.816 ± 0.004", "+0.003 ± 0.003"),
           "ex2_cam_faithfulness": ("0.262 ± 0.189", "0.371 ± 0.206", "1000 CIFAR-10 test images"),
           "ex2_cam_photos": ("coffee | scikit-image skimage.data.coffee() | espresso",

@@ -275,7 +275,9 @@ def plot_curves(found, args, path):
 
 def make_figures(args, configs):
     fig_dir, publish = sweep_destination(args, get_args(README_SWEEP))
-    found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...")
+    readme = None if is_readme_sweep(args) else " ".join(["python", PROG, *README_SWEEP, "--plot-only"])
+    found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...",
+                                   readme)
     table = make_table(found, args, missing)
     table_path = write_table(table, "ex1_cnn_table", fig_dir, publish)
     plot_curves(found, args, os.path.join(fig_dir, "ex1_cnn_curves.png"))

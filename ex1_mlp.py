@@ -383,7 +383,9 @@ def plot_activations(stats, caption, path):
 
 def make_figures(args, configs, device):
     fig_dir, publish = sweep_destination(args, get_args(README_SWEEP))
-    found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...")
+    readme = None if is_readme_sweep(args) else " ".join(["python", PROG, *README_SWEEP, "--plot-only"])
+    found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...",
+                                   readme)
     groups = _group(found)
     table_path = write_table(make_table(groups, args, missing), "ex1_mlp_table", fig_dir, publish)
     plot_depth(groups, args, os.path.join(fig_dir, "ex1_mlp_depth.png"))

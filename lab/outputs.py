@@ -48,9 +48,10 @@ def sweep_destination(args, readme_args):
     return destination(args, readme_args, os.path.join(args.out_dir, "figures"))
 
 
-def sweep_results(configs, roots, name_fn, fig_dir, command):
+def sweep_results(configs, roots, name_fn, fig_dir, command, published=None):
     """(found, number missing) for the tables and figures of a sweep written to `fig_dir`:
-    [(config, record, folder)] of its finished runs in `roots`, an error if there are none."""
+    [(config, record, folder)] of its finished runs in `roots`, an error if there are none
+    (naming `published`, the command that draws the README's results, when it is another)."""
     found = collect(configs, roots, name_fn)
     if not found:
         started = sum(any(os.path.exists(os.path.join(root, name_fn(c), METRICS_FILE)) for root in roots)
@@ -59,8 +60,9 @@ def sweep_results(configs, roots, name_fn, fig_dir, command):
             raise UserError(f"none of the {count(len(configs), 'run')} of these settings has finished yet: "
                             f"{started} started in {' or '.join(roots)} (another process may be training "
                             f"them; else rerun `{command}` to resume)")
+        readme = f" (the README's results: `{published}`)" if published else ""
         raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; "
-                        f"run `{command}` with the same flags first")
+                        f"run `{command}` with the same flags first{readme}")
     by_root = {}
     for _, _, folder in found:
         by_root[os.path.dirname(folder)] = by_root.get(os.path.dirname(folder), 0) + 1

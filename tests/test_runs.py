@@ -116,3 +116,24 @@ def test_two_sweeps_on_one_folder_train_each_run_once(mnist_dir, tmp_path):
             record = json.loads((folder / "metrics.json").read_text())
             assert record["status"] == "complete" and len(record["epochs"]) == 2
             assert (folder / "best.pt").exists()
+
+
+def test_a_new_record_says_which_code_made_it_and_runs_without_git(monkeypatch):
+    import torch
+    import utils
+    meta = utils.provenance()
+    assert meta["torch"] == str(torch.__version__) and type(meta["torch"]) is str  # a plain str for JSON
+    if os.path.isdir(os.path.join(ROOT, ".git")):
+        assert len(meta["commit"]) == 40 and int(meta["commit"], 16) >= 0
+
+    def no_git(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 128, "", "fatal: not a git repository")
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert utils.provenance() == {"torch": str(torch.__version__)}  # a copy without .git: no commit key
+
+
+def test_a_resume_accepts_a_start_that_predates_provenance_but_not_other_data():
+    from lab.runs import _same_numbers
+    old = {"data": "MNIST", "hardware": "cpu"}  # a record written before meta carried the commit
+    assert _same_numbers({**old, "commit": "0" * 40, "torch": "2.14.1"}) == _same_numbers(old)
+    assert _same_numbers({**old, "data": "other"}) != _same_numbers(old)

@@ -5,7 +5,6 @@ sliced into batches, and augmentation is a batched tensor op. No DataLoader, no
 per-sample transform in the training loop.
 """
 import os
-import shutil
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +48,7 @@ class Dataset:
     test: Split
     source: str       # what the numbers were computed on, e.g. "CIFAR-10 (JPEG copy)"
     classes: tuple
+    signature: str = ""  # a digest of the loaded images and labels (datafiles.arrays_signature)
 
 
 def split_indices(n, n_val, seed=SPLIT_SEED):
@@ -84,12 +84,9 @@ def load_mnist(data_dir, device, n_val=MNIST_VAL_SIZE, split_seed=SPLIT_SEED):
     if len(present) == len(MNIST_FILES):
         train, test = make(True), make(False)
     else:
-        existed = os.path.isdir(data_dir)
         train = datafiles.try_download(lambda download: make(True, download), data_dir)
         test = datafiles.try_download(lambda download: make(False, download), data_dir)
         if train is None or test is None:
-            if not existed:  # a failed download leaves no empty MNIST/raw tree behind
-                shutil.rmtree(data_dir, ignore_errors=True)
             raise DataError(f"MNIST not found in {raw} (looked for {', '.join(MNIST_FILES)}) "
                             "and it could not be downloaded; unpack a local copy there, e.g. "
                             f"../shared/datasets/install.sh {data_dir}")
@@ -104,8 +101,9 @@ def load_mnist(data_dir, device, n_val=MNIST_VAL_SIZE, split_seed=SPLIT_SEED):
 
     x, y = tensors(train)
     train_split, val_split = _split(x, y, n_val, split_seed)
+    signature = datafiles.arrays_signature(train.data, train.targets, test.data, test.targets)
     return Dataset(train_split, val_split, Split(*tensors(test)), "MNIST",
-                   tuple(str(i) for i in range(10)))
+                   tuple(str(i) for i in range(10)), signature)
 
 
 def normalize_mnist(images):
@@ -166,13 +164,9 @@ def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED
                 break
     if arrays is None:
         from torchvision.datasets import CIFAR10
-        existed = os.path.isdir(data_dir)
-        os.makedirs(data_dir, exist_ok=True)
         if datafiles.try_download(lambda download: CIFAR10(data_dir, train=True, download=download),
                                   data_dir):
             arrays, source = _cifar_official(data_dir)[0], "CIFAR-10"
-        elif not existed:  # a failed download leaves no empty folder behind
-            shutil.rmtree(data_dir, ignore_errors=True)
     if arrays is None:
         jpeg_dir = os.path.join(data_dir, CIFAR10_JPEG_DIR)
         raise DataError(f"CIFAR-10 not found in {data_dir} (looked for cifar-10-batches-py/ and "
@@ -198,6 +192,7 @@ def load_cifar100(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEE
 
 
 def _cifar_dataset(arrays, device, n_val, split_seed, train_subset, source, classes):
+    signature = datafiles.arrays_signature(*arrays)
     train_x, train_y, test_x, test_y = (a.to(device) for a in arrays)
     train_split, val_split = _split(train_x, train_y, n_val, split_seed)
     if train_subset:
@@ -205,7 +200,7 @@ def _cifar_dataset(arrays, device, n_val, split_seed, train_subset, source, clas
             raise DataError(f"a training subset of {train_subset} exceeds the {len(train_split)} training "
                             "images")
         train_split = Split(train_split.x[:train_subset], train_split.y[:train_subset])
-    return Dataset(train_split, val_split, Split(test_x, test_y), source, classes)
+    return Dataset(train_split, val_split, Split(test_x, test_y), source, classes, signature)
 
 
 def normalize_images(x, mean=CIFAR10_MEAN, std=CIFAR10_STD):

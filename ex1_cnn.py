@@ -21,7 +21,7 @@ from models import CifarResNet, build_model
 from report import (cnn_name, depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result,
                     print_result, run_result, save_figure)
 from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
-from utils import get_device, hardware, provenance, seed_everything
+from utils import get_device, run_meta, seed_everything
 from lab.cli import (LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED, add_device_flag,
                      add_run_flags, ArgumentParser, count, count_flag, Number, run_cli)
 from lab.errors import UserError
@@ -139,8 +139,7 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     train_transform, eval_transform = cifar_transforms(generator, memory_format)
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
                     train_transform=train_transform, eval_transform=eval_transform)
-    meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
-            **provenance()}
+    meta = run_meta(data, device, memory_format="channels_last")
     with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 

@@ -17,7 +17,7 @@ from data import MNIST_VAL_SIZE, load_mnist
 from models import MLP, build_model
 from report import finished_results, format_result, mean_std, print_result, save_figure
 from training import Recipe, fit
-from utils import get_device, hardware, provenance, seed_everything
+from utils import get_device, run_meta, seed_everything
 from lab.checkpoints import load_model
 from lab.cli import (LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED, add_device_flag,
                      add_run_flags, ArgumentParser, count, count_flag, run_cli)
@@ -153,7 +153,7 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     # fused Adam: one kernel for all parameters instead of several per tensor per step
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator)
-    meta = {"data": data.source, "hardware": hardware(device), **provenance()}
+    meta = run_meta(data, device)
     with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
@@ -291,8 +291,8 @@ def stats_problem(stats):
 
 
 def gradient_stats(args, device, found):
-    """{(variant, depth): {'init': stats, 'trained': stats}} for the seed-0 runs at the gradient
-    depths. The stats are saved beside each run (layer_stats.json), so they are computed once,
+    """{(variant, depth): {'config': its run's, 'init': stats, 'trained': stats}} for the seed-0 runs at the
+    gradient depths. The stats are saved beside each run (layer_stats.json), so they are computed once,
     with MNIST, and redrawn without it."""
     wanted = [d for d in args.depths if d in GRADIENT_DEPTHS] or [max(args.depths)]
     out, data = {}, None
@@ -305,6 +305,9 @@ def gradient_stats(args, device, found):
         problem = stats and stats_problem(stats)
         if problem:
             raise UserError(f"{path} is not a layer-statistics file of this code ({problem}); {remedy}")
+        if stats is not None and stats.get("config") != c:  # the file names its run: a swap is refused
+            raise UserError(f"{path} holds the statistics of another run, not of the run in its folder; "
+                            f"{remedy}")
         if stats is None:
             if data is None:
                 data = load_mnist(args.data_dir, device, args.val_size)
@@ -324,7 +327,7 @@ def layer_stats_of_run(config, folder, data, device):
         raise UserError(f"{path} is the checkpoint of another run; {remedy}")
     seed_everything(config["seed"])  # the same initialization the run started from
     model = build_model(ckpt["arch"]).to(device)
-    return {"init": layer_stats(model, x, y), "trained": layer_stats(trained, x, y)}
+    return {"config": config, "init": layer_stats(model, x, y), "trained": layer_stats(trained, x, y)}
 
 
 def plot_gradients(stats, caption, path):

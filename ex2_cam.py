@@ -25,7 +25,8 @@ from training import CNN_CPU_EPOCHS
 from utils import get_device, hardware
 from lab.checkpoints import load_model, load_state_dict_file
 from lab.cli import FRACTION, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, count_flag, run_cli
-from lab.errors import UserError
+from lab.datafiles import read_image
+from lab.errors import DataError, UserError
 from lab.outputs import destination, write_table
 from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 
@@ -345,9 +346,11 @@ def load_photo(name):
     import numpy as np
     if name == "grace_hopper":
         from matplotlib.cbook import get_sample_data
-        from PIL import Image
-        with get_sample_data("grace_hopper.jpg") as f, Image.open(f) as im:
-            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+        try:
+            array, _ = read_image(str(get_sample_data("grace_hopper.jpg", asfileobj=False)), "RGB")
+        except DataError as e:
+            raise UserError(f"{e}; reinstall matplotlib (pip install --force-reinstall matplotlib)")
+        return torch.from_numpy(array).permute(2, 0, 1)
     try:
         import skimage.data
     except ImportError:
@@ -476,17 +479,24 @@ def imagenet_transform():
     return ResNet18_Weights.IMAGENET1K_V1.transforms()
 
 
+def read_pil(path):
+    """An image file as a PIL RGB image, through the one image reader of every script."""
+    from PIL import Image
+    return Image.fromarray(read_image(path, "RGB")[0])
+
+
 def load_imagenette(data_dir):
     """Imagenette val (160px) through torchvision, from `data_dir`, downloading if possible."""
     from torchvision.datasets import Imagenette
     transform = imagenet_transform()
     try:
-        return Imagenette(data_dir, split="val", size=IMAGENETTE_SIZE, transform=transform)
+        return Imagenette(data_dir, split="val", size=IMAGENETTE_SIZE, transform=transform, loader=read_pil)
     except RuntimeError:
         pass
     existed = os.path.isdir(data_dir)
     try:
-        return Imagenette(data_dir, split="val", size=IMAGENETTE_SIZE, download=True, transform=transform)
+        return Imagenette(data_dir, split="val", size=IMAGENETTE_SIZE, download=True, transform=transform,
+                          loader=read_pil)
     except Exception:
         if not existed:  # a failed download leaves no empty folder behind
             shutil.rmtree(data_dir, ignore_errors=True)

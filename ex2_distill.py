@@ -25,7 +25,7 @@ from models import CifarResNet, build_model
 from report import (cnn_name, depth_gap, fastest_epoch_seconds, format_gap, format_result,
                     published_cnn_run, run_result)
 from training import Recipe, fit, sgd_warmup_cosine
-from utils import get_device, hardware, provenance, seed_everything
+from utils import get_device, run_meta, seed_everything
 from lab.checkpoints import load_model
 from lab.cli import (MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, add_device_flag, add_tensorboard_flag,
                      ArgumentParser, count, count_flag, Number, run_cli)
@@ -156,8 +156,7 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
                     Distillation(teacher, config["temperature"], config["alpha"]), train_transform,
                     eval_transform)
-    meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
-            **provenance()}
+    meta = run_meta(data, device, memory_format="channels_last")
     with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 

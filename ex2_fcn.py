@@ -23,12 +23,13 @@ from detection import (Canvases, capacity, detect, make_canvases, match, summari
 from models import MLP, ConvMLP, build_model
 from report import format_mean_std, save_figure
 from training import Recipe, fit
-from utils import get_device, hardware, provenance, seed_everything
+from utils import get_device, hardware, run_meta, seed_everything
 from lab.checkpoints import load_model
 from lab.cli import (FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, add_device_flag,
                      add_tensorboard_flag, ArgumentParser, check_writable, command_line, count, count_flag,
                      Number, run_cli)
-from lab.errors import UserError
+from lab.datafiles import arrays_signature, read_image
+from lab.errors import DataError, UserError
 from lab.experiment import Experiment, single_run
 from lab.files import fields_problem, read_json, save_image_atomic, write_json_atomic
 from lab.outputs import destination, write_table
@@ -247,24 +248,23 @@ def benchmark(detectors, canvases, config, device):
 
 
 def read_grey(path, what, remedy):
-    """An image file as a (H, W) uint8 tensor, or a one-line error naming it."""
-    from PIL import Image, UnidentifiedImageError
-    import numpy as np
+    """An image file as a (H, W) uint8 tensor (lab.datafiles.read_image), or a one-line error naming it."""
     try:
-        with Image.open(path) as im:
-            return torch.from_numpy(np.array(im.convert("L")))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise UserError(f"cannot read {what} {path} ({type(e).__name__}); {remedy}")
+        return torch.from_numpy(read_image(path, "L")[0])
+    except DataError as e:
+        raise UserError(f"{what}: {e}; {remedy}")
 
 
 def save_examples(canvases, folder):
-    """The figure's first canvases as one grey PNG strip (written atomically), and their true
-    boxes and digits (for the benchmark's JSON)."""
+    """The figure's first canvases as one grey PNG strip (written atomically), and for the
+    benchmark's JSON their true boxes and digits and the strip's signature (so a strip of
+    another run's canvases is refused)."""
     from PIL import Image
     strip = torch.cat(list(canvases.images[:N_EXAMPLES]), dim=1)  # (H, k*W)
     save_image_atomic(Image.fromarray(strip.numpy()), os.path.join(folder, EXAMPLES_FILE))
     return {"boxes": [b.tolist() for b in canvases.boxes[:N_EXAMPLES]],
-            "labels": [lab.tolist() for lab in canvases.labels[:N_EXAMPLES]]}
+            "labels": [lab.tolist() for lab in canvases.labels[:N_EXAMPLES]],
+            "signature": arrays_signature(strip)}
 
 
 BENCHMARK_FIELDS = {"config": dict, "hardware": str, "detectors": dict, "examples": dict}
@@ -309,17 +309,18 @@ def experiment(args, device, seed):
             set_threads(device, THREADS)
             # the classifier's own validation split: digits it was never trained on
             data = load_mnist(args.data_dir, device, ckpt["config"]["val_size"])
+            made["meta"] = run_meta(data, device)  # the data's signature: a resume on other data is refused
             made["generator"] = seed_everything(config["seed"])
             made["canvases"] = benchmark_canvases(data, config, made["generator"])
         return made["canvases"], made["generator"]
 
-    def train(config, made, device, out_dir, progress, tensorboard=None):
-        canvases, generator = made
+    def train(config, prepared, device, out_dir, progress, tensorboard=None):
+        canvases, generator = prepared
         splits = [windows(c, config, generator, device) for c in canvases]
         print(f"{name}: {len(splits[0])} training windows from {len(canvases[0])} canvases, "
               f"{hardware(device)}")
-        meta = {"data": "MNIST", "hardware": hardware(device), **provenance()}
-        run = RunFolder(os.path.join(out_dir, name), config, meta, detector_arch(ckpt["arch"]), tensorboard)
+        run = RunFolder(os.path.join(out_dir, name), config, made["meta"], detector_arch(ckpt["arch"]),
+                        tensorboard)
         return fine_tune(source, config, splits, run, generator, device)
 
     exp = Experiment(EXERCISE, run_name, lambda args, device: inputs(), train, THREADS)
@@ -380,6 +381,9 @@ def read_examples(folder, saved):
     if tuple(strip.shape) != (size, k * size):
         raise UserError(f"{path} holds a {tuple(strip.shape)} image, not {k} canvases of {size}x{size}; "
                         f"{remedy}")
+    if arrays_signature(strip) != saved["examples"].get("signature"):
+        raise UserError(f"{path} is not the strip of canvases its benchmark was measured on (another run's, "
+                        f"or changed); {remedy}")
     return torch.stack(strip.split(size, dim=1))
 
 

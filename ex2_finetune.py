@@ -25,7 +25,7 @@ from models import PartlyFrozenLite0
 from pretrained import LITE_MEAN, LITE_STD, WEIGHTS_PACKAGE, load_efficientnet_lite0
 from report import cnn_name, format_result, published_cnn_run, run_result
 from training import Recipe, fit, warmup_cosine
-from utils import get_device, hardware, provenance, seed_everything
+from utils import get_device, run_meta, seed_everything
 from lab.cli import (MAX_WORKERS, add_device_flag, add_tensorboard_flag, ArgumentParser, count, count_flag,
                      run_cli)
 from lab.errors import UserError
@@ -205,7 +205,7 @@ CLASSIFIERS = {"linear": linear_probe, "knn": knn}
 
 def probe(config, data, device, out_dir, progress=True, tensorboard=None):
     """One classical baseline on the frozen features; returns (outcome, record) as training.fit does."""
-    meta = {"data": data.source, "hardware": hardware(device), **provenance()}
+    meta = run_meta(data, device)
     with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch=None) as run:
         if run.finished is not None:
             return "finished", run.finished
@@ -256,8 +256,7 @@ def finetune(config, data, device, out_dir, progress=True, tensorboard=None):
                     train_transform=train_transform, eval_transform=eval_transform)
     arch = {"name": "PartlyFrozenLite0", "kwargs": {"num_classes": len(data.classes),
                                                     "trainable": list(PARTS[config["part"]])}}
-    meta = {"data": data.source, "hardware": hardware(device), "memory_format": "channels_last",
-            **provenance()}
+    meta = run_meta(data, device, memory_format="channels_last")
     with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 

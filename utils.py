@@ -31,6 +31,14 @@ def hardware(device):
     return f"{machine(device)[:-1]}, {count(torch.get_num_threads(), 'thread')} per process)"
 
 
+def run_meta(data, device, **extra):
+    """A run record's meta: its data (source and signature), hardware, `extra` and provenance."""
+    meta = {"data": data.source, "hardware": hardware(device), **extra, **provenance()}
+    if data.signature:
+        meta["data_signature"] = data.signature
+    return meta
+
+
 def provenance():
     """What code made a run, for its record's meta: the git commit (when there is one) and torch."""
     import subprocess

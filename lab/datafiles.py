@@ -5,20 +5,32 @@ Nothing here knows a dataset: the expected classes and image shape come in as ar
 import hashlib
 import math
 import os
+import shutil
 import struct
 import sys
 
 import torch
 
 from lab.errors import DataError
-from lab.files import WriteError, save_atomic
+from lab.files import WriteError, remove_debris, save_atomic
 
 
 def try_download(make, data_dir):
-    """torchvision's download, or None when the network (or the host) is not reachable."""
+    """torchvision's download, or None when the network (or the host) is not reachable. A failed
+    download leaves nothing behind: what it made in `data_dir` (an empty MNIST/raw/ tree, a
+    partial archive) is removed, and `data_dir` itself if it was not there before."""
+    existed = os.path.isdir(data_dir)
+    before = set(os.listdir(data_dir)) if existed else set()
     try:
         return make(download=True)
     except Exception:  # no network: urllib, socket and checksum errors all land here
+        made = set(os.listdir(data_dir)) - before if os.path.isdir(data_dir) else set()
+        for name in [""] if not existed else sorted(made):
+            path = os.path.join(data_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.remove(path)
         return None
 
 
@@ -57,6 +69,16 @@ def arrays_problem(arrays, shape, n_classes, sizes=None):
     return None
 
 
+def arrays_signature(*tensors):
+    """A short digest of CPU tensors' bytes: which data a run was trained on, for its record, so
+    a run resumed on other data (another --data-dir) is refused rather than mixed."""
+    digest = hashlib.blake2b(digest_size=8)
+    for t in tensors:
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def list_image_folder(root, classes):
     """[(path, label)] of an ImageFolder split whose class folders are `classes`."""
     if not os.path.isdir(root):
@@ -77,37 +99,56 @@ def list_image_folder(root, classes):
     return items
 
 
-def decode_images(items, desc, shape):
-    """uint8 (N, *shape) images and int64 labels of [(path, label)], every mode and bit depth
-    read the same way; an unreadable image is one line naming it."""
+def shown(path):
+    """A path as a message can print it, even one whose name is not UTF-8 (its bytes replaced)."""
+    return os.fsencode(path).decode(errors="replace")
+
+
+def read_image(path, mode="RGB"):
+    """(uint8 array, True if it was 16-bit) of an image file in `mode` ('RGB': (H, W, 3), 'L':
+    (H, W)): the one image reader of every script, every mode and bit depth read the same way
+    (16-bit grey by its high byte: PIL's convert would clip it to 255). A FIFO or folder, an
+    unreadable file, 32-bit pixels or a decompression bomb is a DataError naming the file."""
     import numpy as np
     from PIL import Image
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise DataError(f"{shown(path)} is not a regular file (a folder, FIFO or device)")
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I", "F"):
+                raise DataError(f"image {shown(path)} has 32-bit pixels (mode {im.mode}), which have no "
+                                "faithful 8-bit form; save it as an 8-bit image")
+            if im.mode.startswith("I;16"):
+                grey = (np.array(im).astype(np.uint16) >> 8).astype(np.uint8)
+                return (grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)), True
+            return np.array(im.convert(mode)), False
+    except Image.DecompressionBombError:
+        raise DataError(f"image {shown(path)} has more pixels than PIL opens safely (a decompression bomb?); "
+                        "give a smaller image")
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"cannot read image {shown(path)}: {type(e).__name__}")
+
+
+def decode_images(items, desc, shape):
+    """uint8 (N, *shape) images and int64 labels of [(path, label)], every mode and bit depth
+    read the same way (read_image); an unreadable image is one line naming it."""
     from tqdm import tqdm
 
     x = torch.empty((len(items),) + tuple(shape), dtype=torch.uint8)
     converted = []
     for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
-        try:
-            with Image.open(path) as im:
-                if im.mode.startswith("I;16"):  # 16-bit grey: convert("RGB") would clip it to 255
-                    grey = np.array(im).astype(np.uint16) >> 8
-                    img = torch.from_numpy(grey.astype(np.uint8)).expand(3, *grey.shape).contiguous()
-                    converted.append(path)
-                elif im.mode in ("I", "F"):
-                    raise DataError(f"image {path} has 32-bit pixels (mode {im.mode}), which have no "
-                                    "faithful 8-bit form; save it as an 8-bit image")
-                else:
-                    img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-        except DataError:
-            raise
-        except Exception as e:
-            raise DataError(f"cannot read image {path}: {type(e).__name__}")
+        array, was_16bit = read_image(path, "RGB")
+        if was_16bit:
+            converted.append(path)
+        img = torch.from_numpy(array).permute(2, 0, 1)
         if tuple(img.shape) != tuple(shape):
-            raise DataError(f"image {path} has shape {tuple(img.shape)}, expected {tuple(shape)}")
+            raise DataError(f"image {shown(path)} has shape {tuple(img.shape)}, expected {tuple(shape)}")
         x[i] = img
     if converted:
-        print(f"note: {len(converted)} 16-bit grey image(s), e.g. {converted[0]}, converted to 8-bit RGB "
-              "by their high byte", file=sys.stderr)
+        print(f"note: {len(converted)} 16-bit grey image(s), e.g. {shown(converted[0])}, converted to 8-bit "
+              "RGB by their high byte", file=sys.stderr)
     y = torch.tensor([label for _, label in items], dtype=torch.int64)
     return x, y
 
@@ -129,6 +170,7 @@ def image_folder_arrays(root, classes, shape, cache_name):
     once; later calls read the cached uint8 tensors (`cache_name` in `root`) in seconds."""
     splits = {s: list_image_folder(os.path.join(root, s), classes) for s in ("train", "test")}
     cache = os.path.join(root, cache_name)
+    remove_debris(root)  # a killed writer's cache-sized temporary file, even when the cache is good
     key = {s: folder_signature(items) for s, items in splits.items()}
     sizes = [len(splits["train"]), len(splits["test"])]
     if os.path.exists(cache):
@@ -144,36 +186,12 @@ def image_folder_arrays(root, classes, shape, cache_name):
     return arrays
 
 
-CACHE_TMP_PREFIX = ".tmp-decoded-"  # then the writer's process id: .gitignore covers .tmp-*
-
-
-def _remove_stale_temporaries(folder):
-    """Delete the cache's temporary files whose writer is gone (killed mid-write); a live
-    process's file is its own to finish."""
-    for name in os.listdir(folder):
-        if not name.startswith(CACHE_TMP_PREFIX):
-            continue
-        pid = name[len(CACHE_TMP_PREFIX):].split("-")[0]
-        try:
-            os.kill(int(pid), 0)
-            continue  # its writer still runs
-        except (ValueError, ProcessLookupError):
-            pass
-        except PermissionError:
-            continue  # another user's live process
-        try:
-            os.remove(os.path.join(folder, name))
-        except OSError:
-            pass
-
-
 def _write_cache(obj, cache):
     """Write the decoded cache whole or not at all: it only saves decoding next time, so a
     read-only folder or a full disk is a note, not an error. Its temporary file carries the
     writer's process id, so a concurrent writer's file is never taken for debris."""
-    _remove_stale_temporaries(os.path.dirname(cache))
     try:
-        save_atomic(obj, cache, prefix=f"{CACHE_TMP_PREFIX}{os.getpid()}-")
+        save_atomic(obj, cache)
     except WriteError as e:
         print(f"note: could not write the decoded-image cache ({e}); going on without it (the images are "
               "decoded again next time)", file=sys.stderr)

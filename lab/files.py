@@ -43,7 +43,36 @@ def fields_problem(mapping, fields):
     return None
 
 
-TMP_PREFIX = ".tmp-"  # an interrupted write's leftover; .gitignore keeps them out of git
+TMP_PREFIX = ".tmp-"  # then the writer's process id: an interrupted write's leftover (.gitignore: .tmp-*)
+
+
+def _writer_alive(name):
+    """False if the temporary file `name` is a dead process's (its id follows TMP_PREFIX), or
+    of no process id at all (a write of older code)."""
+    try:
+        os.kill(int(name[len(TMP_PREFIX):].split("-")[0]), 0)
+    except (ValueError, OverflowError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass  # another user's live process
+    return True
+
+
+def remove_debris(folder):
+    """Delete what killed writes left in `folder` (kill -9 between a temporary file and its
+    rename); a live process's temporary file is its own to finish. Every atomic write calls
+    this, so the next run that writes a folder (figures/, a run folder, the CIFAR cache's
+    folder) clears it."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(TMP_PREFIX) and not _writer_alive(name):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass  # not ours to remove (read-only folder): the write below says what is wrong
 
 
 class WriteError(UserError):
@@ -51,14 +80,15 @@ class WriteError(UserError):
     names the file and the reason; the file as it was before is intact."""
 
 
-def _atomic(path, write, prefix=TMP_PREFIX):
+def _atomic(path, write):
     """Write to a temporary file in the same folder, then rename: never a half-written file.
     A failed write raises WriteError naming `path` and leaves what was there before."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)
+        remove_debris(folder)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.getpid()}-")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -83,12 +113,12 @@ def write_text_atomic(text, path):
     _atomic(path, lambda f: f.write(text.encode()))
 
 
-def save_atomic(obj, path, prefix=TMP_PREFIX):
+def save_atomic(obj, path):
     """torch.save, atomically. Serialized in memory first: torch's own writer turns a full disk
     into a RuntimeError without its errno, a plain write keeps it."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _atomic(path, lambda f: f.write(buffer.getbuffer()), prefix)
+    _atomic(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def save_image_atomic(image, path):

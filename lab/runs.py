@@ -11,11 +11,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 
-from lab.cli import FRACTION, Number
+from lab.cli import FRACTION, Number, count
 from lab.errors import UserError
-from lab.files import (TMP_PREFIX, FolderLock, all_finite, fields_problem, load_checkpoint, read_json,
+from lab.files import (FolderLock, all_finite, fields_problem, load_checkpoint, read_json, remove_debris,
                        save_atomic, write_json_atomic)
 
 METRICS_FILE = "metrics.json"
@@ -120,8 +121,32 @@ def find_finished(roots, name, config):
             raise UserError(f"{folder} holds a run whose config does not match its name; "
                             "delete that folder")
         if record["status"] in FINISHED:
+            _tidy_if_free(folder)
             return record, folder
     return None, None
+
+
+def _tidy(folder, finished):
+    """Remove what a kill -9 left in a run folder whose lock this process holds: temporary files
+    of dead writers (a write cut before its rename; a live one may be a script's write beside
+    the run, as ex2_fcn's benchmark), and the last.pt of a run `finished` (killed between its
+    'complete' and that removal)."""
+    remove_debris(folder)
+    if finished and os.path.exists(os.path.join(folder, LAST_FILE)):
+        os.remove(os.path.join(folder, LAST_FILE))
+
+
+def _tidy_if_free(folder):
+    """_tidy a finished run's folder that no process holds (one that does is finishing it and
+    tidies it itself); a folder this process cannot write (read-only results) stays as it is."""
+    lock = FolderLock(folder)
+    try:
+        if lock.acquire():
+            _tidy(folder, finished=True)
+    except OSError:
+        pass
+    finally:
+        lock.release()
 
 
 class RunHeld(UserError):
@@ -129,11 +154,38 @@ class RunHeld(UserError):
 
 
 PROVENANCE = ("commit", "torch")  # meta that says which code ran, not what decides the numbers
+THREADS_RE = re.compile(r"(\d+) threads? per process")  # as utils.hardware writes them
 
 
 def _same_numbers(meta):
     """The meta fields a resumed run must share with its start (data, hardware, threads)."""
     return {k: v for k, v in (meta or {}).items() if k not in PROVENANCE}
+
+
+def resume_problem(then, now):
+    """Why a run started with meta `then` cannot go on in a process of meta `now` and end as an
+    uninterrupted run would (None if it can), with the way that works: CPU kernels sum in an
+    order that depends on the thread count, and other data is another run. A start recorded
+    before meta carried a data signature is judged by the rest."""
+    then, now = _same_numbers(then), _same_numbers(now)
+    if "data_signature" not in then:
+        now.pop("data_signature", None)
+    if then == now:
+        return None
+    if then.get("data_signature") != now.get("data_signature") or then.get("data") != now.get("data"):
+        return (f"it was trained on other data ({then.get('data')}, signature "
+                f"{str(then.get('data_signature'))[:12]}; this --data-dir holds {now.get('data')}, "
+                f"{str(now.get('data_signature'))[:12]}): resume it with the --data-dir it started with")
+    threads_then, threads_now = (THREADS_RE.search(str(m.get("hardware"))) for m in (then, now))
+    if threads_then and threads_now and (THREADS_RE.sub("", then["hardware"])
+                                         == THREADS_RE.sub("", now["hardware"])):
+        n = int(threads_then.group(1))
+        return (f"it was trained with {count(n, 'thread')} per process, this process has "
+                f"{threads_now.group(1)}: resume it with {n} (a single CNN run takes every core, a sweep "
+                f"of --workers W each worker cores / W, an MLP run 1; the command it started from does)")
+    differ = ", ".join(sorted(k for k in then if then[k] != now.get(k)))
+    return (f"it was trained on {then.get('hardware')} ({differ} differ), this process is "
+            f"{now.get('hardware')}: resume it on that machine")
 
 
 class RunFolder:
@@ -160,13 +212,9 @@ class RunFolder:
     def __enter__(self):
         if not self._lock.acquire():
             raise RunHeld(f"another process is training {self.path}; wait for it or use another --out-dir")
-        for name in os.listdir(self.path):  # what an interrupted write (kill -9) left behind
-            if name.startswith(TMP_PREFIX):
-                os.remove(os.path.join(self.path, name))
         self.finished, _ = find_finished([os.path.dirname(self.path)], os.path.basename(self.path),
                                          self.config)
-        if self.finished is not None and os.path.exists(self.last_path):
-            os.remove(self.last_path)  # killed between "complete" and this removal
+        _tidy(self.path, self.finished is not None)
         return self
 
     def __exit__(self, *exc):
@@ -206,13 +254,9 @@ class RunFolder:
         saved = state["record"]
         if not isinstance(saved, dict) or saved.get("config") != self.config:
             raise UserError(f"{self.last_path} belongs to a run with other settings; {remedy}")
-        if _same_numbers(saved.get("meta")) != _same_numbers(self.record["meta"]):
-            # CPU kernels sum in an order that depends on the thread count: a run resumed under
-            # other threads (or data, or hardware) would match no uninterrupted run
-            then, now = (saved.get("meta") or {}).get("hardware"), self.record["meta"].get("hardware")
-            raise UserError(f"{self.last_path} was trained on {then}, this process is {now}: resume it the "
-                            f"way it was started (a single run uses every core, a sweep worker one), or "
-                            f"{remedy}")
+        problem = resume_problem(saved.get("meta"), self.record["meta"])
+        if problem:
+            raise UserError(f"{self.last_path} cannot resume here: {problem}; or {remedy}")
         problem = record_problem(saved)
         if problem or not isinstance(state["best_val"], float):
             raise UserError(f"{self.last_path} holds a damaged run record ({problem or 'best_val'}); "
@@ -221,7 +265,20 @@ class RunFolder:
             raise UserError(f"{self.best_path} is missing, although this run saved one (validation accuracy "
                             f"{state['best_val']:.4f}): the run cannot be finished without it; delete the "
                             f"run folder {self.path} and rerun to train it again")
+        if os.path.exists(self.best_path):
+            self._checked_best(state["best_val"])  # refused now, not after the remaining epochs
         return state
+
+    def _checked_best(self, best_val):
+        """best.pt, refused in one line unless it is the checkpoint this run saved (its settings,
+        and the validation accuracy the run recorded for its best epoch): a best.pt copied in
+        from another run would otherwise be tested and recorded as this run's."""
+        remedy = f"delete the run folder {self.path} and rerun to train it again"
+        best = load_checkpoint(self.best_path, remedy, keys=("model", "config", "val_acc", "epoch"))
+        if best["config"] != self.config or best["val_acc"] != best_val:
+            raise UserError(f"{self.best_path} is not this run's checkpoint (other settings, or a validation "
+                            f"accuracy this run never recorded as its best); {remedy}")
+        return best
 
     def log_epoch(self, metrics):
         """Record an epoch; False (and the run marked diverged) if its losses are not finite."""
@@ -264,8 +321,7 @@ class RunFolder:
         """Load best.pt's weights into `model`; False if the run never saved one."""
         if not os.path.exists(self.best_path):
             return False
-        device = next(model.parameters()).device
-        best = load_checkpoint(self.best_path, f"delete the run folder {self.path} and rerun", device)
+        best = self._checked_best(self.best_val)
         model.load_state_dict(best["model"])
         self.record.update(best_epoch=best["epoch"], best_val_acc=best["val_acc"])
         return True

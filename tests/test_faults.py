@@ -156,7 +156,8 @@ def test_sigterm_of_a_sweep_is_one_message(mnist_dir, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1].startswith("ex1_mlp.py: interrupted; every finished epoch is saved")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ex1_mlp.py: interrupted; every finished epoch is saved"), err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 

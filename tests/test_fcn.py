@@ -212,6 +212,46 @@ def test_detect_reads_an_image_and_prints_its_digits(classifier, mnist_dir, tmp_
     assert "digits at score >=" in capsys.readouterr().out
 
 
+def test_examples_swapped_between_two_detector_folders_are_refused(classifier, mnist_dir, tmp_path, capsys):
+    """Both strips have the same size: only the benchmark's signature of its own tells them apart."""
+    where = ["--classifier", classifier, "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
+             "--fig-dir", str(tmp_path / "figs"), "--seeds", "2"]
+    run(TINY + where)
+    a, b = (next((tmp_path / "runs").glob(f"detector_*_s{s}_*")) / ex2_fcn.EXAMPLES_FILE for s in (0, 1))
+    first, second = a.read_bytes(), b.read_bytes()
+    a.write_bytes(second), b.write_bytes(first)
+    code, err = cli_in_process(ex2_fcn, TINY + where + ["--plot-only"], capsys)
+    assert_one_line_error(code, err, "is not the strip of canvases its benchmark was measured on")
+
+
+DEAD_PID = 2 ** 22 + 1  # above Linux's pid_max: no process has it
+
+
+def test_detect_refuses_a_fifo_and_a_bomb_in_one_line_and_a_rerun_clears_a_killed_write(
+        classifier, mnist_dir, tmp_path, capsys, monkeypatch):
+    import os
+    from PIL import Image
+    where = ["--classifier", classifier, "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
+             "--fig-dir", str(tmp_path / "figs")]
+    run(TINY + where)
+    fifo = tmp_path / "canvas.png"
+    os.mkfifo(fifo)  # opened, it would block until killed
+    code, err = cli_in_process(ex2_fcn, TINY + where + ["--detect", str(fifo)], capsys)
+    assert_one_line_error(code, err, "is not a regular file")
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (300, 300)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses twice that: 300x300 is a bomb here
+    code, err = cli_in_process(ex2_fcn, TINY + where + ["--detect", str(bomb)], capsys)
+    assert_one_line_error(code, err, "decompression bomb")
+    monkeypatch.undo()
+    folder, = (tmp_path / "runs").glob("detector_*")
+    dead, alive = folder / f".tmp-{DEAD_PID}-x", folder / f".tmp-{os.getpid()}-x"
+    for path in (dead, alive):  # a killed benchmark write's leftover, and a live writer's file
+        path.write_bytes(b"half a benchmark")
+    run(TINY + where)
+    assert not dead.exists() and alive.exists()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--canvas-size", "20"], "--canvas-size 20 is smaller than a digit"),
     (["--max-digits", "10"], "--max-digits 10: at most 9 digits"),

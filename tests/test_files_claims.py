@@ -92,3 +92,135 @@ def test_a_flipped_byte_in_a_checkpoint_is_named_not_loaded(tmp_path):
     assert silently[500] != silently[0]  # the damage torch.load lets through
     with pytest.raises(UserError, match="best.pt is damaged.*CRC"):
         load_checkpoint(str(path), "restore it")
+
+
+def test_a_resume_on_other_data_is_refused(mnist_dir, tmp_path, capsys, monkeypatch):
+    """The same files with the training labels shuffled: the run would finish as no
+    uninterrupted run on either data would."""
+    import shutil
+    import numpy as np
+    import ex1_mlp
+    from conftest import assert_one_line_error, cli_in_process, write_idx
+    from test_faults import interrupted_run, single
+    folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
+    other = tmp_path / "other"
+    shutil.copytree(mnist_dir, other)
+    labels = other / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    write_idx(labels, np.random.default_rng(1).permutation(np.frombuffer(labels.read_bytes()[8:], np.uint8)))
+    argv = single(str(other), tmp_path, "--epochs", "2")
+    code, err = cli_in_process(ex1_mlp, argv, capsys)
+    assert_one_line_error(code, err, "resume it with the --data-dir it started with")
+    assert json.loads((folder / "metrics.json").read_text())["status"] == "running"
+    record = ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path, "--epochs", "2")))
+    assert record["status"] == "complete"
+
+
+def test_another_runs_best_pt_in_an_interrupted_folder_is_refused(mnist_dir, tmp_path, capsys, monkeypatch):
+    import shutil
+    import ex1_mlp
+    from conftest import assert_one_line_error, cli_in_process
+    from test_faults import interrupted_run, single
+    other = ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path / "b", "--epochs", "2", "--seed", "1")))
+    assert other["status"] == "complete"
+    folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
+    shutil.copy(next((tmp_path / "b" / "runs").glob("*/best.pt")), folder / "best.pt")
+    code, err = cli_in_process(ex1_mlp, single(mnist_dir, tmp_path, "--epochs", "2"), capsys)
+    assert_one_line_error(code, err, "best.pt is not this run's checkpoint")
+    assert json.loads((folder / "metrics.json").read_text())["status"] == "running"
+
+
+def test_layer_stats_swapped_between_two_runs_are_refused(mnist_dir, tmp_path, capsys):
+    """Both files are well-formed statistics of the same shape: only their run's identity in
+    each tells that the curves would be drawn under each other's names."""
+    import ex1_mlp
+    from conftest import assert_one_line_error, cli_in_process
+    from test_faults import TINY
+    argv = TINY + ["--epochs", "1", "--sweep", "--depths", "2", "--variants", "plain,res1", "--seeds", "1",
+                   "--workers", "1", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
+                   "--fig-dir", str(tmp_path / "fig")]
+    ex1_mlp.main(ex1_mlp.get_args(argv))
+    a, b = sorted((tmp_path / "runs").glob(f"*/{ex1_mlp.STATS_FILE}"))
+    first, second = a.read_bytes(), b.read_bytes()
+    a.write_bytes(second), b.write_bytes(first)
+    figures = {p: p.read_bytes() for p in (tmp_path / "fig").iterdir()}
+    code, err = cli_in_process(ex1_mlp, argv + ["--plot-only"], capsys)
+    assert_one_line_error(code, err, "holds the statistics of another run")
+    assert {p: p.read_bytes() for p in (tmp_path / "fig").iterdir()} == figures
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"width": 200_000, "depth": 2}, "width 200000, outside 0..100,000"),  # would allocate 40 GB
+    ({"width": 8, "depth": 3}, "do not fit its arch"),                   # in range, but not its weights
+])
+def test_a_checkpoints_arch_is_checked_before_anything_is_allocated(kwargs, message, tmp_path):
+    from lab.checkpoints import load_model
+    from lab.files import save_atomic
+    from models import MLP
+    path = tmp_path / "best.pt"
+    save_atomic({"model": MLP(8, 2).state_dict(), "arch": {"name": "MLP", "kwargs": kwargs}, "config": {}},
+                str(path))
+    with pytest.raises(UserError, match=message):
+        load_model(str(path), torch.device("cpu"), MLP, "delete it")
+
+
+def test_an_arch_big_on_the_meta_device_is_refused_by_its_weights_not_built(tmp_path, monkeypatch):
+    """Within the bounds, a checkpoint's arch still never allocates more than its file holds."""
+    import models
+    from lab.checkpoints import load_model
+    from lab.files import save_atomic
+    built = []
+    monkeypatch.setattr(models.MLP, "__init__", lambda self, *a, **k: (
+        built.append(torch.empty(0).device.type), torch.nn.Module.__init__(self))[1])
+    path = tmp_path / "best.pt"
+    save_atomic({"model": {"w": torch.zeros(2)}, "arch": {"name": "MLP", "kwargs": {"width": 90_000}},
+                 "config": {}}, str(path))
+    with pytest.raises(UserError, match="do not fit its arch"):
+        load_model(str(path), torch.device("cpu"), models.MLP, "delete it")
+    assert built == ["meta"]
+
+
+@pytest.mark.parametrize("existed", [True, False])
+def test_a_failed_mnist_download_leaves_nothing_behind(existed, tmp_path, monkeypatch):
+    """torchvision makes MNIST/raw/ before its first request; offline, that tree stayed."""
+    from urllib.error import URLError
+    import torchvision.datasets.mnist
+    from data import load_mnist
+    from lab.errors import DataError
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    data_dir = tmp_path / "data"
+    if existed:
+        data_dir.mkdir()
+        (data_dir / "mine.txt").write_text("a user's file")
+    with pytest.raises(DataError, match="MNIST not found"):
+        load_mnist(str(data_dir), torch.device("cpu"))
+    assert sorted(os.listdir(data_dir)) == ["mine.txt"] if existed else not data_dir.exists()
+
+
+def test_a_plot_only_clears_what_a_killed_plot_only_left_in_the_figures_folder(mnist_dir, tmp_path):
+    import ex1_mlp
+    from test_faults import sweep
+    argv = sweep(mnist_dir, tmp_path)
+    ex1_mlp.main(ex1_mlp.get_args(argv))
+    dead, alive = (tmp_path / "fig" / f".tmp-{pid}-abc" for pid in (2 ** 22 + 1, os.getpid()))
+    for path in (dead, alive):  # a figure's temporary file of a killed process, and of a live one
+        path.write_bytes(b"half a PNG")
+    ex1_mlp.main(ex1_mlp.get_args(argv + ["--plot-only"]))
+    assert not dead.exists() and alive.exists()
+
+
+def test_a_last_pt_left_in_a_finished_run_is_removed_by_the_next_run(mnist_dir, tmp_path, monkeypatch):
+    """kill -9 between the record's 'complete' and the removal of last.pt."""
+    import shutil
+    import ex1_mlp
+    from test_faults import interrupted_run, single
+    folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
+    shutil.copy(folder / "last.pt", tmp_path / "last.pt")
+    argv = ex1_mlp.get_args(single(mnist_dir, tmp_path, "--epochs", "2"))
+    finished = ex1_mlp.main(argv)
+    shutil.copy(tmp_path / "last.pt", folder / "last.pt")
+    assert ex1_mlp.main(argv) == finished
+    assert not (folder / "last.pt").exists()

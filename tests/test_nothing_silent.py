@@ -69,7 +69,7 @@ def test_debris_of_a_killed_write_is_removed_at_the_next_start(mnist_dir, tmp_pa
     assert record["status"] == "complete"
     assert not list(folder.glob(".tmp-*"))
     # the CIFAR cache's: a writer that is gone (no such process) left it; a live one's stays
-    dead, alive = (os.path.join(cifar_folder, f".tmp-decoded-{pid}-x") for pid in (2 ** 22 + 1, os.getpid()))
+    dead, alive = (os.path.join(cifar_folder, f".tmp-{pid}-x") for pid in (2 ** 22 + 1, os.getpid()))
     for path in (dead, alive):
         with open(path, "wb") as f:
             f.write(b"\0" * 100)
@@ -83,7 +83,7 @@ def test_a_resume_on_other_threads_is_refused(mnist_dir, tmp_path, capsys, monke
     state["record"]["meta"]["hardware"] = "CPU (x86_64, 2 cores, 2 threads per process)"
     torch.save(state, folder / "last.pt")
     code, err = cli_in_process(ex1_mlp, single(mnist_dir, tmp_path, "--epochs", "2"), capsys)
-    assert_one_line_error(code, err, "resume it the way it was started")
+    assert_one_line_error(code, err, "resume it with 2 ")
 
 
 def test_a_16_bit_png_is_converted_by_its_high_byte_and_an_empty_class_is_refused(cifar_folder, capsys):

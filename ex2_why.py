@@ -118,6 +118,12 @@ def find_networks(roots, epochs, seed):
     return found
 
 
+def missing_networks(found):
+    """The names of the networks (plain and residual at every depth of BLOCKS) not in `found`."""
+    return [label(residual, blocks) for residual in (False, True) for blocks in BLOCKS
+            if (residual, blocks) not in found]
+
+
 def load_network(path, device):
     """(model in eval mode, checkpoint) of an ex1_cnn.py best.pt; anything else is refused."""
     remedy = f"pass the run folders of ex1_cnn.py, or make them with `{MAKE_CHECKPOINTS.format(seeds=1)}`"
@@ -529,11 +535,17 @@ def main(args):
     roots = [args.runs_dir] if args.runs_dir else [published_dir("ex1_cnn"), os.path.join("runs", "ex1_cnn")]
     paths = find_networks(roots, args.epochs, args.seed)
     nets = {key: (path,) + load_network(path, device) for key, path in paths.items()}
-    any_ckpt = next(iter(nets.values()))[2]
-    data = load_cifar10(args.data_dir, device, any_ckpt["config"]["val_size"])  # the split they trained with
-    published = all(is_published(p, "ex1_cnn") for p in paths.values())
+    missing = missing_networks(paths)
+    # a table without one of its networks' rows is not the README's
+    published = not missing and all(is_published(p, "ex1_cnn") for p in paths.values())
     defaults = get_args([])
     fig_dir, publish = destination(args, defaults, SCRATCH_DIR, inputs_published=published)
+    if missing:
+        make = MAKE_CHECKPOINTS.format(seeds=args.seed + 1)
+        print(f"{count(len(missing), 'network')} not found ({', '.join(missing)}): the tables and figures "
+              f"go to {fig_dir} without them; make them with `{make}`")
+    any_ckpt = next(iter(nets.values()))[2]
+    data = load_cifar10(args.data_dir, device, any_ckpt["config"]["val_size"])  # the split they trained with
 
     def source(keys):  # the checkpoints of the networks `keys`, the data and the hardware
         where = " and ".join(dict.fromkeys(os.path.relpath(os.path.dirname(os.path.dirname(paths[k])))

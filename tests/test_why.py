@@ -193,3 +193,26 @@ def test_lesion_accuracies_from_shared_prefixes_are_those_of_full_forward_passes
     found = ex2_why.lesion_accuracies(model, deletions, x, y, batch_size=32)
     assert found == [int((p == y).sum()) / len(y) for p in predicted]
     assert found[4] == 1.0 and min(found) < 1.0
+
+
+def test_a_missing_published_network_is_named_and_nothing_goes_to_the_readme(monkeypatch, capsys, tmp_path):
+    """The published checkpoints less residual-56: the tables would lose its row without a word."""
+    real_runs, chosen = ex2_why.checkpointed_runs, []
+
+    def without_res56(root, pattern):
+        return [] if pattern.startswith("res_n9_") else real_runs(root, pattern)
+
+    def destination(args, readme_args, scratch_dir, inputs_published=True):
+        chosen.append(inputs_published)
+        return str(tmp_path), inputs_published
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # before CIFAR-10 is read
+
+    monkeypatch.setattr(ex2_why, "checkpointed_runs", without_res56)
+    monkeypatch.setattr(ex2_why, "destination", destination)
+    monkeypatch.setattr(ex2_why, "load_cifar10", stop)
+    with pytest.raises(KeyboardInterrupt):
+        ex2_why.main(ex2_why.get_args(["gradients", "--device", "cpu"]))
+    assert chosen == [False]
+    assert "1 network not found (residual-56)" in capsys.readouterr().out

@@ -10,6 +10,27 @@ from lab.files import all_finite, fields_problem, load_checkpoint
 from models import build_model
 
 ARCH_FIELDS = {"name": str, "kwargs": dict}  # what models.build_model reads
+MAX_ARCH_INT = 100_000  # above any width, depth or class count here: a larger one is damage or a trap
+
+
+def _shapes_problem(arch, state):
+    """Why the weights `state` cannot be the network `arch` describes (None if they can), found
+    without allocating it: its integers are bounded, then it is built on the meta device (shapes,
+    no memory) and compared key by key, so an arch of width 200000 never reaches the allocator."""
+    for key, value in arch["kwargs"].items():
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_ARCH_INT:
+            return f"its arch asks for {key} {value}, outside 0..{MAX_ARCH_INT:,}"
+    with torch.device("meta"):
+        skeleton = build_model(arch)
+    if not isinstance(state, dict):
+        return "no state dict of weights"
+    wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    for key in sorted(set(wanted) | set(state)):
+        have = tuple(state[key].shape) if isinstance(state.get(key), torch.Tensor) else None
+        if have != wanted.get(key):
+            return (f"its weights do not fit its arch: {key} is {have or 'missing'}, the arch needs "
+                    f"{wanted.get(key, 'none')}")
+    return None
 
 def load_model(path, device, expected, remedy, keys=("model", "arch", "config"), config_fields=None,
                fields=None):
@@ -26,9 +47,12 @@ def load_model(path, device, expected, remedy, keys=("model", "arch", "config"),
     if problem:
         raise refuse(f"its arch has {problem}")
     try:
-        model = build_model(ckpt["arch"])
+        problem = _shapes_problem(ckpt["arch"], ckpt["model"])
+        model = None if problem else build_model(ckpt["arch"])
     except (ValueError, TypeError, KeyError) as e:
         raise refuse(str(e).splitlines()[0][:80] or type(e).__name__)
+    if problem:
+        raise refuse(problem)
     if not isinstance(model, expected):
         raise refuse(f"a {type(model).__name__}")
     for what, mapping, wanted in (("config", ckpt.get("config"), config_fields or {}),

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
-from lab.outputs import destination, write_table
+from lab.outputs import analysis_path, destination, read_analysis, save_analysis, write_table
 from report import cnn_name, save_figure
 from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 from training import CNN_CPU_EPOCHS
 from lab.checkpoints import load_model
-from lab.files import savefig_atomic
+from lab.files import fields_problem, file_sha256, savefig_atomic
 from lab.cli import (MAX_EPOCHS, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, command_line, count,
                      count_flag, Number, run_cli)
 from lab.errors import UserError
@@ -78,6 +78,9 @@ def make_parser():
                    default=1.0, help="landscape coordinates run from -span to span")
     p.add_argument("--landscape-images", type=count_flag(MAX_IMAGES), default=1000,
                    help="training images (a seeded subset) for each landscape loss")
+    p.add_argument("--plot-only", action="store_true",
+                   help="redraw the tables and figures from the saved results (results/ex2_why/ for the "
+                        "README's): no CIFAR-10 needed, seconds")
     add_device_flag(p)
     p.add_argument("--data-dir", default="data", help="where CIFAR-10 is")
     p.add_argument("--fig-dir", default=None,
@@ -477,24 +480,25 @@ class Inputs:
     source: object
 
 
-# Each analysis: Inputs -> None (no network to analyse) or (the networks it read, plot(path),
-# table(made_by) -> text), `made_by` being the end of the table's caption.
+# Each analysis: compute(Inputs) -> None (no network to analyse) or (result, caption, facts),
+# `result` {(residual, blocks): what it measured of that network}, `facts` what its table says of
+# the data (e.g. how many images); then draw(result, caption, path) and table(result, facts,
+# made_by). The result is saved (results/ex2_why/ for the README's command), and the figure and
+# table are drawn from the saved file, so --plot-only redraws them byte for byte.
 
-def analyse_gradients(inputs):
+def compute_gradients(inputs):
     stats = gradients(inputs.nets, inputs.data, inputs.device)
-    return (stats, lambda path: plot_gradients(stats, inputs.source(stats), path),
-            lambda made_by: gradient_table(stats, made_by))
+    return stats, inputs.source(stats), {}
 
 
-def analyse_responses(inputs):
+def compute_responses(inputs):
     args, data = inputs.args, inputs.data
     stds = responses(inputs.nets, data, args.response_images)
-    caption = f"{inputs.source(stds)}; {min(args.response_images, len(data.val))} validation images"
-    return (stds, lambda path: plot_responses(stds, caption, path),
-            lambda made_by: response_table(stds, args, made_by))
+    n_images = min(args.response_images, len(data.val))
+    return stds, f"{inputs.source(stds)}; {n_images} validation images", {"images": args.response_images}
 
 
-def analyse_lesion(inputs):
+def compute_lesion(inputs):
     from tqdm import tqdm
     args, data = inputs.args, inputs.data
     total = sum(1 + 3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b)
@@ -504,13 +508,11 @@ def analyse_lesion(inputs):
     if not result:
         return None
     n_images = min(args.lesion_images, len(data.test))
-    caption = (f"{inputs.source(result)}; {n_images} test images (a seeded sample), "
-               f"{args.lesion_draws} draws per k")
-    return (result, lambda path: plot_lesion(result, caption, path),
-            lambda made_by: lesion_table(result, n_images, made_by))
+    return result, (f"{inputs.source(result)}; {n_images} test images (a seeded sample), "
+                    f"{args.lesion_draws} draws per k"), {"images": n_images}
 
 
-def analyse_landscape(inputs):
+def compute_landscape(inputs):
     from tqdm import tqdm
     args, data = inputs.args, inputs.data
     points = len(lesion_networks(inputs.nets)) * args.grid ** 2
@@ -518,32 +520,91 @@ def analyse_landscape(inputs):
         coords, surfaces = landscape(inputs.nets, data, args, bar)
     if not surfaces:
         return None
-    caption = (f"{inputs.source(surfaces)}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
-               f"{min(args.landscape_images, len(data.train))} training images (a seeded subset), "
-               "BN in eval mode")
-    return (surfaces, lambda path: plot_landscape(coords, surfaces, caption, path),
-            lambda made_by: landscape_table(coords, surfaces, made_by))
+    result = {key: {"coords": coords, "loss": s.tolist()} for key, s in surfaces.items()}
+    return result, (f"{inputs.source(surfaces)}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
+                    f"{min(args.landscape_images, len(data.train))} training images (a seeded subset), "
+                    "BN in eval mode"), {}
 
 
-ANALYSE = {"gradients": analyse_gradients, "responses": analyse_responses, "lesion": analyse_lesion,
-           "landscape": analyse_landscape}
+def _surfaces(result):
+    """(coords, {key: loss tensor}) of a saved landscape result."""
+    return next(iter(result.values()))["coords"], {k: torch.tensor(v["loss"]) for k, v in result.items()}
 
 
-def main(args):
-    device = get_device(args.device)
-    set_threads(device, None)
-    roots = [args.runs_dir] if args.runs_dir else [published_dir("ex1_cnn"), os.path.join("runs", "ex1_cnn")]
-    paths = find_networks(roots, args.epochs, args.seed)
+@dataclass
+class Analysis:
+    compute: object  # Inputs -> None or (result, caption, facts)
+    draw: object     # (result, caption, path): the figure
+    table: object    # (result, facts, made_by) -> the table's markdown
+    flags: tuple     # the flags that decide its numbers (beside --epochs and --seed)
+
+
+ANALYSE = {
+    "gradients": Analysis(compute_gradients, plot_gradients, lambda r, f, m: gradient_table(r, m), ()),
+    "responses": Analysis(compute_responses, plot_responses,
+                          lambda r, f, m: response_table(r, f["images"], m), ("response_images",)),
+    "lesion": Analysis(compute_lesion, plot_lesion, lambda r, f, m: lesion_table(r, f["images"], m),
+                       ("lesion_images", "lesion_draws", "lesion_max_k")),
+    "landscape": Analysis(compute_landscape, lambda r, c, path: plot_landscape(*_surfaces(r), c, path),
+                          lambda r, f, m: landscape_table(*_surfaces(r), m),
+                          ("grid", "span", "landscape_images")),
+}
+
+
+def key_name(key):
+    """(residual, blocks) -> the run-name prefix, e.g. 'res_n9': a JSON key for a network."""
+    return f"{'res' if key[0] else 'plain'}_n{key[1]}"
+
+
+def _key(name):
+    kind, blocks = name.split("_n")
+    return kind == "res", int(blocks)
+
+
+def analysis_settings(analysis, args):
+    """What decides an analysis's numbers: its flags, the runs' epochs and seed."""
+    return {k: getattr(args, k) for k in ("epochs", "seed") + ANALYSE[analysis].flags}
+
+
+def network_inputs(analysis, digests):
+    """{network: SHA-256 of its checkpoint} of the networks `analysis` reads, as they are now."""
+    reads = lesion_networks(digests) if analysis in ("lesion", "landscape") else sorted(digests)
+    return {key_name(k): digests[k] for k in reads}
+
+
+def save_result(analysis, computed, source, made_by, args, digests, path):
+    """Save what an analysis computed, with what its table and figure say of it (`source`: the
+    checkpoints, data and hardware; the caption, facts and command)."""
+    result, caption, facts = computed
+    content = {"source": source, "caption": caption, "facts": facts, "made_by": made_by,
+               "result": {key_name(k): v for k, v in sorted(result.items())}}
+    settings, inputs = analysis_settings(analysis, args), network_inputs(analysis, digests)
+    save_analysis(path, analysis, settings, inputs, content)
+
+
+CONTENT_FIELDS = {"source": str, "caption": str, "facts": dict, "made_by": str, "result": dict}
+
+
+def read_result(analysis, args, digests, path):
+    """(result, source, caption, facts, made_by) saved by an earlier run of `analysis` with these
+    settings on these very checkpoints (lab.outputs.read_analysis refuses anything else)."""
+    inputs = network_inputs(analysis, digests)
+    command = f"python {PROG} {analysis}"
+    saved = read_analysis(path, analysis, analysis_settings(analysis, args), inputs, command)
+    problem = fields_problem(saved, CONTENT_FIELDS)
+    if problem or set(saved["result"]) != set(inputs):
+        raise UserError(f"{path} is not a saved ex2_why result of these networks ({problem or 'others'}); "
+                        f"rerun `{command}` to compute it again")
+    result = {_key(name): value for name, value in saved["result"].items()}
+    if analysis == "lesion":  # JSON keys are strings: k back to an int
+        result = {key: {**r, "random": {int(k): v for k, v in r["random"].items()}}
+                  for key, r in result.items()}
+    return result, saved["source"], saved["caption"], saved["facts"], saved["made_by"]
+
+
+def load_inputs(args, paths, device):
+    """The networks, CIFAR-10 and the captions' source() for the analyses to compute."""
     nets = {key: (path,) + load_network(path, device) for key, path in paths.items()}
-    missing = missing_networks(paths)
-    # a table without one of its networks' rows is not the README's
-    published = not missing and all(is_published(p, "ex1_cnn") for p in paths.values())
-    defaults = get_args([])
-    fig_dir, publish = destination(args, defaults, SCRATCH_DIR, inputs_published=published)
-    if missing:
-        make = MAKE_CHECKPOINTS.format(seeds=args.seed + 1)
-        print(f"{count(len(missing), 'network')} not found ({', '.join(missing)}): the tables and figures "
-              f"go to {fig_dir} without them; make them with `{make}`")
     any_ckpt = next(iter(nets.values()))[2]
     data = load_cifar10(args.data_dir, device, any_ckpt["config"]["val_size"])  # the split they trained with
 
@@ -555,21 +616,43 @@ def main(args):
                 f"{hardware(device)}")
 
     print(f"{count(len(nets), 'network')}: {source(paths)}")
-    inputs = Inputs(nets, data, args, device, source)
+    return Inputs(nets, data, args, device, source)
+
+
+def main(args):
+    device = get_device(args.device)
+    set_threads(device, None)
+    roots = [args.runs_dir] if args.runs_dir else [published_dir("ex1_cnn"), os.path.join("runs", "ex1_cnn")]
+    paths = find_networks(roots, args.epochs, args.seed)
+    missing = missing_networks(paths)
+    # a table without one of its networks' rows is not the README's
+    published = not missing and all(is_published(p, "ex1_cnn") for p in paths.values())
+    defaults = get_args([])
+    fig_dir, publish = destination(args, defaults, SCRATCH_DIR, inputs_published=published)
+    if missing:
+        make = MAKE_CHECKPOINTS.format(seeds=args.seed + 1)
+        print(f"{count(len(missing), 'network')} not found ({', '.join(missing)}): the tables and figures "
+              f"go to {fig_dir} without them; make them with `{make}`")
+    digests = {key: file_sha256(path) for key, path in paths.items()}
+    inputs = None if args.plot_only else load_inputs(args, paths, device)
     written = []
     for analysis in args.analyses:
-        start = time.perf_counter()
-        made = ANALYSE[analysis](inputs)
-        if made is None:
-            print(f"{analysis} skipped: no network of depth {LESION_DEPTHS}")
-            continue
-        keys, plot, table = made
+        start, how = time.perf_counter(), ANALYSE[analysis]
+        saved = analysis_path(analysis, fig_dir, publish, "ex2_why")
+        if not args.plot_only:
+            computed = how.compute(inputs)
+            if computed is None:
+                print(f"{analysis} skipped: no network of depth {LESION_DEPTHS}")
+                continue
+            made_by = command_line(PROG, {"analyses": analysis}, args, defaults)
+            save_result(analysis, computed, inputs.source(computed[0]), made_by, args, digests, saved)
+        # drawn from the saved file, computed now or before: --plot-only draws the same bytes
+        result, source, caption, facts, made_by = read_result(analysis, args, digests, saved)
         written.append(os.path.join(fig_dir, f"ex2_why_{analysis}.png"))
-        plot(written[-1])
-        command = command_line(PROG, {"analyses": analysis}, args, defaults)
-        text = table(f"From {source(keys)}. Made by `{command}`.")
+        how.draw(result, caption, written[-1])
+        text = how.table(result, facts, f"From {source}. Made by `{made_by}`.")
         written.append(write_table(text, f"ex2_why_{analysis}", fig_dir, publish))
-        print(f"{analysis}: {time.perf_counter() - start:.0f} s, {written[-1]}")
+        print(f"{analysis}: {time.perf_counter() - start:.0f} s, {written[-1]} (from {saved})")
     return written
 
 
@@ -639,7 +722,7 @@ def block_outputs(stds):
     return stds[2::2]
 
 
-def response_table(stds, args, made_by):
+def response_table(stds, n_images, made_by):
     """Mean std of the 3x3 layers' responses per network: do residual functions respond less?"""
     lines = ["| depth | all 3x3 layers: plain | residual | residual / plain | block outputs: plain "
              "| residual | residual / plain |", "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -651,7 +734,7 @@ def response_table(stds, args, made_by):
                 cells += [f"{p:.3f}", f"{r:.3f}", f"{r / p:.2f}"]
             lines.append(f"| {CifarResNet.depth_of(b)} | " + " | ".join(cells) + " |")
     lines += ["", "Std of each 3x3 layer's response (after BN, before the addition and the ReLU), per "
-                  f"channel over {args.response_images} validation images, averaged over channels, then "
+                  f"channel over {n_images} validation images, averaged over channels, then "
                   "over the layers: all of them, or only the last of each block (the residual function "
                   "in a residual network). " + made_by]
     return "\n".join(lines) + "\n"

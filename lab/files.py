@@ -6,6 +6,7 @@ what it should be. Checkpoints hold only tensors, numbers, strings, lists and di
 `torch.load(..., weights_only=True)` reads them and no pickle can run code.
 """
 import errno
+import hashlib
 import io
 import json
 import os
@@ -191,6 +192,15 @@ def load_checkpoint(path, remedy, map_location="cpu", keys=("model",)):
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}; {remedy}")
     return state
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, hex: which file a saved result was computed from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class FolderLock:

@@ -5,7 +5,7 @@ import time
 
 from lab.cli import check_writable, count
 from lab.errors import UserError
-from lab.files import FolderLock, write_text_atomic
+from lab.files import FolderLock, fields_problem, read_json, write_json_atomic, write_text_atomic
 from lab.runs import METRICS_FILE, collect
 
 
@@ -146,3 +146,44 @@ def remove_stale(paths):
     for path in paths:
         if os.path.exists(path):
             os.remove(path)
+
+
+# ----------------------------------------------------------------------------- saved analyses
+# A table or figure computed from data (ex2_why's analyses, ex2_cam's maps) is drawn from a saved
+# file of what was computed, never from memory: --plot-only then redraws it byte for byte, on a
+# clone without the data. The file names what it was computed from, and is refused otherwise.
+
+def analysis_path(name, fig_dir, publish, exercise):
+    """Where the result `name` is saved: results/<exercise>/ for the README's command (published
+    with the code), else beside its figure in `fig_dir`."""
+    if publish:
+        return os.path.join(REPO_DIR, "results", exercise, f"{name}.json")
+    return os.path.join(fig_dir, f"{exercise}_{name}.json")
+
+
+ANALYSIS_FIELDS = {"name": str, "settings": dict, "inputs": dict, "content": dict}
+
+
+def save_analysis(path, name, settings, inputs, content):
+    """Save `content` (JSON) computed by `name` with `settings` from `inputs` ({what: SHA-256})."""
+    write_json_atomic({"name": name, "settings": settings, "inputs": inputs, "content": content}, path)
+
+
+def read_analysis(path, name, settings, inputs, compute):
+    """The content saved by save_analysis, refused in one line unless it was computed by `name`
+    with these `settings` from these very `inputs`; `compute` is the command that makes it."""
+    remedy = f"rerun `{compute}` (without --plot-only, with the data) to compute it again"
+    saved = read_json(path, remedy)
+    if saved is None:
+        raise UserError(f"no saved results at {path}; compute them with `{compute}` (with the data), then "
+                        "--plot-only redraws them")
+    problem = fields_problem(saved, ANALYSIS_FIELDS)
+    if problem:
+        raise UserError(f"{path} is not a saved result of this code ({problem}); {remedy}")
+    if saved["name"] != name or saved["settings"] != settings:
+        raise UserError(f"{path} holds {saved['name']} results of other settings ({saved['settings']}); "
+                        f"{remedy}")
+    if saved["inputs"] != inputs:
+        raise UserError(f"{path} was computed from other inputs than {', '.join(inputs)} (others, or their "
+                        f"SHA-256 differ); {remedy}")
+    return saved["content"]

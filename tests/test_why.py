@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import ex2_why
 from conftest import assert_one_line_error, cli_in_process
+from lab.errors import UserError
 from models import MLP, CifarResNet
 
 
@@ -149,6 +150,14 @@ def test_all_four_analyses_end_to_end_on_tiny_runs(cifar_folder, tmp_path):
     assert f"From checkpoints {os.path.relpath(runs)}/*_e1_s0_*" in lesion
     assert (f"Made by `python ex2_why.py lesion --runs-dir {runs} --epochs 1 --lesion-draws 2 "
             "--lesion-max-k 2 --grid 3 --device cpu") in lesion
+    # --plot-only, without CIFAR-10: every table and figure again, byte for byte, from the saved results
+    before = {p: open(p, "rb").read() for p in written}
+    argv = ["--runs-dir", str(runs), "--epochs", "1", "--data-dir", str(tmp_path / "none"), "--fig-dir",
+            str(tmp_path / "fig"), "--grid", "3", "--lesion-draws", "2", "--lesion-max-k", "2", "--plot-only"]
+    assert ex2_why.main(ex2_why.get_args(argv)) == written
+    assert {p: open(p, "rb").read() for p in written} == before
+    with pytest.raises(UserError, match="landscape results of other settings"):
+        ex2_why.main(ex2_why.get_args(argv[:-1] + ["--grid", "5", "--plot-only"]))
 
 
 def test_response_stds_match_a_hand_computation():

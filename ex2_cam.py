@@ -17,17 +17,18 @@ from dataclasses import dataclass
 import torch
 
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
-from data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, normalize_images
+from data import load_cifar10, normalize_images
 from models import CifarResNet
 from pretrained import LITE_MEAN, LITE_STD, WEIGHTS_PACKAGE, load_efficientnet_lite0
 from report import cnn_name, format_mean_std, save_figure
 from training import CNN_CPU_EPOCHS
 from utils import get_device, hardware
 from lab.checkpoints import load_model, load_state_dict_file
+from lab.files import file_sha256
 from lab.cli import FRACTION, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, count_flag, run_cli
 from lab.datafiles import read_image
 from lab.errors import DataError, UserError
-from lab.outputs import destination, write_table
+from lab.outputs import analysis_path, destination, read_analysis, save_analysis, write_table
 from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 
 PROG = "ex2_cam.py"
@@ -94,6 +95,9 @@ def make_parser():
                    help="test images for --evaluate")
     c.add_argument("--steps", type=count_flag(MAX_STEPS), default=8,
                    help="deletion/insertion steps (1024 pixels / 8 = 128 per step on CIFAR-10)")
+    c.add_argument("--plot-only", action="store_true",
+                   help="redraw the figure (with --evaluate: the table and curves) from the saved maps and "
+                        "measures (results/ex2_cam/ for the README's): no CIFAR-10 needed")
     ph = sub.add_parser("photos", parents=[common],
                         help="the ImageNet EfficientNet-Lite0 on photos of matplotlib and scikit-image")
     ph.add_argument("--steps", type=count_flag(MAX_STEPS), default=PHOTO_STEPS,
@@ -226,27 +230,69 @@ def chosen_checkpoint(args):
     return path
 
 
-def cifar_figure(args, device):
+MAP_SCALE = 1000  # saved maps in thousandths: finer than the colour map's 256 levels
+
+
+@dataclass
+class CifarJob:
+    """What a cifar10 command reads and where it writes: the checkpoint (loaded, and so checked,
+    even for --plot-only), the figure folder, and the saved result with its settings and inputs."""
+    path: str
+    model: object
+    ckpt: dict
+    fig_dir: str
+    publish: bool
+    saved: str
+    settings: dict
+    inputs: dict
+
+
+def cifar_job(args, device, name, flags):
+    """The CifarJob of the result `name`, decided by the flags `flags` (and --seed, --class-index)."""
     path = chosen_checkpoint(args)
     model, ckpt = load_cnn(path, device)
-    data = load_cifar10(args.data_dir, device, ckpt["config"]["val_size"])  # the split it trained with
-    check_class_index(args, len(data.classes))
-    if args.num_images > len(data.test):
-        raise UserError(f"--num-images {args.num_images} exceeds the {len(data.test)} test images")
-    idx = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(args.seed))[:args.num_images]
-    x = normalize_images(data.test.x[idx.to(device)])
-    y = data.test.y[idx.to(device)]
-    maps, pred, classes, true_maps = explain(model, x, y, args.class_index)
-    config = ckpt["config"]
-    name = cnn_name(config["residual"], config["blocks"])
-    out = os.path.join(figure_dir(args, path)[0], "ex2_cam_cifar10.png")
-    title = f"CAM of {name} (validation acc. {ckpt['val_acc']:.3f}) on CIFAR-10 test images"
-    caption = (f"{data.source} test images (seed {args.seed}); checkpoint {relative(path)}; "
-               f"{hardware(device)}")
-    panel = CamPanel(denormalize(x, CIFAR10_MEAN, CIFAR10_STD), maps.numpy(), y.cpu().tolist(), pred.tolist(),
-                     classes.tolist(), data.classes, true_maps.numpy())
-    plot_cams(panel, title, caption, out)
-    print(f"{len(idx)} images, {int((pred == y.cpu()).sum())} correctly classified; figure {out}")
+    fig_dir, publish = figure_dir(args, path)  # checked before the work, which may take minutes
+    return CifarJob(path, model, ckpt, fig_dir, publish, analysis_path(name, fig_dir, publish, "ex2_cam"),
+                    {k: getattr(args, k) for k in ("seed", "class_index") + flags},
+                    {relative(path): file_sha256(path)})
+
+
+def cifar_figure(args, device):
+    """The CAM figure of the chosen network on `--num-images` seeded test images, drawn from the
+    saved images and maps (results/ex2_cam/cifar10.json for the README's)."""
+    import numpy as np
+    job = cifar_job(args, device, "cifar10", ("num_images",))
+    model, ckpt, path, saved = job.model, job.ckpt, job.path, job.saved
+    if not args.plot_only:
+        data = load_cifar10(args.data_dir, device, ckpt["config"]["val_size"])  # the split it trained with
+        check_class_index(args, len(data.classes))
+        if args.num_images > len(data.test):
+            raise UserError(f"--num-images {args.num_images} exceeds the {len(data.test)} test images")
+        generator = torch.Generator().manual_seed(args.seed)
+        idx = torch.randperm(len(data.test), generator=generator)[:args.num_images]
+        images, y = data.test.x[idx.to(device)], data.test.y[idx.to(device)]
+        maps, pred, classes, true_maps = explain(model, normalize_images(images), y, args.class_index)
+        config = ckpt["config"]
+        scaled = [(m * MAP_SCALE).round().int().tolist() for m in (maps, true_maps)]
+        save_analysis(saved, "cifar10", job.settings, job.inputs, {
+            "title": f"CAM of {cnn_name(config['residual'], config['blocks'])} (validation acc. "
+                     f"{ckpt['val_acc']:.3f}) on CIFAR-10 test images",
+            "caption": f"{data.source} test images (seed {args.seed}); checkpoint {relative(path)}; "
+                       f"{hardware(device)}",
+            "images": images.permute(0, 2, 3, 1).cpu().tolist(), "maps": scaled[0], "true_maps": scaled[1],
+            "true": y.cpu().tolist(), "pred": pred.tolist(), "explained": classes.tolist(),
+            "names": list(data.classes)})
+    c = read_analysis(saved, "cifar10", job.settings, job.inputs, f"python {PROG} cifar10")
+    try:
+        panel = CamPanel(np.array(c["images"], dtype=np.uint8), np.array(c["maps"]) / MAP_SCALE, c["true"],
+                         c["pred"], c["explained"], c["names"], np.array(c["true_maps"]) / MAP_SCALE)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{saved} is not a saved CAM figure of this code ({type(e).__name__}); rerun "
+                        f"`python {PROG} cifar10` without --plot-only to compute it again")
+    out = os.path.join(job.fig_dir, "ex2_cam_cifar10.png")
+    plot_cams(panel, c["title"], c["caption"], out)
+    correct = sum(t == p for t, p in zip(panel.true, panel.pred))
+    print(f"{len(panel.true)} images, {correct} correctly classified; figure {out} (from {saved})")
     return out
 
 
@@ -320,22 +366,37 @@ def plot_faithfulness(curves, caption, path):
 
 
 def cifar_evaluate(args, device):
+    """--evaluate: the faithfulness table and curves, drawn from the saved per-image measures
+    (results/ex2_cam/cifar10_faithfulness.json for the README's); returns them."""
     import time
-    path = chosen_checkpoint(args)
-    model, ckpt = load_cnn(path, device)
-    data = load_cifar10(args.data_dir, device, ckpt["config"]["val_size"])  # the split it trained with
-    check_class_index(args, len(data.classes))
-    fig_dir, publish = figure_dir(args, path)  # checked before the evaluation, which takes minutes
+    job = cifar_job(args, device, "cifar10_faithfulness", ("eval_images", "steps"))
+    model, ckpt, path, saved, fig_dir = job.model, job.ckpt, job.path, job.saved, job.fig_dir
     start = time.perf_counter()
-    n, stats, curves = faithfulness(model, data, args, device)
-    caption = f"{data.source}, checkpoint {relative(path)}, {args.steps} steps; {hardware(device)}"
+    if not args.plot_only:
+        data = load_cifar10(args.data_dir, device, ckpt["config"]["val_size"])  # the split it trained with
+        check_class_index(args, len(data.classes))
+        n, stats, curves = faithfulness(model, data, args, device)
+        save_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs, {
+            "images": n, "caption": f"{data.source}, checkpoint {relative(path)}, {args.steps} steps; "
+                                    f"{hardware(device)}",
+            "stats": {m: {k: v.tolist() for k, v in d.items()} for m, d in stats.items()},
+            "curves": {m: {k: v.tolist() for k, v in d.items()} for m, d in curves.items()}})
+    command = f"python {PROG} cifar10 --evaluate"
+    c = read_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs, command)
+    try:
+        stats, curves = ({m: {k: torch.tensor(v) for k, v in d.items()} for m, d in c[part].items()}
+                         for part in ("stats", "curves"))
+        n, caption = int(c["images"]), str(c["caption"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{saved} is not a saved faithfulness evaluation of this code ({type(e).__name__}); "
+                        f"rerun `{command}` without --plot-only to compute it again")
     target = "the predicted class" if args.class_index is None else f"class {args.class_index}"
     table = faithfulness_table(n, stats, caption, target)
-    table_path = write_table(table, "ex2_cam_faithfulness", fig_dir, publish)
+    table_path = write_table(table, "ex2_cam_faithfulness", fig_dir, job.publish)
     plot_faithfulness(curves, caption, os.path.join(fig_dir, "ex2_cam_faithfulness.png"))
     print(table)
-    print(f"evaluated {n} images in {time.perf_counter() - start:.0f} s; table {table_path}, "
-          f"figure in {fig_dir}/")
+    print(f"{n} images in {time.perf_counter() - start:.0f} s; table {table_path}, figure in {fig_dir}/ "
+          f"(from {saved})")
     return stats
 
 

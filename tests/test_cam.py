@@ -7,6 +7,7 @@ import torch
 import ex2_cam
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, upsample_and_scale
 from conftest import assert_one_line_error, cli_in_process, cli_subprocess
+from lab.errors import UserError
 from models import CifarResNet
 
 
@@ -135,6 +136,22 @@ def test_cifar_figure_and_evaluation(cifar_folder, tmp_path):
     assert "| CAM |" in table and "| random |" in table and "20 CIFAR-10 test images" in table
     # the residual run with the best validation accuracy (a better plain run does not count)
     assert ex2_cam.find_checkpoint(str(tmp_path / "runs"))[0] == ckpt
+    # --plot-only, without CIFAR-10: the figure, the table and the curves again, byte for byte
+    written = sorted((tmp_path / "fig").glob("*.[mp][dn]*"))
+    before = {p: p.read_bytes() for p in written}
+    common[1] = str(tmp_path / "none")
+    figure = ["cifar10", "--checkpoint", ckpt, "--num-images", "4", "--plot-only"] + common
+    ex2_cam.main(ex2_cam.get_args(figure))
+    ex2_cam.main(ex2_cam.get_args(["cifar10", "--evaluate", "--checkpoint", ckpt, "--eval-images", "20",
+                                   "--steps", "4", "--plot-only"] + common))
+    assert len(written) == 3 and {p: p.read_bytes() for p in written} == before
+    with pytest.raises(UserError, match="cifar10 results of other settings"):
+        ex2_cam.main(ex2_cam.get_args(["cifar10", "--checkpoint", ckpt, "--num-images", "3", "--plot-only"]
+                                      + common))
+    other = save_checkpoint(str(tmp_path / "other" / "res_n1_e40_s0_x" / "best.pt"), val_acc=0.3)
+    os.replace(other, ckpt)  # another network in the same place: the saved maps are not its own
+    with pytest.raises(UserError, match="computed from other inputs"):
+        ex2_cam.main(ex2_cam.get_args(figure))
 
 
 def make_imagenette(root, per_class=2):

@@ -250,7 +250,7 @@ def make_table(found, args, missing):
 def plot_curves(found, args, path):
     """Validation accuracy and training loss per epoch: a thin line per seed, the mean thick."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.2))
     colors = dict(zip(sorted(args.blocks_list), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for (residual, b), records in sorted(_by_network(found).items()):
         for ax, key in zip(axes, ("val_acc", "train_loss")):
@@ -266,7 +266,8 @@ def plot_curves(found, args, path):
     axes[1].set(xlabel="epoch", ylabel="training loss", title="training loss (augmented batches)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    # beside the panels, where it hides no curve; long handles, so dashed (plain) shows as dashed
+    axes[1].legend(fontsize=8, handlelength=4, loc="upper left", bbox_to_anchor=(1.02, 1))
     n_seeds = len({c["seed"] for c, _, _ in found})
     save_figure(fig, _caption(found, args) + f"; solid: residual, dashed: plain; thin: each of "
                 f"{count(n_seeds, 'seed')}, thick: mean", path)

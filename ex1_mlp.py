@@ -240,6 +240,9 @@ def plot_curves(found, args, path):
                              sharey="row")
     # distinct colours (a colour map's neighbouring shades made depths 2 and 8 hard to tell apart)
     colors = DEPTH_COLORS * len(args.depths)
+    # deeper nets drawn wider, beneath the shallower: two depths on the same curve (plain 32 and
+    # 64, both at chance) both show
+    widths = {d: 1.2 + 2.4 * i / max(1, len(args.depths) - 1) for i, d in enumerate(sorted(args.depths))}
     for col, v in enumerate(variants):
         for d, color in zip(args.depths, colors):
             for row, key in enumerate(("train_loss", "val_acc")):
@@ -247,7 +250,8 @@ def plot_curves(found, args, path):
                 n = min((len(s) for s in series), default=0)
                 if n:
                     mean = torch.tensor([s[:n] for s in series]).mean(0)
-                    axes[row, col].plot(range(1, n + 1), mean, color=color, label=f"depth {d}")
+                    axes[row, col].plot(range(1, n + 1), mean, color=color, label=f"depth {d}", lw=widths[d],
+                                        zorder=3 + len(widths) - sorted(widths).index(d))
         axes[0, col].set_title(VARIANT_LABELS[v], fontsize=9)
         axes[0, col].set_yscale("log")
         axes[1, col].set_xlabel("epoch")
@@ -338,16 +342,24 @@ def plot_gradients(stats, caption, path):
     for row, d in enumerate(depths):
         for col, when in enumerate(("init", "trained")):
             ax = axes[row, col]
+            zeros = []
             for (v, dd), s in stats.items():
                 if dd != d:
                     continue
                 layers = range(1, len(s[when]["weight"]) + 1)
                 # a zero gradient (ReZero's gated layers at initialization, underflow in plain
-                # nets) has no logarithm: leave a gap rather than a line to the axis
+                # nets) has no logarithm: leave a gap rather than a line to the axis, and say so
                 weight, bias = ([g if g > 0 else float("nan") for g in s[when][k]]
                                 for k in ("weight", "bias"))
-                ax.plot(layers, weight, color=colors[v], label=VARIANT_LABELS[v])
+                ax.plot(layers, weight, color=colors[v], label=VARIANT_LABELS[v], marker=".", ms=3)
                 ax.plot(layers, bias, color=colors[v], ls="--")
+                n_zero = sum(not g > 0 for g in s[when]["weight"])
+                if n_zero:
+                    zeros.append(f"{VARIANT_LABELS[v]}: {n_zero} of {len(layers)}")
+            if zeros:
+                ax.text(0.99, 0.02, "weight gradient exactly 0, not drawn:\n" + "\n".join(zeros),
+                        transform=ax.transAxes, fontsize=7, va="bottom", ha="right",
+                        bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
             stage = "at initialization" if when == "init" else "after training"
             ax.set(yscale="log", xlabel="linear layer (1 = input projection, last = classifier)",
                    ylabel="gradient norm", title=f"depth {d}, {stage}")

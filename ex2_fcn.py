@@ -408,9 +408,10 @@ def _show_map(ax, values, canvas_shape):
     """A (h, w) map of windows on the canvas: cell (i, j) at the centre of its window."""
     dy, dx = (MNIST_IMAGE_SHAPE[0] - 1) / 2, (MNIST_IMAGE_SHAPE[1] - 1) / 2
     h, w = values.shape
-    ax.imshow(values.numpy(), cmap="magma", vmin=0, vmax=1,
-              extent=(dx - 0.5, dx + w - 0.5, dy + h - 0.5, dy - 0.5))
+    shown = ax.imshow(values.numpy(), cmap="magma", vmin=0, vmax=1,
+                      extent=(dx - 0.5, dx + w - 0.5, dy + h - 0.5, dy - 0.5))
     ax.set(xlim=(-0.5, canvas_shape[1] - 0.5), ylim=(canvas_shape[0] - 0.5, -0.5), facecolor="0.6")
+    return shown
 
 
 def plot(models, examples, saved, path):
@@ -426,7 +427,7 @@ def plot(models, examples, saved, path):
     k, classes = len(examples), DIGITS + 1
     fig = plt.figure(figsize=(11, 2.6 * k + 2.6))
     grid = fig.add_gridspec(k + 2, classes, height_ratios=[2.4] * k + [1, 1], left=0.02, right=0.98,
-                            top=0.97, bottom=0.05, hspace=0.35, wspace=0.15)
+                            top=0.97, bottom=0.13, hspace=0.35, wspace=0.15)
     span = [slice(0, 3), slice(3, 5), slice(5, 8), slice(8, 11)]
     for row in range(k):
         truth = saved["examples"]["boxes"][row]
@@ -437,7 +438,7 @@ def plot(models, examples, saved, path):
             ax = fig.add_subplot(grid[row, span[2 * col + 1]])
             # the score a window's detection gets (its most probable digit's probability), drawn
             # at the window's centre so the map lies over the canvas
-            _show_map(ax, maps[name][row, :DIGITS].max(0).values, examples.shape[-2:])
+            shown = _show_map(ax, maps[name][row, :DIGITS].max(0).values, examples.shape[-2:])
             ax.set_title("score of the window centred here", fontsize=8)
         for ax in fig.axes[-4:]:
             ax.set(xticks=[], yticks=[])
@@ -452,11 +453,15 @@ def plot(models, examples, saved, path):
                 ax.axis("off")
         row_label = {"surgery": "(a) alone", "finetuned": "(b) fine-tuned"}[name]
         fig.axes[-classes].set_ylabel(row_label, fontsize=7)
+    bar = fig.colorbar(shown, cax=fig.add_axes((0.35, 0.075, 0.3, 0.01)), orientation="horizontal")
+    bar.set_label("score, probability (grey: no window is centred there)", fontsize=7)
+    bar.ax.xaxis.set_label_position("top")
+    bar.ax.tick_params(labelsize=7)
     save_figure(fig, f"Top: canvases of MNIST test digits (seed {config['seed']}); green dashed: true "
                      f"28x28 frames, red: detections at score >= {config['threshold']}. Bottom: per-class "
-                     f"probability of each window, at its centre, first canvas (black 0 to white 1; grey: no "
-                     f"window is centred there). Classifier {config['classifier']}, fine-tuned on "
-                     f"{saved['hardware']}.", path, caption_lines=2, layout=False)
+                     f"probability of each window, at its centre, first canvas. Classifier "
+                     f"{config['classifier']}, fine-tuned on {saved['hardware']}.", path, caption_lines=2,
+                layout=False)
 
 
 def finished_runs(args, device):

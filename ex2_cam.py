@@ -28,7 +28,8 @@ from lab.files import file_sha256
 from lab.cli import FRACTION, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, count_flag, run_cli
 from lab.datafiles import read_image
 from lab.errors import DataError, UserError
-from lab.outputs import analysis_path, destination, read_analysis, save_analysis, write_table
+from lab.outputs import (analysis_path, destination, packed, read_analysis, save_analysis, unpacked,
+                         write_table)
 from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 
 PROG = "ex2_cam.py"
@@ -230,7 +231,7 @@ def chosen_checkpoint(args):
     return path
 
 
-MAP_SCALE = 1000  # saved maps in thousandths: finer than the colour map's 256 levels
+MAP_LEVELS = 255  # saved maps as uint8: the colour map has 256 levels
 
 
 @dataclass
@@ -260,7 +261,6 @@ def cifar_job(args, device, name, flags):
 def cifar_figure(args, device):
     """The CAM figure of the chosen network on `--num-images` seeded test images, drawn from the
     saved images and maps (results/ex2_cam/cifar10.json for the README's)."""
-    import numpy as np
     job = cifar_job(args, device, "cifar10", ("num_images",))
     model, ckpt, path, saved = job.model, job.ckpt, job.path, job.saved
     if not args.plot_only:
@@ -273,19 +273,20 @@ def cifar_figure(args, device):
         images, y = data.test.x[idx.to(device)], data.test.y[idx.to(device)]
         maps, pred, classes, true_maps = explain(model, normalize_images(images), y, args.class_index)
         config = ckpt["config"]
-        scaled = [(m * MAP_SCALE).round().int().tolist() for m in (maps, true_maps)]
+        scaled = [packed((m * MAP_LEVELS).round().to(torch.uint8)) for m in (maps, true_maps)]
         save_analysis(saved, "cifar10", job.settings, job.inputs, {
             "title": f"CAM of {cnn_name(config['residual'], config['blocks'])} (validation acc. "
                      f"{ckpt['val_acc']:.3f}) on CIFAR-10 test images",
             "caption": f"{data.source} test images (seed {args.seed}); checkpoint {relative(path)}; "
                        f"{hardware(device)}",
-            "images": images.permute(0, 2, 3, 1).cpu().tolist(), "maps": scaled[0], "true_maps": scaled[1],
+            "images": packed(images.permute(0, 2, 3, 1)), "maps": scaled[0], "true_maps": scaled[1],
             "true": y.cpu().tolist(), "pred": pred.tolist(), "explained": classes.tolist(),
             "names": list(data.classes)})
     c = read_analysis(saved, "cifar10", job.settings, job.inputs, f"python {PROG} cifar10")
     try:
-        panel = CamPanel(np.array(c["images"], dtype=np.uint8), np.array(c["maps"]) / MAP_SCALE, c["true"],
-                         c["pred"], c["explained"], c["names"], np.array(c["true_maps"]) / MAP_SCALE)
+        maps, true_maps = (unpacked(c[k]).numpy() / MAP_LEVELS for k in ("maps", "true_maps"))
+        panel = CamPanel(unpacked(c["images"]).numpy(), maps, c["true"], c["pred"], c["explained"],
+                         c["names"], true_maps)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{saved} is not a saved CAM figure of this code ({type(e).__name__}); rerun "
                         f"`python {PROG} cifar10` without --plot-only to compute it again")
@@ -379,12 +380,12 @@ def cifar_evaluate(args, device):
         save_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs, {
             "images": n, "caption": f"{data.source}, checkpoint {relative(path)}, {args.steps} steps; "
                                     f"{hardware(device)}",
-            "stats": {m: {k: v.tolist() for k, v in d.items()} for m, d in stats.items()},
-            "curves": {m: {k: v.tolist() for k, v in d.items()} for m, d in curves.items()}})
+            "stats": {m: {k: packed(v) for k, v in d.items()} for m, d in stats.items()},
+            "curves": {m: {k: packed(v) for k, v in d.items()} for m, d in curves.items()}})
     command = f"python {PROG} cifar10 --evaluate"
     c = read_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs, command)
     try:
-        stats, curves = ({m: {k: torch.tensor(v) for k, v in d.items()} for m, d in c[part].items()}
+        stats, curves = ({m: {k: unpacked(v) for k, v in d.items()} for m, d in c[part].items()}
                          for part in ("stats", "curves"))
         n, caption = int(c["images"]), str(c["caption"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -1,7 +1,11 @@
 """Where tables and figures may go: the README's figures/ and README.md only for the README's
 exact commands on the published results; anything else beside its runs or to --fig-dir."""
+import base64
+import math
 import os
 import time
+
+import torch
 
 from lab.cli import check_writable, count
 from lab.errors import UserError
@@ -187,3 +191,27 @@ def read_analysis(path, name, settings, inputs, compute):
         raise UserError(f"{path} was computed from other inputs than {', '.join(inputs)} (others, or their "
                         f"SHA-256 differ); {remedy}")
     return saved["content"]
+
+
+PACKED_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
+
+
+def packed(tensor):
+    """A uint8 or float32 tensor as JSON, exactly and compactly: its dtype, shape and base64 bytes
+    (a saved figure's images and maps would be a number per line)."""
+    t = tensor.detach().cpu().contiguous()
+    dtype = next(name for name, d in PACKED_DTYPES.items() if d == t.dtype)
+    return {"dtype": dtype, "shape": list(t.shape), "base64": base64.b64encode(t.numpy().tobytes()).decode()}
+
+
+def unpacked(value):
+    """The tensor `packed` saved; ValueError unless its bytes are the dtype and shape it claims."""
+    if not isinstance(value, dict) or value.get("dtype") not in PACKED_DTYPES:
+        raise ValueError("not a packed tensor")
+    shape, dtype = value.get("shape"), PACKED_DTYPES[value["dtype"]]
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError("a packed tensor without a shape")
+    data = bytearray(base64.b64decode(str(value.get("base64")), validate=True))
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        raise ValueError("a packed tensor whose bytes are not its shape")
+    return torch.frombuffer(data, dtype=dtype).reshape(shape) if data else torch.zeros(shape, dtype=dtype)

@@ -224,3 +224,14 @@ def test_a_last_pt_left_in_a_finished_run_is_removed_by_the_next_run(mnist_dir, 
     shutil.copy(tmp_path / "last.pt", folder / "last.pt")
     assert ex1_mlp.main(argv) == finished
     assert not (folder / "last.pt").exists()
+
+
+def test_a_packed_tensor_comes_back_exact_and_a_short_one_is_refused():
+    from lab.outputs import packed, unpacked
+    t = torch.randn(3, 5)
+    assert torch.equal(unpacked(packed(t)), t)
+    images = torch.randint(0, 256, (2, 4, 4, 3), dtype=torch.uint8)
+    assert torch.equal(unpacked(packed(images)), images)
+    cut = {**packed(t), "shape": [3, 6]}  # claims more than its bytes hold
+    with pytest.raises(ValueError, match="not its shape"):
+        unpacked(cut)

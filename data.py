@@ -87,16 +87,16 @@ def load_mnist(data_dir, device, n_val=MNIST_VAL_SIZE, split_seed=SPLIT_SEED):
         train = datafiles.try_download(lambda download: make(True, download), data_dir)
         test = datafiles.try_download(lambda download: make(False, download), data_dir)
         if train is None or test is None:
-            raise DataError(f"MNIST not found in {raw} (looked for {', '.join(MNIST_FILES)}) "
-                            "and it could not be downloaded; unpack a local copy there, e.g. "
-                            f"../shared/datasets/install.sh {data_dir}")
+            raise DataError(f"MNIST not found in {raw} and torchvision could not download it (no network?): "
+                            f"rerun with a network to download it there, or put its four files there "
+                            f"({', '.join(MNIST_FILES)}) {datafiles.lab_copy(data_dir)}")
 
     def tensors(ds):
         if tuple(ds.data.shape[1:]) != MNIST_IMAGE_SHAPE or len(ds.targets) != len(ds.data) or (
                 len(ds.targets) and not 0 <= int(ds.targets.min()) <= int(ds.targets.max()) <= 9):
             raise DataError(f"the MNIST files in {raw} hold {tuple(ds.data.shape)} images and labels "
-                            f"outside 0..9 or of another count; re-unpack MNIST, e.g. "
-                            f"../shared/datasets/install.sh {data_dir}")
+                            f"outside 0..9 or of another count; delete them to download MNIST again, or put "
+                            f"a good copy there {datafiles.lab_copy(data_dir)}")
         return normalize_mnist(ds.data.to(device)).flatten(1), ds.targets.to(device)
 
     x, y = tensors(train)
@@ -169,9 +169,10 @@ def load_cifar10(data_dir, device, n_val=CIFAR10_VAL_SIZE, split_seed=SPLIT_SEED
             arrays, source = _cifar_official(data_dir)[0], "CIFAR-10"
     if arrays is None:
         jpeg_dir = os.path.join(data_dir, CIFAR10_JPEG_DIR)
-        raise DataError(f"CIFAR-10 not found in {data_dir} (looked for cifar-10-batches-py/ and "
-                        f"an ImageFolder copy {jpeg_dir}/{{train,test}}/<class>/) and it could not "
-                        f"be downloaded; e.g. ../shared/datasets/install.sh {data_dir}")
+        raise DataError(f"CIFAR-10 not found in {data_dir} and torchvision could not download it (no "
+                        f"network?): rerun with a network to download it there, or bring a copy: "
+                        f"torchvision's cifar-10-batches-py/, or images in "
+                        f"{jpeg_dir}/{{train,test}}/<class>/ {datafiles.lab_copy(data_dir)}")
     return _cifar_dataset(arrays, device, n_val, split_seed, train_subset, source, CIFAR10_CLASSES)
 
 

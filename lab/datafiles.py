@@ -34,12 +34,17 @@ def try_download(make, data_dir):
         return None
 
 
+def lab_copy(data_dir):
+    """The last resort a data error names: the copies only our lab machines have."""
+    return f"(on our lab machines: ../shared/datasets/install.sh {data_dir})"
+
+
 IDX_UBYTE = 0x08  # the idx format's type code of unsigned bytes
 
 
 def check_idx(path):
     """Raise DataError naming `path` unless it is a whole idx file of unsigned bytes."""
-    remedy = "re-unpack MNIST, e.g. ../shared/datasets/install.sh <data-dir>, or delete it to download again"
+    remedy = f"delete it to download it again or put a good copy there {lab_copy('<data-dir>')}"
     with open(path, "rb") as f:
         header = f.read(4)
         if len(header) < 4 or header[:3] != bytes([0, 0, IDX_UBYTE]) or header[3] not in (1, 3):

@@ -115,7 +115,7 @@ def test_bad_mnist_files(tmp_path, capsys, monkeypatch):
         code, err = cli_in_process(ex1_mlp, ["--epochs", "1", "--data-dir", root, "--out-dir",
                                              str(tmp_path / "r")], capsys)
         assert_one_line_error(code, err, message)
-        assert "train-images-idx3-ubyte" in err and "re-unpack" in err
+        assert "train-images-idx3-ubyte" in err and "download it again" in err
     missing = tmp_path / "nowhere"
     argv = ["--epochs", "1", "--data-dir", str(missing), "--out-dir", str(tmp_path / "r")]
     code, err = cli_in_process(ex1_mlp, argv, capsys)

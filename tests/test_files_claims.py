@@ -235,3 +235,18 @@ def test_a_packed_tensor_comes_back_exact_and_a_short_one_is_refused():
     cut = {**packed(t), "shape": [3, 6]}  # claims more than its bytes hold
     with pytest.raises(ValueError, match="not its shape"):
         unpacked(cut)
+
+
+@pytest.mark.parametrize("script", ["ex1_mlp", "ex1_cnn"])
+def test_missing_data_names_the_users_way_first_and_our_copy_last(script, tmp_path, capsys, monkeypatch):
+    """A user has no ../shared: the download and the folder layout come first."""
+    import importlib
+    from conftest import assert_one_line_error, cli_in_process
+    from lab import datafiles
+    monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)  # offline
+    module = importlib.import_module(script)
+    argv = ["--epochs", "1", "--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "r")]
+    code, err = cli_in_process(module, argv, capsys)  # settings never published: it must train
+    assert_one_line_error(code, err, "could not download it")
+    layout = "ubyte" if script == "ex1_mlp" else "cifar10-jpeg"
+    assert err.index("rerun with a network") < err.index(layout) < err.index("../shared/datasets")

@@ -480,7 +480,7 @@ class Inputs:
     source: object
 
 
-# Each analysis: compute(Inputs) -> None (no network to analyse) or (result, caption, facts),
+# Each analysis: compute(Inputs) -> (result, caption, facts) (main skips one with no network),
 # `result` {(residual, blocks): what it measured of that network}, `facts` what its table says of
 # the data (e.g. how many images); then draw(result, caption, path) and table(result, facts,
 # made_by). The result is saved (results/ex2_why/ for the README's command), and the figure and
@@ -505,8 +505,6 @@ def compute_lesion(inputs):
                 for _, b in lesion_networks(inputs.nets))
     with tqdm(total=total, desc="lesion", unit="eval") as bar:
         result = lesion(inputs.nets, data, args, bar)
-    if not result:
-        return None
     n_images = min(args.lesion_images, len(data.test))
     return result, (f"{inputs.source(result)}; {n_images} test images (a seeded sample), "
                     f"{args.lesion_draws} draws per k"), {"images": n_images}
@@ -518,8 +516,6 @@ def compute_landscape(inputs):
     points = len(lesion_networks(inputs.nets)) * args.grid ** 2
     with tqdm(total=points, desc="landscape", unit="point") as bar:
         coords, surfaces = landscape(inputs.nets, data, args, bar)
-    if not surfaces:
-        return None
     result = {key: {"coords": coords, "loss": s.tolist()} for key, s in surfaces.items()}
     return result, (f"{inputs.source(surfaces)}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
                     f"{min(args.landscape_images, len(data.train))} training images (a seeded subset), "
@@ -533,7 +529,7 @@ def _surfaces(result):
 
 @dataclass
 class Analysis:
-    compute: object  # Inputs -> None or (result, caption, facts)
+    compute: object  # Inputs -> (result, caption, facts)
     draw: object     # (result, caption, path): the figure
     table: object    # (result, facts, made_by) -> the table's markdown
     flags: tuple     # the flags that decide its numbers (beside --epochs and --seed)
@@ -638,12 +634,12 @@ def main(args):
     written = []
     for analysis in args.analyses:
         start, how = time.perf_counter(), ANALYSE[analysis]
+        if not network_inputs(analysis, digests):
+            print(f"{analysis} skipped: no network of depth {LESION_DEPTHS}")
+            continue
         saved = analysis_path(analysis, fig_dir, publish, "ex2_why")
         if not args.plot_only:
             computed = how.compute(inputs)
-            if computed is None:
-                print(f"{analysis} skipped: no network of depth {LESION_DEPTHS}")
-                continue
             made_by = command_line(PROG, {"analyses": analysis}, args, defaults)
             save_result(analysis, computed, inputs.source(computed[0]), made_by, args, digests, saved)
         # drawn from the saved file, computed now or before: --plot-only draws the same bytes

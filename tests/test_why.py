@@ -225,3 +225,16 @@ def test_a_missing_published_network_is_named_and_nothing_goes_to_the_readme(mon
         ex2_why.main(ex2_why.get_args(["gradients", "--device", "cpu"]))
     assert chosen == [False]
     assert "1 network not found (residual-56)" in capsys.readouterr().out
+
+
+def test_an_analysis_with_no_network_to_read_is_skipped_computed_or_redrawn(cifar_folder, tmp_path, capsys):
+    import ex1_cnn
+    runs = tmp_path / "runs"
+    ex1_cnn.main(ex1_cnn.get_args(["--sweep", "--blocks-list", "1", "--seeds", "1", "--epochs", "1",
+                                   "--width", "4", "--val-size", "10", "--batch-size", "8", "--device", "cpu",
+                                   "--workers", "1", "--data-dir", cifar_folder, "--out-dir", str(runs)]))
+    argv = ["lesion", "--runs-dir", str(runs), "--epochs", "1", "--data-dir", cifar_folder, "--fig-dir",
+            str(tmp_path / "fig"), "--device", "cpu"]
+    for extra in ([], ["--plot-only"]):  # depth 8 only: the lesion study reads depths 32 and 56
+        assert ex2_why.main(ex2_why.get_args(argv + extra)) == []
+        assert "lesion skipped: no network of depth 32 or 56" in capsys.readouterr().out

@@ -258,6 +258,21 @@ def cifar_job(args, device, name, flags):
                     {relative(path): file_sha256(path)})
 
 
+def saved_panel(c):
+    """(CamPanel, title, caption) of a saved CAM figure."""
+    maps, true_maps = (unpacked(c[k]).numpy() / MAP_LEVELS for k in ("maps", "true_maps"))
+    panel = CamPanel(unpacked(c["images"]).numpy(), maps, list(c["true"]), list(c["pred"]),
+                     list(c["explained"]), list(c["names"]), true_maps)
+    return panel, str(c["title"]), str(c["caption"])
+
+
+def saved_faithfulness(c):
+    """(images, stats, curves, caption) of a saved faithfulness evaluation."""
+    stats, curves = ({m: {k: unpacked(v) for k, v in d.items()} for m, d in c[part].items()}
+                     for part in ("stats", "curves"))
+    return int(c["images"]), stats, curves, str(c["caption"])
+
+
 def cifar_figure(args, device):
     """The CAM figure of the chosen network on `--num-images` seeded test images, drawn from the
     saved images and maps (results/ex2_cam/cifar10.json for the README's)."""
@@ -282,16 +297,10 @@ def cifar_figure(args, device):
             "images": packed(images.permute(0, 2, 3, 1)), "maps": scaled[0], "true_maps": scaled[1],
             "true": y.cpu().tolist(), "pred": pred.tolist(), "explained": classes.tolist(),
             "names": list(data.classes)})
-    c = read_analysis(saved, "cifar10", job.settings, job.inputs, f"python {PROG} cifar10")
-    try:
-        maps, true_maps = (unpacked(c[k]).numpy() / MAP_LEVELS for k in ("maps", "true_maps"))
-        panel = CamPanel(unpacked(c["images"]).numpy(), maps, c["true"], c["pred"], c["explained"],
-                         c["names"], true_maps)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{saved} is not a saved CAM figure of this code ({type(e).__name__}); rerun "
-                        f"`python {PROG} cifar10` without --plot-only to compute it again")
+    command = f"python {PROG} cifar10"
+    panel, title, caption = read_analysis(saved, "cifar10", job.settings, job.inputs, command, saved_panel)
     out = os.path.join(job.fig_dir, "ex2_cam_cifar10.png")
-    plot_cams(panel, c["title"], c["caption"], out)
+    plot_cams(panel, title, caption, out)
     correct = sum(t == p for t, p in zip(panel.true, panel.pred))
     print(f"{len(panel.true)} images, {correct} correctly classified; figure {out} (from {saved})")
     return out
@@ -383,14 +392,8 @@ def cifar_evaluate(args, device):
             "stats": {m: {k: packed(v) for k, v in d.items()} for m, d in stats.items()},
             "curves": {m: {k: packed(v) for k, v in d.items()} for m, d in curves.items()}})
     command = f"python {PROG} cifar10 --evaluate"
-    c = read_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs, command)
-    try:
-        stats, curves = ({m: {k: unpacked(v) for k, v in d.items()} for m, d in c[part].items()}
-                         for part in ("stats", "curves"))
-        n, caption = int(c["images"]), str(c["caption"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise UserError(f"{saved} is not a saved faithfulness evaluation of this code ({type(e).__name__}); "
-                        f"rerun `{command}` without --plot-only to compute it again")
+    n, stats, curves, caption = read_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs,
+                                              command, saved_faithfulness)
     target = "the predicted class" if args.class_index is None else f"class {args.class_index}"
     table = faithfulness_table(n, stats, caption, target)
     table_path = write_table(table, "ex2_cam_faithfulness", fig_dir, job.publish)

@@ -585,17 +585,19 @@ def read_result(analysis, args, digests, path):
     """(result, source, caption, facts, made_by) saved by an earlier run of `analysis` with these
     settings on these very checkpoints (lab.outputs.read_analysis refuses anything else)."""
     inputs = network_inputs(analysis, digests)
+
+    def decode(saved):
+        problem = fields_problem(saved, CONTENT_FIELDS)
+        if problem or set(saved["result"]) != set(inputs):
+            raise ValueError(problem or "the results of other networks")
+        result = {_key(name): value for name, value in saved["result"].items()}
+        if analysis == "lesion":  # JSON keys are strings: k back to an int
+            result = {key: {**r, "random": {int(k): v for k, v in r["random"].items()}}
+                      for key, r in result.items()}
+        return result, saved["source"], saved["caption"], saved["facts"], saved["made_by"]
+
     command = f"python {PROG} {analysis}"
-    saved = read_analysis(path, analysis, analysis_settings(analysis, args), inputs, command)
-    problem = fields_problem(saved, CONTENT_FIELDS)
-    if problem or set(saved["result"]) != set(inputs):
-        raise UserError(f"{path} is not a saved ex2_why result of these networks ({problem or 'others'}); "
-                        f"rerun `{command}` to compute it again")
-    result = {_key(name): value for name, value in saved["result"].items()}
-    if analysis == "lesion":  # JSON keys are strings: k back to an int
-        result = {key: {**r, "random": {int(k): v for k, v in r["random"].items()}}
-                  for key, r in result.items()}
-    return result, saved["source"], saved["caption"], saved["facts"], saved["made_by"]
+    return read_analysis(path, analysis, analysis_settings(analysis, args), inputs, command, decode)
 
 
 def load_inputs(args, paths, device):

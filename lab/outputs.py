@@ -173,9 +173,11 @@ def save_analysis(path, name, settings, inputs, content):
     write_json_atomic({"name": name, "settings": settings, "inputs": inputs, "content": content}, path)
 
 
-def read_analysis(path, name, settings, inputs, compute):
-    """The content saved by save_analysis, refused in one line unless it was computed by `name`
-    with these `settings` from these very `inputs`; `compute` is the command that makes it."""
+def read_analysis(path, name, settings, inputs, compute, decode):
+    """decode(the content saved by save_analysis), refused in one line unless it was computed by
+    `name` with these `settings` from these very `inputs`, and unless `decode` finds in it what
+    it reads (a KeyError, TypeError or ValueError of decode's is that line); `compute` is the
+    command that makes it."""
     remedy = f"rerun `{compute}` (without --plot-only, with the data) to compute it again"
     saved = read_json(path, remedy)
     if saved is None:
@@ -190,7 +192,11 @@ def read_analysis(path, name, settings, inputs, compute):
     if saved["inputs"] != inputs:
         raise UserError(f"{path} was computed from other inputs than {', '.join(inputs)} (others, or their "
                         f"SHA-256 differ); {remedy}")
-    return saved["content"]
+    try:
+        return decode(saved["content"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{path} is not a saved {name} result of this code ({type(e).__name__}: "
+                        f"{str(e)[:60]}); {remedy}")
 
 
 PACKED_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}

@@ -250,3 +250,13 @@ def test_missing_data_names_the_users_way_first_and_our_copy_last(script, tmp_pa
     assert_one_line_error(code, err, "could not download it")
     layout = "ubyte" if script == "ex1_mlp" else "cifar10-jpeg"
     assert err.index("rerun with a network") < err.index(layout) < err.index("../shared/datasets")
+
+
+def test_a_saved_analysis_missing_what_its_figure_reads_is_one_line(tmp_path):
+    """Settings and inputs right, content wrong: the decoder's KeyError is named, not a traceback."""
+    from lab.outputs import read_analysis, save_analysis
+    path = str(tmp_path / "cifar10.json")
+    save_analysis(path, "cifar10", {"seed": 0}, {"best.pt": "ab"}, {"caption": "no title here"})
+    with pytest.raises(UserError, match="is not a saved cifar10 result of this code .KeyError"):
+        read_analysis(path, "cifar10", {"seed": 0}, {"best.pt": "ab"}, "python ex2_cam.py cifar10",
+                      lambda c: (c["title"], c["caption"]))

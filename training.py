@@ -74,12 +74,13 @@ class Recipe:
     criterion: Callable = cross_entropy
     train_transform: Optional[Callable] = None  # uint8 batch -> the model's input (augmented)
     eval_transform: Optional[Callable] = None
+    read_test: bool = True            # False for a candidate of a selection grid: validation only
 
 
 def fit(model, data, recipe, run, progress=True):
     """Train in the run folder `run` (lab.runs.RunFolder) for recipe.epochs, validating after
     each epoch and keeping the best-validation checkpoint; the test set is read once, at the
-    end, by that checkpoint. An interrupted run resumes from its last finished epoch; a
+    end, by that checkpoint (never by a candidate of a selection, recipe.read_test False). An interrupted run resumes from its last finished epoch; a
     non-finite loss stops it as diverged. Returns ('trained', record), or ('finished', record)
     if the folder held a finished run already."""
     if run.finished is not None:
@@ -108,9 +109,9 @@ def fit(model, data, recipe, run, progress=True):
             run.keep_best(model, epoch, val["acc"])
             run.save_last(model, recipe.optimizer, recipe.scheduler, recipe.generator)
     test = None
-    if run.load_best(model):
+    if run.load_best(model) and recipe.read_test:  # a selection candidate never sees the test set
         test = evaluate(model, batches(data.test, EVAL_BATCH_SIZE, transform=recipe.eval_transform))
-    return "trained", run.finish(test)
+    return "trained", run.finish(test, validation_only=not recipe.read_test)
 
 
 def warmup_cosine(total_steps, warmup_steps):

@@ -28,7 +28,7 @@ EPOCH = Number(int, 1, 10 ** 6)
 RECORD_FIELDS = {"config": dict, "meta": dict, "status": str, "epochs": list}
 # a finished run's summary (absent if it diverged before its first validation)
 SUMMARY_FIELDS = {"best_epoch": EPOCH, "best_val_acc": FRACTION, "test_acc": FRACTION,
-                  "test_loss": Number(float, 0, float("inf"))}
+                  "test_loss": Number(float, 0, float("inf")), "validation_only": bool}
 STATUSES = ("running",) + FINISHED
 LOSS, SECONDS = Number(float, 0, float("inf")), Number(float, 0, 10 ** 7)
 # what each per-epoch field can be: an accuracy is a fraction, a loss and a time not negative
@@ -93,7 +93,7 @@ def record_problem(record):
         if problem:
             return f"epoch {i + 1}: {problem}"
     present = {k: v for k, v in SUMMARY_FIELDS.items() if k in record}
-    if record["status"] == "complete" and "test_acc" not in record:
+    if record["status"] == "complete" and "test_acc" not in record and record.get("validation_only") is not True:
         return "a complete run without its test accuracy"
     problem = fields_problem(record, present)
     return problem and f"its summary has {problem}"
@@ -326,10 +326,13 @@ class RunFolder:
         self.record.update(best_epoch=best["epoch"], best_val_acc=best["val_acc"])
         return True
 
-    def finish(self, test=None):
-        """Close the record (complete, unless diverged) with the test read; last.pt goes."""
+    def finish(self, test=None, validation_only=False):
+        """Close the record (complete, unless diverged) with the test read; last.pt goes. A run
+        `validation_only` (a selection's candidate) is complete without a test read, and says so."""
         if self.record["status"] == "running":
             self.record["status"] = "complete"
+        if validation_only:
+            self.record["validation_only"] = True
         if test is not None:  # a classifier with no loss (k-NN) gives only its accuracy
             self.record.update({f"test_{k}": v for k, v in test.items() if k in ("acc", "loss")})
         write_json_atomic(self.record, os.path.join(self.path, METRICS_FILE))

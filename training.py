@@ -106,8 +106,7 @@ def fit(model, data, recipe, run, progress=True):
             if not run.log_epoch(metrics):  # diverged
                 break
             bar.set_postfix(train_loss=f"{train['loss']:.3f}", val_acc=f"{val['acc']:.4f}")
-            run.keep_best(model, epoch, val["acc"])
-            run.save_last(model, recipe.optimizer, recipe.scheduler, recipe.generator)
+            run.commit_epoch(model, recipe.optimizer, recipe.scheduler, recipe.generator, epoch, val["acc"])
     test = None
     if run.load_best(model) and recipe.read_test:  # a selection candidate never sees the test set
         test = evaluate(model, batches(data.test, EVAL_BATCH_SIZE, transform=recipe.eval_transform))

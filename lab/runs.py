@@ -261,6 +261,9 @@ class RunFolder:
         if problem or not isinstance(state["best_val"], float):
             raise UserError(f"{self.last_path} holds a damaged run record ({problem or 'best_val'}); "
                             f"{remedy}")
+        if self._best_is_behind(state):  # killed between the last epoch's last.pt and its best.pt
+            epochs = saved["epochs"]
+            self._save_best(state["model"], len(epochs), state["best_val"])
         if state["best_val"] >= 0 and not os.path.exists(self.best_path):
             raise UserError(f"{self.best_path} is missing, although this run saved one (validation accuracy "
                             f"{state['best_val']:.4f}): the run cannot be finished without it; delete the "
@@ -268,6 +271,19 @@ class RunFolder:
         if os.path.exists(self.best_path):
             self._checked_best(state["best_val"])  # refused now, not after the remaining epochs
         return state
+
+    def _best_is_behind(self, state):
+        """True if last.pt's last epoch is the run's best but best.pt does not hold it yet (missing,
+        or this run's earlier best): the one state a kill between commit_epoch's renames leaves."""
+        epochs, best_val = state["record"]["epochs"], state["best_val"]
+        if best_val < 0 or not epochs or epochs[-1].get("val_acc") != best_val:
+            return False
+        if not os.path.exists(self.best_path):
+            return True
+        best = load_checkpoint(self.best_path, f"delete the run folder {self.path} and rerun to train it again",
+                               keys=("model", "config", "val_acc", "epoch"))
+        return (best["config"] == self.config and isinstance(best["val_acc"], float)
+                and best["val_acc"] < best_val and best["epoch"] < len(epochs))
 
     def _checked_best(self, best_val):
         """best.pt, refused in one line unless it is the checkpoint this run saved (its settings,
@@ -303,19 +319,25 @@ class RunFolder:
                 self._writer.add_scalar(TENSORBOARD_TAGS.get(key, key), value, metrics["epoch"])
         self._writer.flush()
 
-    def keep_best(self, model, epoch, val_acc):
-        """Save the model as best.pt if it beats every earlier epoch on validation (and is finite)."""
-        if val_acc > self.best_val and all_finite(model.state_dict()):
+    def commit_epoch(self, model, optimizer, scheduler, generator, epoch, val_acc):
+        """End an epoch at one atomic step, the rename of last.pt (weights, optimizer, schedule,
+        RNG, the record and the best validation accuracy): from then on the epoch is the run's
+        state. If it beat every earlier epoch on validation (and its weights are finite), best.pt
+        follows; a kill between the two renames is repaired at resume, since that best epoch's
+        weights are then last.pt's own."""
+        improved = val_acc > self.best_val and all_finite(model.state_dict())
+        if improved:
             self.best_val = val_acc
-            save_atomic({"model": model.state_dict(), "arch": self.arch, "config": self.config,
-                         "epoch": epoch, "val_acc": val_acc}, self.best_path)
-
-    def save_last(self, model, optimizer, scheduler, generator):
-        """Everything an interrupted run resumes from: weights, optimizer, schedule, RNG, record."""
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler else None,
                      "generator": generator.get_state(), "record": self.record, "best_val": self.best_val},
                     self.last_path)
+        if improved:
+            self._save_best(model.state_dict(), epoch, val_acc)
+
+    def _save_best(self, state_dict, epoch, val_acc):
+        save_atomic({"model": state_dict, "arch": self.arch, "config": self.config, "epoch": epoch,
+                     "val_acc": val_acc}, self.best_path)
 
     def load_best(self, model):
         """Load best.pt's weights into `model`; False if the run never saved one."""

@@ -226,3 +226,35 @@ def test_printing_a_published_run_creates_no_output_folder(tmp_path, monkeypatch
     ex1_mlp.main(ex1_mlp.get_args(["--depth", "32", "--residual"]))
     assert "published with the code" in capsys.readouterr().out
     assert os.listdir(tmp_path) == []
+
+
+def test_a_run_killed_before_any_rename_resumes_to_the_uninterrupted_result(mnist_dir, tmp_path, monkeypatch):
+    """An epoch is committed at one point (last.pt's rename): a kill just before any of a run's
+    renames (metrics.json, last.pt, best.pt, in every epoch and at the end) leaves a folder that
+    the same command resumes to the metrics of an uninterrupted run. Before, a kill between an
+    improving epoch's best.pt and last.pt left a run that could never resume."""
+    from lab import files
+    argv = ["--epochs", "3", "--seed", "3", "--width", "16", "--lr", "0.01"]
+    whole = ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path / "whole", *argv)))
+    real, renames = files.os.replace, []
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (renames.append(b), real(a, b)))
+    ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, tmp_path / "count", *argv)))
+    monkeypatch.undo()
+    assert sum(r.endswith("best.pt") for r in renames) >= 2 and sum(r.endswith("last.pt") for r in renames) == 3
+
+    def untimed(record):
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in record["epochs"]], record["test_acc"]
+    for k in range(1, len(renames) + 1):
+        out, calls = tmp_path / f"cut{k}", []
+
+        def killed(a, b):
+            calls.append(b)
+            if len(calls) == k:
+                raise KeyboardInterrupt  # stands for kill -9: the rename never happens
+            return real(a, b)
+        monkeypatch.setattr(files.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, out, *argv)))
+        monkeypatch.undo()
+        resumed = ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, out, *argv)))
+        assert untimed(resumed) == untimed(whole), f"killed before rename {k} ({os.path.basename(calls[-1])})"

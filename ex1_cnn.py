@@ -28,7 +28,7 @@ from lab.errors import UserError
 from lab.experiment import Experiment, single_run, sweep
 from lab.outputs import sweep_destination, sweep_results, write_table
 from lab.runs import RunFolder, folder_name, lookup_roots
-from lab.sweeps import parse_shard, unique
+from lab.sweeps import default_workers, parse_shard, unique
 
 PROG = "ex1_cnn.py"
 EXERCISE = "ex1_cnn"
@@ -306,7 +306,7 @@ def main(args):
     configs = sweep_configs(args)
     if not args.plot_only:
         sweep_destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
-        workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
+        workers = default_workers(device, args.workers)
         done = sweep(experiment(), args, device, configs, [c["blocks"] for c in configs],
                      threads=max(1, (os.cpu_count() or 1) // workers), need_checkpoints=args.checkpoints)
         if done:

@@ -18,6 +18,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
@@ -165,13 +166,17 @@ def gradients(nets, data, device):
     batches = [(normalize_images(data.train.x[i * GRADIENT_BATCH:(i + 1) * GRADIENT_BATCH]),
                 data.train.y[i * GRADIENT_BATCH:(i + 1) * GRADIENT_BATCH]) for i in range(GRADIENT_BATCHES)]
     out = {}
-    for key, (path, model, ckpt) in nets.items():
-        out[key] = {}
-        for when, network in (("init", initial_network(ckpt, device)), ("trained", copy.deepcopy(model))):
-            # (batches, conv layers)
-            norms = torch.tensor([conv_gradient_norms(network, x, y) for x, y in batches])
-            out[key][when] = norms.mean(0).tolist()
-            out[key][f"{when}_ratios"] = (norms[:, 0] / norms[:, -1]).tolist()
+    with tqdm(total=len(nets) * 2 * len(batches), desc="gradients", unit="batch") as bar:
+        for key, (path, model, ckpt) in nets.items():
+            out[key] = {}
+            for when, network in (("init", initial_network(ckpt, device)), ("trained", copy.deepcopy(model))):
+                norms = []  # (batches, conv layers)
+                for x, y in batches:
+                    norms.append(conv_gradient_norms(network, x, y))
+                    bar.update(1)
+                norms = torch.tensor(norms)
+                out[key][when] = norms.mean(0).tolist()
+                out[key][f"{when}_ratios"] = (norms[:, 0] / norms[:, -1]).tolist()
     return out
 
 
@@ -231,7 +236,8 @@ def response_stds(model, x, batch_size=EVAL_BATCH):
 
 def responses(nets, data, n_images):
     x = data.val.x[:n_images]
-    return {key: response_stds(model, x) for key, (_, model, _) in nets.items()}
+    return {key: response_stds(model, x) for key, (_, model, _) in tqdm(nets.items(), desc="responses",
+                                                                          unit="network")}
 
 
 def plot_responses(stds, caption, path):
@@ -499,7 +505,6 @@ def compute_responses(inputs):
 
 
 def compute_lesion(inputs):
-    from tqdm import tqdm
     args, data = inputs.args, inputs.data
     total = sum(1 + 3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b)
                 for _, b in lesion_networks(inputs.nets))
@@ -511,7 +516,6 @@ def compute_lesion(inputs):
 
 
 def compute_landscape(inputs):
-    from tqdm import tqdm
     args, data = inputs.args, inputs.data
     points = len(lesion_networks(inputs.nets)) * args.grid ** 2
     with tqdm(total=points, desc="landscape", unit="point") as bar:

@@ -8,12 +8,25 @@ from lab.cli import count
 from lab.errors import UserError
 
 
+def mps_available():
+    """True on Apple silicon with PyTorch's Metal backend (never on our Linux machines)."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
 def get_device(name="auto"):
-    """'auto' picks CUDA when available; asking for CUDA without one is an error."""
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; asking for a device the machine does not
+    have is an error. (MPS is untested here: we have no Mac.)"""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available")
+    if name == "mps" and not mps_available():
+        raise UserError("--device mps requested but PyTorch's MPS backend is not available (it needs "
+                        "Apple silicon and macOS 12.3 or later)")
+    if name == "mps":
+        # an op MPS lacks then runs on the CPU, with one warning from PyTorch naming it
+        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     return torch.device(name)
 
 
@@ -21,12 +34,14 @@ def machine(device):
     """The processor: a GPU's name, or e.g. 'CPU (x86_64, 2 cores)'."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple MPS ({platform.machine()})"
     return f"CPU ({platform.machine()}, {count(os.cpu_count(), 'core')})"
 
 
 def hardware(device):
     """What ran the code, threads included, for figure captions and results."""
-    if device.type == "cuda":
+    if device.type != "cpu":
         return machine(device)
     return f"{machine(device)[:-1]}, {count(torch.get_num_threads(), 'thread')} per process)"
 

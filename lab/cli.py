@@ -170,11 +170,17 @@ def add_run_flags(parser, exercise):
     add_tensorboard_flag(parser)
 
 
+# flags that say where files are, not what a result is: a caption that named them would put one
+# machine's paths into the committed tables and the README
+LOCATION_FLAGS = ("data_dir", "out_dir", "fig_dir")
+
+
 def command_line(prog, positionals, args, defaults):
     """The command that reproduces an output: `python prog`, the positional arguments (their
-    names in `args` -> the words to show), and every flag of `args` not at its default."""
+    names in `args` -> the words to show), and every flag of `args` not at its default, but
+    those of LOCATION_FLAGS."""
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-             if k not in positionals and getattr(defaults, k, None) != v]
+             if k not in positionals and k not in LOCATION_FLAGS and getattr(defaults, k, None) != v]
     return " ".join([f"python {prog}", *positionals.values(), *flags])
 
 
@@ -194,7 +200,7 @@ def count(n, noun, plural=None):
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def add_tensorboard_flag(parser):
@@ -207,4 +213,4 @@ def add_tensorboard_flag(parser):
 def add_device_flag(parser):
     """--device, the same in every script (utils.get_device reads it)."""
     parser.add_argument("--device", default="auto", choices=DEVICES,
-                        help="auto: CUDA if available, else the CPU")
+                        help="auto: CUDA if available, else Apple MPS, else the CPU")

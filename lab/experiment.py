@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from lab.cli import check_writable, count
 from lab.errors import UserError
 from lab.runs import METRICS_FILE, RunHeld, find_finished, is_published, lookup_roots, remove_run
-from lab.sweeps import plan, run_jobs, set_threads, summarize_jobs
+from lab.sweeps import default_workers, plan, run_jobs, set_threads, summarize_jobs
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def sweep(exp, args, device, configs, costs, threads, need_checkpoints=False):
         return None
     check_writable(args.out_dir)
     exp.load_data(args, device)  # a data error: one line here, not one per worker
-    workers = getattr(args, "workers", 0) or (1 if device.type == "cuda" else os.cpu_count() or 1)
+    workers = default_workers(device, getattr(args, "workers", 0))
     results, wall, used = run_jobs(_job, todo, workers, device, threads, "sweep", _setup, (exp, args, device))
     return (f"sweep: {summarize_jobs(results)} in {wall / 60:.1f} min wall time "
             f"({count(used, 'process', 'processes')} of {count(threads, 'thread')})")

@@ -179,6 +179,12 @@ def plan(configs, costs, name_fn, roots, out_dir, shard_spec=None, need_checkpoi
     return sorted(todo, key=lambda c: (c.get("seed", 0), -costs[configs.index(c)], configs.index(c)))
 
 
+def default_workers(device, workers=0):
+    """Sweep processes: `workers` if given, else one per core on a CPU and one on an accelerator
+    (a GPU or Apple's MPS), which a single process keeps busy."""
+    return workers or (os.cpu_count() or 1 if device.type == "cpu" else 1)
+
+
 def set_threads(device, threads):
     """Use `threads` CPU threads (None: all of them). CUDA runs ignore it.
 

@@ -75,3 +75,21 @@ def test_a_shard_count_past_any_sweep_is_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         ex1_cnn.get_args(["--sweep", "--shard", "0/1000000000"])
     assert e.value.code == 2 and "--shard" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_the_default_device_is_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, expected):
+    """Untested on a Mac (we have none): the choice is tested with the availability mocked."""
+    import torch
+    import utils
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(utils, "mps_available", lambda: mps)
+    assert utils.get_device("auto").type == expected
+
+
+def test_mps_where_there_is_none_is_one_line(monkeypatch):
+    import utils
+    from lab.errors import UserError
+    monkeypatch.setattr(utils, "mps_available", lambda: False)
+    with pytest.raises(UserError, match="MPS backend is not available"):
+        utils.get_device("mps")

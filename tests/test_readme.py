@@ -179,3 +179,23 @@ def test_the_readme_leads_with_contents_and_a_glance_whose_numbers_are_the_table
 
 def test_the_readme_is_at_most_its_word_budget():
     assert len(read("README.md").split()) <= MAX_WORDS
+
+
+def test_no_caption_names_a_machines_data_folder():
+    """Where the data came from is not a setting of a result: no 'Made by' command in the README,
+    the committed tables or the saved results carries a --data-dir (or --out-dir, --fig-dir)."""
+    import argparse
+    import glob
+    import re
+    from lab.cli import command_line
+    args = argparse.Namespace(analyses="gradients", data_dir="/some/where", fig_dir="/x", seed=2)
+    defaults = argparse.Namespace(analyses=["gradients"], data_dir="data", fig_dir=None, seed=0)
+    assert command_line("ex2_why.py", {"analyses": "gradients"}, args, defaults) == \
+        "python ex2_why.py gradients --seed 2"
+    files = [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "figures", "*.md")) + \
+        glob.glob(os.path.join(ROOT, "results", "*", "*.json"))
+    for path in files:
+        with open(path) as f:
+            text = f.read()
+        for made_by in re.findall(r"Made by `([^`]*)`", text) + re.findall(r'"made_by": "([^"]*)"', text):
+            assert not re.search(r"--(data|out|fig)-dir", made_by), (path, made_by)

@@ -10,7 +10,9 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
+import time
 import zipfile
 
 import torch
@@ -44,14 +46,42 @@ def fields_problem(mapping, fields):
     return None
 
 
-TMP_PREFIX = ".tmp-"  # then the writer's process id: an interrupted write's leftover (.gitignore: .tmp-*)
+TMP_PREFIX = ".tmp-"  # then the writer's machine and process id (.gitignore: .tmp-*)
+# a temporary file of another machine (or pid namespace) sharing the folder: its writer cannot be
+# asked whether it lives, so it is removed only once no write could still be going on
+FOREIGN_DEBRIS_SECONDS = 24 * 3600
 
 
-def _writer_alive(name):
-    """False if the temporary file `name` is a dead process's (its id follows TMP_PREFIX), or
-    of no process id at all (a write of older code)."""
+def _machine():
+    """8 hex digits naming this machine and pid namespace: a process id means something only there."""
     try:
-        os.kill(int(name[len(TMP_PREFIX):].split("-")[0]), 0)
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.blake2b(f"{socket.gethostname()} {namespace}".encode(), digest_size=4).hexdigest()
+
+
+MACHINE = _machine()
+
+
+def temporary_prefix():
+    """The start of this process's temporary files: .tmp-<machine>.<pid>-"""
+    return f"{TMP_PREFIX}{MACHINE}.{os.getpid()}-"
+
+
+def _writer_alive(name, folder="."):
+    """False if the temporary file `name` is a dead process's: one of this machine whose process id
+    no longer runs, one of another machine older than FOREIGN_DEBRIS_SECONDS, or one of no process
+    id at all (a write of older code)."""
+    writer = name[len(TMP_PREFIX):].split("-")[0]
+    machine, _, pid = writer.rpartition(".")
+    if machine and machine != MACHINE:
+        try:
+            return time.time() - os.path.getmtime(os.path.join(folder, name)) < FOREIGN_DEBRIS_SECONDS
+        except OSError:
+            return True
+    try:
+        os.kill(int(pid), 0)
     except (ValueError, OverflowError, ProcessLookupError):
         return False
     except PermissionError:
@@ -69,7 +99,7 @@ def remove_debris(folder):
     except OSError:
         return
     for name in names:
-        if name.startswith(TMP_PREFIX) and not _writer_alive(name):
+        if name.startswith(TMP_PREFIX) and not _writer_alive(name, folder):
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:
@@ -89,7 +119,7 @@ def _atomic(path, write):
     try:
         os.makedirs(folder, exist_ok=True)
         remove_debris(folder)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.getpid()}-")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=temporary_prefix())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

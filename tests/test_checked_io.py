@@ -39,8 +39,8 @@ def without_times(record):
 def test_a_checkpoint_write_past_a_file_size_limit_is_one_line_and_the_rerun_is_exact(mnist_dir, tmp_path):
     argv = TINY + ["--depth", "2", "--epochs", "2", "--data-dir", mnist_dir,
                    "--out-dir", str(tmp_path / "runs")]
-    code, err = run_with_file_limit("ex1_mlp.py", argv, limit=8_000)  # metrics.json fits, best.pt does not
-    assert_one_line_error(code, err, "best.pt: File too large")
+    code, err = run_with_file_limit("ex1_mlp.py", argv, limit=8_000)  # metrics.json fits, last.pt does not
+    assert_one_line_error(code, err, "last.pt: File too large")  # the epoch's commit point, written first
     folder = next((tmp_path / "runs").iterdir())
     assert json.loads((folder / "metrics.json").read_text())["status"] == "running"  # intact, readable
     assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]  # no debris

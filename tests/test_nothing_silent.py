@@ -54,7 +54,12 @@ def test_a_checkpoint_swapped_between_run_folders_is_refused(cifar_folder, tmp_p
 
 
 def test_a_lost_best_pt_is_not_a_complete_run(mnist_dir, tmp_path, capsys, monkeypatch):
+    """Lost, best.pt is rebuilt only where last.pt holds its weights (the best epoch is the last
+    finished one, as a kill between the two renames leaves it); else the run is refused."""
     folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
+    state = torch.load(folder / "last.pt", weights_only=True)
+    state["record"]["epochs"][-1]["val_acc"] = state["best_val"] - 0.01  # the best was an earlier epoch
+    torch.save(state, folder / "last.pt")
     (folder / "best.pt").unlink()
     code, err = cli_in_process(ex1_mlp, single(mnist_dir, tmp_path, "--epochs", "2"), capsys)
     assert_one_line_error(code, err, "best.pt is missing")

@@ -85,3 +85,21 @@ def test_a_folder_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
     lock = FolderLock(folder)
     assert lock.acquire()  # a killed holder leaves no stale lock
     lock.release()
+
+
+def test_a_temporary_of_another_machine_is_left_to_it_until_it_is_a_day_old(tmp_path):
+    """Temporaries carry their machine (host and pid namespace) with their process id: in a folder
+    two machines share, a pid alive or dead here says nothing of the other's writer."""
+    import time
+    from lab import files
+    folder = tmp_path
+    other = "0" * 8 if files.MACHINE != "0" * 8 else "1" * 8
+    fresh, stale = folder / f".tmp-{other}.1-a", folder / f".tmp-{other}.999999-b"
+    dead_here = folder / f".tmp-{files.MACHINE}.{2 ** 22 + 1}-c"
+    for p in (fresh, stale, dead_here):
+        p.write_bytes(b"half")
+    old = time.time() - files.FOREIGN_DEBRIS_SECONDS - 60
+    os.utime(stale, (old, old))
+    files.write_json_atomic({"a": 1}, str(folder / "x.json"))
+    assert fresh.exists() and not stale.exists() and not dead_here.exists()
+    assert files.temporary_prefix().startswith(f".tmp-{files.MACHINE}.{os.getpid()}-")

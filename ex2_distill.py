@@ -23,19 +23,20 @@ import torch.nn.functional as F
 
 from data import cifar_transforms, load_cifar10
 from models import CifarResNet, build_model
-from report import (cnn_name, depth_gap, fastest_epoch_seconds, format_gap, format_result,
-                    published_cnn_run, run_result)
+from report import (cnn_name, fastest_epoch_seconds, format_interval, format_result, paired_difference,
+                    published_cnn_run, run_result, save_figure)
 from training import Recipe, fit, sgd_warmup_cosine
 from utils import get_device, run_meta, seed_everything
 from lab.checkpoints import load_model
 from lab.cli import (MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, add_device_flag, add_tensorboard_flag,
                      ArgumentParser, count, count_flag, Number, run_cli)
 from lab.errors import UserError
+from lab.files import file_sha256
 from lab.experiment import Experiment, sweep
-from lab.outputs import destination, sweep_results, write_table
+from lab.outputs import destination, write_table
 from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, collect,
                       folder_name, lookup_roots)
-from lab.sweeps import parse_shard
+from lab.sweeps import default_workers, parse_shard
 
 PROG = "ex2_distill.py"
 EXERCISE = "ex2_distill"
@@ -155,7 +156,7 @@ def load_teacher(device, memory_format=torch.channels_last):
     remedy = "restore it with `git checkout -- " + os.path.relpath(path) + "`"
     teacher, ckpt = load_model(path, device, CifarResNet, remedy)
     check_checkpoint_of_run(path, ckpt, remedy)
-    return teacher.to(memory_format=memory_format)
+    return teacher.to(memory_format=memory_format), file_sha256(path)
 
 
 def load_data(args, device):
@@ -174,11 +175,12 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     optimizer, scheduler = sgd_warmup_cosine(model, config, math.ceil(len(data.train) / config["batch_size"]))
     train_transform, eval_transform = cifar_transforms(generator, memory_format)
     with torch.random.fork_rng():  # building the teacher draws no number the student's run would
-        teacher = load_teacher(device, memory_format)
+        teacher, teacher_sha256 = load_teacher(device, memory_format)
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
                     Distillation(teacher, config["temperature"], config["alpha"]), train_transform,
                     eval_transform, read_test=not config.get("selection", False))
-    meta = run_meta(data, device, memory_format="channels_last")
+    # the teacher's identity: a resume with another teacher (its file re-saved) is refused
+    meta = run_meta(data, device, memory_format="channels_last", teacher_sha256=teacher_sha256)
     with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
@@ -190,65 +192,130 @@ def experiment():
 
 # ----------------------------------------------------------------------------- tables
 
-def _test(record):
-    return run_result(record)
-
-
 def _val(record):
     return record.get("best_val_acc")
 
 
-def main_table(students, missing=0):
-    """Teacher, then per student kind ('residual', 'plain') with finished runs, [(config, record,
-    folder)] of its distilled runs: alone and distilled, mean ± std over seeds, the gain ± its SE
-    and per seed."""
-    teacher, _ = published_cnn_run(**TEACHER_RUN)
-    teacher_params, student_params = (sum(p.numel() for p in CifarResNet(b, residual=True).parameters())
-                                      for b in (TEACHER_RUN["blocks"], STUDENT_BLOCKS))
-    rows = [(f"teacher: {cnn_name(True, TEACHER_RUN['blocks'])}", teacher_params, [teacher])]
-    gaps, all_distilled = [], []
-    for kind, found in students.items():
-        distilled = [record for _, record, _ in found]
-        residual = kind == "residual"
-        alone = [published_cnn_run(residual, STUDENT_BLOCKS, r["config"]["seed"])[0] for r in distilled]
-        student = cnn_name(residual, STUDENT_BLOCKS)
-        rows += [(f"{student} alone", student_params, alone),
-                 (f"{student} distilled", student_params, distilled)]
-        gaps.append((student, [depth_gap(distilled, alone, key) for key in (_val, _test)]))
-        all_distilled += distilled
+def student_name(config):
+    return cnn_name(config["residual"], config["blocks"])
+
+
+def parameters(blocks, residual=True):
+    return sum(p.numel() for p in CifarResNet(blocks, residual=residual).parameters())
+
+
+def comparison_lines(pairs):
+    """The rows of each student alone and distilled, and the paired differences: `pairs` is
+    [(student name, parameters, alone records, distilled records)]."""
     lines = ["| network | parameters | best val. accuracy | test accuracy (best val.) | fastest epoch (s) "
              "| seeds |", "|---|---:|---:|---:|---:|---:|"]
-    for name, params, records in rows:
-        cells = [format_result(records, _val), format_result(records, _test),
-                 format_result(records, fastest_epoch_seconds, digits=0), str(len(records))]
-        lines.append(f"| {name} | {params / 1e6:.2f}M | " + " | ".join(cells) + " |")
-    lines += ["", "| distilled minus alone | best val. accuracy | test accuracy | val., per seed "
-                  "| test, per seed |", "|---|---:|---:|---:|---:|"]
-    for student, (val, test) in gaps:
-        per_seed = [", ".join(f"{d:+.3f}" for d in g[2].values()) if g else "-" for g in (val, test)]
-        lines.append(f"| {student} | {format_gap(val)} | {format_gap(test)} | " + " | ".join(per_seed) + " |")
-    teacher_s = [e["teacher_seconds"] for r in all_distilled for e in r["epochs"] if "teacher_seconds" in e]
-    cfg, meta = all_distilled[0]["config"], all_distilled[0]["meta"]
-    not_finished = f" **{count(missing, 'run')} not finished.** " if missing else " "
-    lines += ["", f"T = {cfg['temperature']:g}, alpha = {cfg['alpha']:g}; {cfg['epochs']} epochs, "
-                  f"{meta['data']}, {meta['hardware']}. Mean ± std over seeds; the difference of the means ± "
-                  "its standard error (none for one seed), and within each seed (the same initialization, "
-                  "batches and augmentation). The teacher's forward passes took "
-                  f"{min(teacher_s):.0f}-{max(teacher_s):.0f} s of each distilled epoch.{not_finished}"
-                  f"Made by `python {PROG}` and `python {PROG} --student plain`."]
+    for name, params, alone, distilled in pairs:
+        for label, records in (("alone", alone), ("distilled", distilled)):
+            cells = [format_result(records, _val), format_result(records, run_result),
+                     format_result(records, fastest_epoch_seconds, digits=0), str(len(records))]
+            lines.append(f"| {name} {label} | {params / 1e6:.2f}M | " + " | ".join(cells) + " |")
+    lines += ["", "| distilled minus alone | best val. accuracy [95% interval] | test accuracy [95% interval] "
+                  "| test, per seed |", "|---|---:|---:|---:|"]
+    for name, _, alone, distilled in pairs:
+        val, test = (paired_difference(distilled, alone, key) for key in (_val, run_result))
+        per_seed = ", ".join(f"{d:+.3f}" for d in test[2].values()) if test else "-"
+        lines.append(f"| {name} | {format_interval(val)} | {format_interval(test)} | {per_seed} |")
+    return lines
+
+
+def teacher_seconds(records):
+    seconds = [e["teacher_seconds"] for r in records for e in r["epochs"] if "teacher_seconds" in e]
+    return f"{min(seconds):.0f}-{max(seconds):.0f} s" if seconds else "-"
+
+
+def not_finished(configs, found):
+    done = {run_name(c) for c, _, _ in found}
+    names = [run_name(c) for c in configs if run_name(c) not in done]
+    return f" **Not finished: {', '.join(names)}.**" if names else ""
+
+
+def main_table(students, wanted):
+    """The full schedule: the teacher, then per student kind with finished runs ([(config, record,
+    folder)] of its distilled runs) alone (its published Exercise 1.3 runs) and distilled."""
+    teacher, _ = published_cnn_run(**TEACHER_RUN)
+    lines = ["| teacher | parameters | best val. accuracy | test accuracy | train accuracy (last epoch) |",
+             "|---|---:|---:|---:|---:|",
+             f"| {cnn_name(True, TEACHER_RUN['blocks'])} | {parameters(TEACHER_RUN['blocks']) / 1e6:.2f}M | "
+             f"{teacher['best_val_acc']:.3f} | {run_result(teacher):.3f} | "
+             f"{teacher['epochs'][-1]['train_acc']:.3f} |", ""]
+    pairs, distilled_all = [], []
+    for kind, found in students.items():
+        distilled = [record for _, record, _ in found]
+        alone = [published_cnn_run(kind == "residual", STUDENT_BLOCKS, r["config"]["seed"])[0] for r in distilled]
+        pairs.append((student_name(found[0][0]), parameters(STUDENT_BLOCKS), alone, distilled))
+        distilled_all += distilled
+    lines += comparison_lines(pairs)
+    cfg, meta = distilled_all[0]["config"], distilled_all[0]["meta"]
+    lines += ["", f"T = {cfg['temperature']:g}, alpha = {cfg['alpha']:g}; {count(cfg['epochs'], 'epoch')} on "
+                  f"all training images; {meta['data']}, {meta['hardware']}. Mean ± std over seeds; the "
+                  "difference within each seed (the same initialization, batches and augmentation), its mean "
+                  "and 95% t interval over seeds (none for one seed). The teacher's forward passes took "
+                  f"{teacher_seconds(distilled_all)} of each distilled epoch."
+                  + not_finished(wanted, [f for found in students.values() for f in found])
+                  + f" Made by `python {PROG}` and `python {PROG} --student plain`."]
     return "\n".join(lines) + "\n"
 
 
-def select_table(found, missing=0):
+def short_pairs(found):
+    """[(student name, parameters, alone records, distilled records)] of the paired short study."""
+    by_student = {}
+    for config, record, _ in found:
+        side = "distilled" if config["alpha"] > 0 else "alone"
+        by_student.setdefault((config["residual"], config["blocks"]), {"alone": [], "distilled": []})[side].append(
+            record)
+    return [(cnn_name(residual, blocks), parameters(blocks, residual), runs["alone"], runs["distilled"])
+            for (residual, blocks), runs in by_student.items()]
+
+
+def short_table(found, wanted):
+    """The paired short study: each student distilled and alone on the same seeds."""
+    lines = comparison_lines(short_pairs(found))
+    cfg, meta = found[0][0], found[0][1]["meta"]
+    distilled = [r for c, r, _ in found if c["alpha"] > 0]
+    lines += ["", f"Distilled: T = {cfg['temperature']:g}, alpha = {DEFAULT_ALPHA:g}; alone: alpha = 0 (the "
+                  f"same code and recipe, cross-entropy only). {count(cfg['epochs'], 'epoch')} on the first "
+                  f"{cfg['train_subset']:,} training images, validation on {cfg['val_size']:,}; {meta['data']}, "
+                  f"{meta['hardware']}. Mean ± std over seeds; the difference within each seed, its mean "
+                  "and 95% t interval. The teacher's forward passes took "
+                  f"{teacher_seconds(distilled)} of each distilled epoch."
+                  + not_finished(wanted, found) + f" Made by `python {PROG} --short`."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(panels, caption, path):
+    """Validation accuracy per epoch, distilled (solid) against alone (dashed), one line per
+    seed: `panels` is [(title, alone records, distilled records)]."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    for ax, (title, alone, distilled) in zip(axes[0], panels):
+        for records, label, style in ((alone, "alone", "--"), (distilled, "distilled", "-")):
+            for i, r in enumerate(records):
+                ax.plot([e["epoch"] for e in r["epochs"]], [e["val_acc"] for e in r["epochs"]], style,
+                        marker="o", ms=3, color="C1" if label == "alone" else "C2", alpha=0.75,
+                        label=f"{label} ({count(len(records), 'seed')})" if i == 0 else None)
+        ax.set(title=title, xlabel="epoch", ylabel="validation accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, caption, path, caption_lines=2)
+
+
+def select_table(found, wanted):
+    """--select: each candidate (T, alpha) on seed 0, validation only (the test set is not read)."""
     lines = ["| T | alpha | best val. accuracy | final train CE |", "|---:|---:|---:|---:|"]
     for config, record, _ in found:
         ce = record["epochs"][-1].get("train_ce", float("nan"))
         lines.append(f"| {config['temperature']:g} | {config['alpha']:g} | {record['best_val_acc']:.4f} "
                      f"| {ce:.3f} |")
     cfg = found[0][0]
-    lines += ["", f"Seed 0, {cfg['epochs']} epochs on the first {cfg['train_subset']} training images, "
-                  f"validation on {cfg['val_size']}; {found[0][1]['meta']['hardware']}. alpha = 0 is the "
-                  f"student on hard labels alone. Made by `python {PROG} --select`."]
+    lines += ["", f"Seed 0, {count(cfg['epochs'], 'epoch')} on the first {cfg['train_subset']:,} training images, "
+                  f"validation on {cfg['val_size']:,}, the test set not read; {found[0][1]['meta']['hardware']}. "
+                  "alpha = 0 is the student on hard labels alone."
+                  + not_finished(wanted, found) + f" Made by `python {PROG} --select`."]
     return "\n".join(lines) + "\n"
 
 
@@ -256,21 +323,40 @@ def make_tables(args):
     readme = get_args(["--student", args.student])  # either student's runs go to the README's table
     fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"))
     roots, command = lookup_roots(args.out_dir, EXERCISE), f"python {PROG}"
-    found, missing = sweep_results(select_configs(args), roots, run_name, fig_dir, command + " --select")
-    tables = [("ex2_distill_select", select_table(found, missing))]
-    students, missing = {}, 0
+    tables, panels = [], []
+    select = collect(select_configs(args), roots, run_name)
+    if select:
+        tables.append(("ex2_distill_select", select_table(select, select_configs(args))))
+    students, wanted = {}, []
     for kind in ("residual", "plain"):
         configs = main_configs(args, kind)
         found = collect(configs, roots, run_name)
         if found:
             students[kind] = found
-            missing += len(configs) - len(found)
-    if not students:
+            wanted += configs
+    if students:
+        tables.append(("ex2_distill_table", main_table(students, wanted)))
+        found = students["residual"] if "residual" in students else next(iter(students.values()))
+        distilled = [r for _, r, _ in found]
+        alone = [published_cnn_run(r["config"]["residual"], STUDENT_BLOCKS, r["config"]["seed"])[0]
+                 for r in distilled]
+        panels.append((f"{student_name(found[0][0])}, all images", alone, distilled))
+    short = collect(short_configs(args), roots, run_name)
+    if short:
+        tables.append(("ex2_distill_short", short_table(short, short_configs(args))))
+        panels += [(f"{name}, short budget", alone, distilled) for name, _, alone, distilled in short_pairs(short)]
+    if not tables:
         raise UserError(f"no finished distillation runs in {' or '.join(roots)}; run `{command}` first")
-    tables.append(("ex2_distill_table", main_table(students, missing)))
     for name, text in tables:
         print(text)
         print(f"table {write_table(text, name, fig_dir, publish)} written")
+    meta = (short or next(iter(students.values())))[0][1]["meta"]
+    caption = (f"{meta['data']}; {meta['hardware']}. Teacher: the published {cnn_name(True, TEACHER_RUN['blocks'])}. "
+               f"Short budget: {count(SHORT_SCHEDULE['epochs'], 'epoch')} on {SHORT_SCHEDULE['train_subset']:,} "
+               f"images. Made by `python {PROG}` and `python {PROG} --short`.")
+    out = os.path.join(fig_dir, "ex2_distill_curves.png")
+    plot_curves(panels, caption, out)
+    print(f"figure {out} written")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -323,7 +409,7 @@ def main(args):
     if not args.plot_only:
         device = get_device(args.device)
         configs = wanted_configs(args)
-        workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
+        workers = default_workers(device, args.workers)
         done = sweep(experiment(), args, device, configs, [c["epochs"] for c in configs],
                      threads=max(1, (os.cpu_count() or 1) // workers))
         if done:

@@ -84,6 +84,7 @@ def write_table(text, name, fig_dir, publish):
     """Write `name`.md to `fig_dir`; into the README too when `publish` and `fig_dir` is the
     README's figures/ folder. Returns the path written."""
     path = os.path.join(fig_dir, f"{name}.md")
+    text = as_data(text)
     if os.path.isfile(path):
         with open(path, errors="replace") as f:
             change = changed_cells(f.read(), text)
@@ -93,6 +94,12 @@ def write_table(text, name, fig_dir, publish):
     if publish and os.path.abspath(fig_dir) == FIGURES_DIR:
         update_readme(name, text)
     return path
+
+
+def as_data(text):
+    """A table's text as data, never markup: what a saved file put into it (a caption) cannot open
+    or close a README block, whose markers are HTML comments."""
+    return text.replace("<!--", "&lt;!--").replace("-->", "--&gt;")
 
 
 def _cells(text):

@@ -168,14 +168,20 @@ def resume_problem(then, now):
     order that depends on the thread count, and other data is another run. A start recorded
     before meta carried a data signature is judged by the rest."""
     then, now = _same_numbers(then), _same_numbers(now)
-    if "data_signature" not in then:
-        now.pop("data_signature", None)
+    for key in [k for k in now if k == "data_signature" or k.endswith("_sha256")]:
+        if key not in then:
+            now.pop(key)  # a start recorded before meta carried it is judged by the rest
     if then == now:
         return None
     if then.get("data_signature") != now.get("data_signature") or then.get("data") != now.get("data"):
         return (f"it was trained on other data ({then.get('data')}, signature "
                 f"{str(then.get('data_signature'))[:12]}; this --data-dir holds {now.get('data')}, "
                 f"{str(now.get('data_signature'))[:12]}): resume it with the --data-dir it started with")
+    files = sorted(k for k in then.keys() | now.keys() if k.endswith("_sha256") and then.get(k) != now.get(k))
+    if files:  # a file that shapes the run (a teacher, weights) is not the one it started with
+        name = files[0][:-len("_sha256")]
+        return (f"its {name} is not the file it started with (SHA-256 {str(then.get(files[0]))[:12]}, now "
+                f"{str(now.get(files[0]))[:12]}): restore that file")
     threads_then, threads_now = (THREADS_RE.search(str(m.get("hardware"))) for m in (then, now))
     if threads_then and threads_now and (THREADS_RE.sub("", then["hardware"])
                                          == THREADS_RE.sub("", now["hardware"])):

@@ -128,3 +128,31 @@ def test_plot_only_redraws_the_committed_tables_without_data(tmp_path):
     for name in ("ex2_distill_select", "ex2_distill_table"):
         with open(os.path.join(ROOT, "figures", f"{name}.md")) as f:
             assert (tmp_path / f"{name}.md").read_text() == f.read()
+
+
+def test_select_candidates_read_validation_only_and_the_short_study_is_paired():
+    """--select's candidates are a selection (never the test set); --short pairs, per student and
+    seed, a distilled run with the same student alone (alpha 0), identical otherwise."""
+    import ex2_distill
+    select = ex2_distill.select_configs(ex2_distill.get_args(["--select"]))
+    assert select and all(c["selection"] is True for c in select)
+    short = ex2_distill.short_configs(ex2_distill.get_args(["--short"]))
+    assert len(short) == 2 * len(ex2_distill.SHORT_STUDENTS) * ex2_distill.SHORT_SEEDS
+    for distilled, alone in zip(short[::2], short[1::2]):
+        assert distilled["alpha"] > 0 and alone["alpha"] == 0 and "selection" not in distilled
+        assert {k: v for k, v in distilled.items() if k != "alpha"} == {k: v for k, v in alone.items()
+                                                                        if k != "alpha"}
+
+
+def test_a_resume_with_another_teacher_is_refused_and_the_record_names_its_teacher():
+    """A distilled run's meta holds its teacher's SHA-256; a resume under another teacher file
+    (the published best.pt re-saved with other weights) would mix two teachers in one run."""
+    import ex2_distill
+    from lab.runs import resume_problem
+    _, sha = ex2_distill.load_teacher(torch.device("cpu"))
+    assert len(sha) == 64
+    then = {"data": "d", "hardware": "h", "teacher_sha256": sha}
+    assert resume_problem(then, dict(then)) is None
+    problem = resume_problem(then, {**then, "teacher_sha256": "0" * 64})
+    assert "its teacher is not the file it started with" in problem
+    assert resume_problem({"data": "d", "hardware": "h"}, then) is None  # a start of older code

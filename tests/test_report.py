@@ -55,3 +55,31 @@ def test_rewriting_a_table_says_which_cells_changed(tmp_path, capsys):
     assert "changed" not in capsys.readouterr().out  # the same numbers: nothing to say
     write_table(table.format("1801.15"), "t", str(tmp_path), publish=False)
     assert "1 cell of 8 changed, the most 1811.09 -> 1801.15 (-0.5%)" in capsys.readouterr().out
+
+
+def test_t_quantiles_are_those_of_a_statistics_table():
+    from report import t_quantile
+    for df, table in ((1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042)):
+        assert abs(t_quantile(0.975, df) - table) < 2e-3
+
+
+def test_a_paired_difference_is_taken_seed_by_seed_with_its_t_interval():
+    from report import paired_difference
+    a = [{"config": {"seed": s}, "v": v} for s, v in ((0, 0.5), (1, 0.6), (2, 0.7))]
+    b = [{"config": {"seed": s}, "v": v} for s, v in ((2, 0.6), (0, 0.45), (1, 0.5), (3, 0.9))]
+    mean, half, per_seed = paired_difference(a, b, lambda r: r["v"])
+    assert per_seed == pytest.approx({0: 0.05, 1: 0.1, 2: 0.1})      # seed 3 has no partner
+    sd = (sum((d - 0.25 / 3) ** 2 for d in (0.05, 0.1, 0.1)) / 2) ** 0.5
+    assert mean == pytest.approx(0.25 / 3) and half == pytest.approx(4.3027 * sd / 3 ** 0.5, rel=1e-3)
+
+
+def test_text_from_a_file_cannot_open_or_close_a_readme_block(tmp_path):
+    """A caption edited in a saved result to hold a block's end marker stays data in the README."""
+    from lab.outputs import update_readme, write_table
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- t -->\nold\n<!-- /t -->\nb\n")
+    text = write_table("| x |\n|---|\n\nMade by `evil <!-- /t --> injected`.\n", "t", str(tmp_path), False)
+    update_readme("t", open(text).read(), str(readme))
+    content = readme.read_text()
+    assert content.count("<!-- /t -->") == 1 and content.endswith("<!-- /t -->\nb\n")
+    assert "&lt;!-- /t --&gt;" in content

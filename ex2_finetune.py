@@ -23,16 +23,17 @@ from tqdm import tqdm
 from data import CIFAR10_VAL_SIZE, batches, cifar_transforms, load_cifar10, load_cifar100
 from models import PartlyFrozenLite0
 from pretrained import LITE_MEAN, LITE_STD, PADDING, WEIGHTS_PACKAGE, load_efficientnet_lite0
-from report import cnn_name, format_result, published_cnn_run, run_result
+from report import cnn_name, fastest_epoch_seconds, format_result, published_cnn_run, run_result, save_figure
 from training import Recipe, fit, warmup_cosine
 from utils import get_device, run_meta, seed_everything
-from lab.cli import (MAX_WORKERS, add_device_flag, add_tensorboard_flag, ArgumentParser, count, count_flag,
-                     run_cli)
+from lab.cli import (FRACTION, MAX_IMAGES, MAX_WORKERS, add_device_flag, add_tensorboard_flag, ArgumentParser,
+                     count, count_flag, Number, run_cli)
 from lab.errors import UserError
 from lab.experiment import Experiment, sweep
 from lab.files import FolderLock, load_checkpoint, save_atomic
 from lab.outputs import destination, sweep_results, write_table
 from lab.runs import RunFolder, collect, config_digest, folder_name, lookup_roots
+from lab.sweeps import default_workers
 
 PROG = "ex2_finetune.py"
 EXERCISE = "ex2_finetune"
@@ -204,6 +205,11 @@ def accuracy(predictions, labels):
 
 
 CLASSIFIERS = {"linear": linear_probe, "knn": knn}
+# what a baseline's record adds to a run record, checked as a whole before a table reads it
+IMAGES = count_flag(MAX_IMAGES)
+PROBE_FIELDS = {"images": {"train": IMAGES, "val": IMAGES, "test": IMAGES}, "chosen": Number(float, 0, 1e6),
+                "selection": dict, "best_val_acc": FRACTION,
+                "seconds": {"features": Number(float, 0, 1e7), "fit": Number(float, 0, 1e7)}}
 
 
 def probe(config, data, device, out_dir, progress=True, tensorboard=None):
@@ -357,10 +363,12 @@ def cost(config):
 # ----------------------------------------------------------------------------- tables
 
 def cpu_minutes(record):
-    """The CPU time of a run in minutes: extraction and fit of a baseline, the epochs of a training."""
-    if "seconds" in record and isinstance(record["seconds"], dict):
+    """A run's CPU time in minutes, on measures other work on the machine does not inflate: a
+    baseline's feature extraction and fit in process CPU time; a training's fastest epoch times
+    its epochs."""
+    if isinstance(record.get("seconds"), dict):
         return sum(record["seconds"].values()) / 60
-    return sum(e["seconds"] for e in record["epochs"]) / 60
+    return fastest_epoch_seconds(record) * len(record["epochs"]) / 60
 
 
 def trained_parameters(config, n_classes):
@@ -393,17 +401,22 @@ def probe_table(found, missing=0):
                       else ["-", "-"])
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
     record = found[0][1]
-    lines += ["", f"ImageNet EfficientNet-Lite0 ({WEIGHTS_PACKAGE}), frozen; {record['meta']['data']} images "
-                  f"upsampled (bilinear) from 32 px; features of the {record['images']['train']:,} training, "
-                  f"{record['images']['val']:,} validation and {record['images']['test']:,} test images; "
+    lines += ["", f"ImageNet EfficientNet-Lite0 ({WEIGHTS_PACKAGE}, TensorFlow's padding), frozen; "
+                  f"{record['meta']['data']} images upsampled (bilinear) from 32 px; features of the "
+                  f"{record['images']['train']:,} training, {record['images']['val']:,} validation and "
+                  f"{record['images']['test']:,} test images, their extraction timed in process CPU time; "
                   f"{record['meta']['hardware']}."
-                  + (f" **{count(missing, 'run')} not finished.**" if missing else "")
+                  + (f" **Not finished: {', '.join(missing)}.**" if missing else "")
                   + f" Made by `python {PROG} --part probe`."]
     return "\n".join(lines) + "\n"
 
 
-def summary_rows(probes, grid, seeds, n_classes):
-    """(name, input, trained parameters, records) of the summary table, best probes first."""
+def _val(record):
+    return record.get("best_val_acc")
+
+
+def summary_rows(probes, grid, seeds, controls, n_classes):
+    """(name, input, trained parameters, records, reads the test set) of the summary table."""
     rows = []
     for method, label in (("linear", "linear probe (logistic regression)"), ("knn", "k-NN (cosine)")):
         runs = [(c, r) for c, r, _ in probes if c["method"] == method]
@@ -412,67 +425,123 @@ def summary_rows(probes, grid, seeds, n_classes):
             rows.append((f"{label}, frozen features", config["size"], trained_parameters(config, n_classes),
                          [record]))
     for config, record, _ in grid:
-        name = f"fine-tuned {PART_NAMES[config['part']]}, {config['optimizer']} (seed 0)"
+        name = f"candidate: fine-tuned {PART_NAMES[config['part']]}, {config['optimizer']} (seed 0)"
         rows.append((name, config["size"], trained_parameters(config, n_classes), [record]))
-    if seeds:
-        config = seeds[0][0]
-        name = f"**chosen: fine-tuned {PART_NAMES[config['part']]}, {config['optimizer']}**"
-        rows.append((name, config["size"], trained_parameters(config, n_classes), [r for _, r, _ in seeds]))
+    for found, label in ((seeds, "**chosen: fine-tuned {}, {}**"),
+                         (controls, "the same from random initialization ({}, {})")):
+        if found:
+            config = found[0][0]
+            rows.append((label.format(PART_NAMES[config["part"]], config["optimizer"]), config["size"],
+                         trained_parameters(config, n_classes), [r for _, r, _ in found]))
     return rows
 
 
-def main_table(probes, grid, seeds, n_classes, missing=0):
-    """Every method on one test set: baselines, fine-tuning settings, the chosen one on its seeds,
-    and Exercise 1.3's residual-56 trained from scratch."""
+def seeds_of(records):
+    seeds = sorted(r["config"]["seed"] for r in records)
+    return ", ".join(map(str, seeds))
+
+
+def main_table(probes, grid, seeds, controls, n_classes, missing=()):
+    """Every method on one test set: baselines, the grid's candidates (validation only), the chosen
+    setting on its seeds, its random-initialization control and Exercise 1.3's residual-56."""
     lines = ["| method | input (px) | trained parameters | best val. accuracy | test accuracy "
              "| CPU time (min) | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, size, params, records in summary_rows(probes, grid, seeds, n_classes):
-        cells = [format_result(records, lambda r: r.get("best_val_acc")), format_result(records, run_result),
-                 format_result(records, cpu_minutes, digits=1)]
+    for name, size, params, records in summary_rows(probes, grid, seeds, controls, n_classes):
+        cells = [format_result(records, _val), format_result(records, run_result) if "test_acc" in records[0]
+                 else "not read", format_result(records, cpu_minutes, digits=1)]
         lines.append(f"| {name} | {size} | {format_count(params)} | " + " | ".join(cells)
-                     + f" | {len(records)} |")
-    scratch, _ = published_cnn_run(**FROM_SCRATCH)
+                     + f" | {seeds_of(records)} |")
+    scratch = scratch_runs()
     lines.append(f"| {cnn_name(True, FROM_SCRATCH['blocks'])} from scratch (Exercise 1.3, "
-                 f"{scratch['config']['epochs']} epochs) | 32 | 0.85M | {scratch['best_val_acc']:.3f} | "
-                 f"{run_result(scratch):.3f} | {cpu_minutes(scratch):.1f} | 1 |")
+                 f"{scratch[0]['config']['epochs']} epochs) | 32 | 0.85M | {format_result(scratch, _val)} | "
+                 f"{format_result(scratch)} | {format_result(scratch, cpu_minutes, digits=1)} | "
+                 f"{seeds_of(scratch)} |")
     record = (seeds or grid or probes)[0][1]
     cfg = (seeds or grid)[0][0] if (seeds or grid) else None
     sgd, adamw = OPTIMIZERS["sgd"], OPTIMIZERS["adamw"]
-    recipe = (f" Fine-tuning: {cfg['epochs']} epochs, batch {cfg['batch_size']}, warm-up "
+    recipe = (f" Fine-tuning: {count(cfg['epochs'], 'epoch')}, batch {cfg['batch_size']}, warm-up "
               f"{cfg['warmup_epochs']:g} epoch then cosine; SGD lr {sgd['lr']:g} (Nesterov momentum "
               f"{sgd['momentum']:g}, weight decay {sgd['weight_decay']:g}), AdamW lr {adamw['lr']:g} "
-              f"(weight decay {adamw['weight_decay']:g}); chosen by validation accuracy on seed 0."
-              if cfg else "")
+              f"(weight decay {adamw['weight_decay']:g}); the candidates train on seed 0 and read the "
+              "validation split only, the one chosen on it then trains on new seeds, which read the test "
+              "set once each." if cfg else "")
     tests = probes[0][1]["images"]["test"]
-    scratch_hardware = ("" if scratch["meta"]["hardware"] == record["meta"]["hardware"] else
-                        f" (the from-scratch run: {scratch['meta']['hardware']})")
-    lines += ["", f"{record['meta']['data']}, {tests:,} test images, read once per run;"
-                  f" {record['meta']['hardware']}{scratch_hardware}. "
-                  f"Mean ± std over seeds.{recipe} A baseline's CPU time is its feature extraction plus its "
-                  "fit; a training's, its epochs with their validation."
-                  + (f" **{count(missing, 'run')} not finished.**" if missing else "")
+    scratch_hardware = ("" if scratch[0]["meta"]["hardware"] == record["meta"]["hardware"] else
+                        f" (residual-56: {scratch[0]['meta']['hardware']})")
+    lines += ["", f"{record['meta']['data']}, {tests:,} test images; {record['meta']['hardware']}"
+                  f"{scratch_hardware}. Mean ± std over seeds.{recipe} CPU time: a baseline's feature "
+                  "extraction and fit in process CPU time; a training's fastest epoch (with its validation) "
+                  "times its epochs, so that other work on the machine does not inflate it."
+                  + (f" **Not finished: {', '.join(missing)}.**" if missing else "")
                   + f" Made by `python {PROG}`."]
     return "\n".join(lines) + "\n"
+
+
+def scratch_runs():
+    """The published residual-56 runs of Exercise 1.3, one per seed."""
+    return [published_cnn_run(FROM_SCRATCH["residual"], FROM_SCRATCH["blocks"], seed)[0]
+            for seed in FROM_SCRATCH["seeds"]]
+
+
+def plot_transfer(probes, seeds, controls, caption, path):
+    """Left: the frozen features' test accuracy against input size. Right: validation accuracy per
+    epoch of the chosen fine-tuning, its random-initialization control and residual-56 from scratch."""
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for method, label in (("linear", "linear probe"), ("knn", "k-NN")):
+        runs = sorted((c["size"], r["test_acc"]) for c, r, _ in probes if c["method"] == method)
+        if runs:
+            left.plot(*zip(*runs), "o-", label=label)
+    left.set(xlabel="input size (px), upsampled from 32", ylabel="test accuracy", ylim=(0, 1),
+             title="frozen ImageNet features")
+    left.legend()
+    curves = [([r for _, r, _ in seeds], "fine-tuned from ImageNet", "C2"),
+              ([r for _, r, _ in controls], "same network, random init.", "C3"),
+              (scratch_runs(), cnn_name(True, FROM_SCRATCH["blocks"]) + " from scratch (32 px)", "C0")]
+    for records, label, colour in curves:
+        for i, r in enumerate(records):
+            epochs = [e["epoch"] for e in r["epochs"]]
+            right.plot(epochs, [e["val_acc"] for e in r["epochs"]], "o-", color=colour, alpha=0.7,
+                       label=f"{label} ({count(len(records), 'seed')})" if i == 0 else None)
+    right.set(xlabel="epoch", ylabel="validation accuracy", ylim=(0, 1), title="training on CIFAR-10")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    save_figure(fig, caption, path, caption_lines=2)
+
+
+def missing_names(configs, found):
+    done = {run_name(c) for c, _, _ in found}
+    return [run_name(c) for c in configs if run_name(c) not in done]
 
 
 def make_tables(args):
     readme = get_args(["--data-dir", args.data_dir])  # the README's tables: CIFAR-10, the default settings
     fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"))
     roots, command = lookup_roots(args.out_dir, EXERCISE), f"python {PROG}"
-    if not collect(probe_configs(args), roots, run_name):
+    if not collect(probe_configs(args), roots, run_name, PROBE_FIELDS):
         raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; run `{command}` first")
-    probes, missing = sweep_results(probe_configs(args), roots, run_name, fig_dir, command)
-    text = probe_table(probes, missing)
+    probes, _ = sweep_results(probe_configs(args), roots, run_name, fig_dir, command, fields=PROBE_FIELDS)
+    text = probe_table(probes, missing_names(probe_configs(args), probes))
     print(text)
     print(f"table {write_table(text, 'ex2_finetune_probe', fig_dir, publish)} written")
-    grid = collect(grid_configs(args), roots, run_name)
-    seeds = collect(seed_configs(args), roots, run_name)
-    wanted = {run_name(c) for c in grid_configs(args) + seed_configs(args)}
-    missing = len(wanted - {run_name(c) for c, _, _ in grid + seeds}) + (0 if seeds else SEEDS - 1)
+    found = {part: collect(configs(args), roots, run_name)
+             for part, configs in (("grid", grid_configs), ("seeds", seed_configs), ("controls", control_configs))}
+    wanted = grid_configs(args) + seed_configs(args) + control_configs(args)
+    missing = missing_names(wanted, [f for part in found.values() for f in part])
+    if chosen_setting(args) is None:
+        missing.append("the chosen setting's seeds and its control (the grid is not finished)")
     n_classes = 10 if args.dataset == "cifar10" else 100
-    text = main_table(probes, grid, seeds, n_classes, missing)
+    text = main_table(probes, found["grid"], found["seeds"], found["controls"], n_classes, missing)
     print(text)
     print(f"table {write_table(text, 'ex2_finetune_table', fig_dir, publish)} written")
+    record = probes[0][1]
+    caption = (f"{record['meta']['data']}; ImageNet EfficientNet-Lite0 ({WEIGHTS_PACKAGE}); "
+               f"{record['meta']['hardware']}. Right: each line one seed; fine-tuning and its control at "
+               f"{FINETUNE_SIZE} px. Made by `python {PROG}`.")
+    out = os.path.join(fig_dir, "ex2_finetune.png")
+    plot_transfer(probes, found["seeds"], found["controls"], caption, out)
+    print(f"figure {out} written")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -505,7 +574,7 @@ def get_args(argv=None):
 
 
 def train_runs(args, device, configs):
-    workers = args.workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
+    workers = default_workers(device, args.workers)
     args.shard = None
     done = sweep(experiment(), args, device, configs, [cost(c) for c in configs],
                  threads=max(1, (os.cpu_count() or 1) // workers))

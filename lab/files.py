@@ -28,14 +28,19 @@ except ImportError:  # Windows: no advisory locks; two processes must not share 
 
 def fields_problem(mapping, fields):
     """What is wrong with the fields of a dict read from a file, None if nothing: `fields` maps
-    each required key to a Number (checked by value), or to a type or tuple of types."""
+    each required key to a Number (checked by value), a type or tuple of types, or a dict: the
+    schema of a nested dict."""
     if not isinstance(mapping, dict):
         return f"a {type(mapping).__name__} where a dict belongs"
     for key, check in fields.items():
         if key not in mapping:
             return f"no {key!r}"
         value = mapping[key]
-        if isinstance(check, Number):
+        if isinstance(check, dict):  # a nested schema
+            problem = fields_problem(value, check)
+            if problem:
+                return f"{key!r}: {problem}"
+        elif isinstance(check, Number):
             problem = check.problem(value)
             if problem:
                 return f"{key!r}: {problem}"

@@ -52,11 +52,11 @@ def sweep_destination(args, readme_args):
     return destination(args, readme_args, os.path.join(args.out_dir, "figures"))
 
 
-def sweep_results(configs, roots, name_fn, fig_dir, command, published=None):
+def sweep_results(configs, roots, name_fn, fig_dir, command, published=None, fields=None):
     """(found, number missing) for the tables and figures of a sweep written to `fig_dir`:
     [(config, record, folder)] of its finished runs in `roots`, an error if there are none
     (naming `published`, the command that draws the README's results, when it is another)."""
-    found = collect(configs, roots, name_fn)
+    found = collect(configs, roots, name_fn, fields)
     if not found:
         started = sum(any(os.path.exists(os.path.join(root, name_fn(c), METRICS_FILE)) for root in roots)
                       for c in configs)

@@ -62,14 +62,17 @@ def is_published(path, exercise):
     return os.path.commonpath([root, os.path.realpath(path)]) == root
 
 
-def read_record(folder):
-    """The metrics.json of a run folder (None if it has none), checked for what the code reads."""
+def read_record(folder, fields=None):
+    """The metrics.json of a run folder (None if it has none), checked as a whole for what the code
+    reads: the record's own schema, and `fields`, the schema a script declares for what its runs
+    add (e.g. a baseline's image counts and times)."""
     path = os.path.join(folder, METRICS_FILE)
     remedy = f"delete the run folder {folder} and rerun to train it again"
     record = read_json(path, remedy)
     if record is None:
         return None
-    problem = record_problem(record)
+    problem = record_problem(record) or (fields and record["status"] == "complete"
+                                         and fields_problem(record, fields))
     if problem:
         raise UserError(f"{path} is not a run record this code can use ({problem}); {remedy}")
     return record
@@ -96,7 +99,22 @@ def record_problem(record):
     if record["status"] == "complete" and "test_acc" not in record and record.get("validation_only") is not True:
         return "a complete run without its test accuracy"
     problem = fields_problem(record, present)
-    return problem and f"its summary has {problem}"
+    return f"its summary has {problem}" if problem else agreement_problem(record)
+
+
+def agreement_problem(record):
+    """What the fields of a record that are each well-formed say against one another: epochs
+    numbered 1, 2, ...; a best epoch among them whose validation accuracy is the one recorded."""
+    epochs = record["epochs"]
+    if [e["epoch"] for e in epochs] != list(range(1, len(epochs) + 1)):
+        return "its epochs are not numbered 1, 2, ..."
+    if "best_epoch" in record and epochs:
+        best = record["best_epoch"]
+        if best > len(epochs):
+            return f"its best epoch {best} is past its {len(epochs)} epochs"
+        if "best_val_acc" in record and epochs[best - 1].get("val_acc") != record["best_val_acc"]:
+            return f"its best validation accuracy is not that of its best epoch {best}"
+    return None
 
 
 def check_checkpoint_of_run(path, ckpt, remedy):
@@ -109,12 +127,12 @@ def check_checkpoint_of_run(path, ckpt, remedy):
                         f"{METRICS_FILE}'s); {remedy}")
 
 
-def find_finished(roots, name, config):
+def find_finished(roots, name, config, fields=None):
     """(record, folder) of the finished run `name` with `config` in the first of `roots` that
     has it, or (None, None). A folder of that name with another config is an error."""
     for root in dict.fromkeys(os.path.abspath(r) for r in roots):
         folder = os.path.join(root, name)
-        record = read_record(folder)
+        record = read_record(folder, fields)
         if record is None:
             continue
         if record["config"] != config:
@@ -402,11 +420,12 @@ def lookup_roots(out_dir, exercise):
     return [published_dir(exercise), out_dir]
 
 
-def collect(configs, roots, name_fn):
-    """[(config, record, folder)] of the finished runs of `configs` found in `roots`."""
+def collect(configs, roots, name_fn, fields=None):
+    """[(config, record, folder)] of the finished runs of `configs` found in `roots`, each record
+    checked against the script's schema `fields` too (see read_record)."""
     found = []
     for c in configs:
-        record, folder = find_finished(roots, name_fn(c), c)
+        record, folder = find_finished(roots, name_fn(c), c, fields)
         if record is not None:
             found.append((c, record, folder))
     return found

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -137,3 +138,50 @@ def test_a_resume_accepts_a_start_that_predates_provenance_but_not_other_data():
     old = {"data": "MNIST", "hardware": "cpu"}  # a record written before meta carried the commit
     assert _same_numbers({**old, "commit": "0" * 40, "torch": "2.14.1"}) == _same_numbers(old)
     assert _same_numbers({**old, "data": "other"}) != _same_numbers(old)
+
+
+def probe_record():
+    return {"config": {"method": "linear"}, "meta": {}, "status": "complete", "epochs": [], "test_acc": 0.5,
+            "best_val_acc": 0.5, "chosen": 0.01, "selection": {"0.01": 0.5},
+            "images": {"train": 45000, "val": 5000, "test": 10000}, "seconds": {"features": 30.0, "fit": 2.0}}
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r["seconds"].update(features=-5000.0), "'seconds': 'features': must be"),
+    (lambda r: r["images"].update(test=-3), "'images': 'test': must be"),
+    (lambda r: r.pop("images"), "no 'images'"),
+    (lambda r: r.update(seconds="fast"), "'seconds': a str where a dict belongs"),
+])
+def test_a_records_whole_content_is_checked_against_its_declared_schema(tmp_path, edit, message):
+    """Issue 39's edited records: each field a script's runs add is declared (ex2_finetune's
+    PROBE_FIELDS) and the reader refuses the record in one line, before any table reads it."""
+    import json
+    import ex2_finetune
+    from lab.errors import UserError
+    from lab.runs import read_record
+    record = probe_record()
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    assert read_record(str(tmp_path), ex2_finetune.PROBE_FIELDS) == record
+    edit(record)
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=re.escape(message)):
+        read_record(str(tmp_path), ex2_finetune.PROBE_FIELDS)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r.update(best_epoch=3), "best epoch 3 is past its 2 epochs"),
+    (lambda r: r.update(best_val_acc=0.9), "not that of its best epoch"),
+    (lambda r: r["epochs"][1].update(epoch=5), "not numbered"),
+])
+def test_a_records_fields_must_agree_with_one_another(tmp_path, edit, message):
+    import json
+    from lab.errors import UserError
+    from lab.runs import read_record
+    record = {"config": {}, "meta": {}, "status": "complete", "test_acc": 0.5, "test_loss": 1.0, "best_epoch": 2,
+              "best_val_acc": 0.6, "epochs": [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6}]}
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    assert read_record(str(tmp_path)) == record
+    edit(record)
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=message):
+        read_record(str(tmp_path))

@@ -104,12 +104,12 @@ def blur(x, kernel_size=11, sigma=5.0):
 
 
 @torch.no_grad()
-def deletion_insertion(model, x, classes, maps, steps):
+def deletion_insertion(model, x, classes, maps, steps, which=("deletion", "insertion")):
     """Probability of `classes` as pixels are removed (deletion) or revealed (insertion)
     in order of decreasing saliency, in `steps` equal chunks.
 
     x: (B, C, H, W) normalized images, so a zero is the dataset's mean colour (deleted);
-    insertion starts from a blurred copy. Returns two (B, steps + 1) curves.
+    insertion starts from a blurred copy. Returns a (B, steps + 1) curve for each of `which`.
     """
     b, _, h, w = x.shape
     # stable: upsampled maps have many ties, and an unstable order would change AUCs run to run
@@ -117,11 +117,11 @@ def deletion_insertion(model, x, classes, maps, steps):
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=x.device).expand(b, -1))
     rank = rank.view(b, 1, h, w)
     blurred, zeros = blur(x), torch.zeros_like(x)
-    curves = {"deletion": [], "insertion": []}
+    curves = {name: [] for name in which}
     for i in range(steps + 1):
         shown = rank < round(i * h * w / steps)                        # the i-th fraction of pixels
-        for name, inputs in (("deletion", torch.where(shown, zeros, x)),
-                             ("insertion", torch.where(shown, x, blurred))):
+        for name in which:
+            inputs = torch.where(shown, zeros, x) if name == "deletion" else torch.where(shown, x, blurred)
             probs = model(inputs).softmax(1)
             curves[name].append(probs.gather(1, classes[:, None])[:, 0])
     return {k: torch.stack(v, 1) for k, v in curves.items()}

@@ -4,22 +4,26 @@
     python ex2_cam.py cifar10 --checkpoint runs/ex1_cnn/<run>/best.pt --num-images 12
     python ex2_cam.py cifar10 --evaluate               # faithfulness: CAM vs Grad-CAM vs random
     python ex2_cam.py photos                           # ImageNet EfficientNet-Lite0 on real photos
+    python ex2_cam.py photos --plot-only               # redraw them from results/ex2_cam/photos.json
+    python ex2_cam.py photos my.jpg other.png          # your own photos (figure in runs/ex2_cam/)
     python ex2_cam.py imagenette                       # torchvision's ResNet-18 on Imagenette val
     python ex2_cam.py imagenette --weights resnet18.pth --data-dir data   # offline
 
 CAM (Zhou et al. 2016) needs features -> global average pooling -> one linear layer:
 the map of class c is sum_k w[c, k] A_k over the last feature maps A.
 """
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
-from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps
+from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps, upsample_and_scale
 from data import load_cifar10, normalize_images
 from models import CifarResNet
-from pretrained import LITE_MEAN, LITE_STD, WEIGHTS_PACKAGE, load_efficientnet_lite0
+from pretrained import LITE_MEAN, LITE_STD, WEIGHTS_PACKAGE, WEIGHTS_SHA256, load_efficientnet_lite0
 from report import cnn_name, format_mean_std, save_figure
 from training import CNN_CPU_EPOCHS
 from utils import get_device, hardware
@@ -57,14 +61,31 @@ IMAGENETTE_TO_IMAGENET = {
 IMAGENETTE_SIZE = "160px"
 IMAGENETTE_BATCH = 64
 METHODS = ("CAM", "Grad-CAM", "random")
-# The photos of `photos`: (name, where it comes from, the ImageNet classes it shows)
-PHOTOS = (("grace_hopper", "matplotlib sample data (grace_hopper.jpg)", "military uniform"),
-          ("chelsea", "scikit-image skimage.data.chelsea()", "a cat class"),
-          ("coffee", "scikit-image skimage.data.coffee()", "espresso or cup"),
-          ("rocket", "scikit-image skimage.data.rocket()", "missile / projectile"),
-          ("astronaut", "scikit-image skimage.data.astronaut()", "none: a person is no ImageNet class"))
+@dataclass(frozen=True)
+class Photo:
+    source: str
+    classes: tuple   # the ImageNet-1k classes it shows (their probabilities go in the table)
+    sha256: str      # of its decoded pixels: the photo this repository's results were computed from
+
+
+# The photos of `photos`, pinned by their pixels
+PHOTOS = {
+    "grace_hopper": Photo("matplotlib sample data (grace_hopper.jpg)", (652,),  # military uniform
+                          "e2d643579c66f50c6be6a52681b4769f7d9c4b4cb4b24fb622c9067dc268386e"),
+    "chelsea": Photo("scikit-image skimage.data.chelsea()", (281, 282, 285),  # tabby, tiger, Egyptian cat
+                     "9c717786308ef130d869e61afda7439c5a84e3624d7d1bc0500947db97a023f1"),
+    "coffee": Photo("scikit-image skimage.data.coffee()", (967, 968),  # espresso, cup
+                    "9b3e037f9cd32e3aa4673b24f51de4b8b0a6c6fc4c4f2c89d2dd5d63cc43e8f2"),
+    "rocket": Photo("scikit-image skimage.data.rocket()", (657, 744),  # missile, projectile
+                    "94bc01cd6c3812d001dc262b1fc2de79c32671282dd2a1043f7ac6e120b19f94"),
+    "astronaut": Photo("scikit-image skimage.data.astronaut()", (812,),  # space shuttle (a person is no class)
+                       "9d1263ba0e684c996ad8d59ebeeb479d2608e2d7bb09a217aafcb77f1c5f9533"),
+}
 PHOTO_SIZE = 224   # EfficientNet-Lite0's input
 PHOTO_STEPS = 8    # deletion/insertion steps on the photos (224 * 224 / 8 pixels each)
+PHOTO_DRAWS = 100  # random maps per photo: CAM is placed in their distribution, not against one draw
+PHOTO_BATCH = 50   # random maps per forward batch
+MAX_DRAWS = 10_000
 TOP_K = 5
 
 
@@ -73,17 +94,18 @@ def make_parser():
     sub = p.add_subparsers(dest="dataset", metavar="{cifar10,photos,imagenette}", required=True,
                            parser_class=ArgumentParser)
     common = ArgumentParser(add_help=False)
-    common.add_argument("--num-images", type=count_flag(MAX_FIGURE_IMAGES), default=8,
-                        help=f"images in the figure (at most {MAX_FIGURE_IMAGES})")
-    common.add_argument("--seed", type=SEED, default=0, help="picks the images")
     common.add_argument("--class-index", type=count_flag(MAX_CLASSES - 1, low=0), default=None,
                         help="explain this class for every image (default: the predicted class)")
     add_device_flag(common)
-    common.add_argument("--data-dir", default="data", help="where the dataset is")
     common.add_argument("--fig-dir", default=None,
                         help=f"where figures and tables go (default: figures/ for the README's settings, "
                              f"else {SCRATCH_DIR})")
-    c = sub.add_parser("cifar10", parents=[common], help="the CNN trained by ex1_cnn.py on CIFAR-10")
+    sample = ArgumentParser(add_help=False)   # the modes that draw images from a dataset
+    sample.add_argument("--num-images", type=count_flag(MAX_FIGURE_IMAGES), default=8,
+                        help=f"images in the figure (at most {MAX_FIGURE_IMAGES})")
+    sample.add_argument("--seed", type=SEED, default=0, help="picks the images")
+    sample.add_argument("--data-dir", default="data", help="where the dataset is")
+    c = sub.add_parser("cifar10", parents=[common, sample], help="the CNN trained by ex1_cnn.py on CIFAR-10")
     c.add_argument("--checkpoint", default=None,
                    help="a best.pt of ex1_cnn.py (default: the published residual-32, seed 0, of the "
                         "CPU-preset sweep in results/ex1_cnn, the network of the README's figure and table)")
@@ -99,16 +121,29 @@ def make_parser():
     c.add_argument("--plot-only", action="store_true",
                    help="redraw the figure (with --evaluate: the table and curves) from the saved maps and "
                         "measures (results/ex2_cam/ for the README's): no CIFAR-10 needed")
-    ph = sub.add_parser("photos", parents=[common],
-                        help="the ImageNet EfficientNet-Lite0 on photos of matplotlib and scikit-image")
-    ph.add_argument("--steps", type=count_flag(MAX_STEPS), default=PHOTO_STEPS,
-                    help="deletion/insertion steps over the 224x224 pixels")
-    i = sub.add_parser("imagenette", parents=[common], help="torchvision's ImageNet ResNet-18")
+    add_photos_parser(sub.add_parser("photos", parents=[common],
+                                     help="the ImageNet EfficientNet-Lite0 on five shipped photos, or on your own"))
+    i = sub.add_parser("imagenette", parents=[common, sample], help="torchvision's ImageNet ResNet-18")
     i.add_argument("--weights", default=None,
                    help="a local ResNet-18 state dict (default: torchvision's IMAGENET1K_V1, hub cache)")
     i.add_argument("--max-eval", type=count_flag(MAX_IMAGES, low=0), default=0,
                    help="images for the top-1 accuracy (0: all of Imagenette val)")
     return p
+
+
+def add_photos_parser(ph):
+    """The flags of `photos`: the five shipped photos take no dataset flags."""
+    ph.add_argument("paths", nargs="*", metavar="PATH",
+                    help="your own JPEG or PNG files, any size (default: the shipped photos); their "
+                         f"figure and table go to {SCRATCH_DIR}/ or --fig-dir, never figures/")
+    ph.add_argument("--steps", type=count_flag(MAX_STEPS), default=PHOTO_STEPS,
+                    help="deletion/insertion steps over the 224x224 pixels")
+    ph.add_argument("--draws", type=count_flag(MAX_DRAWS), default=PHOTO_DRAWS,
+                    help="random maps per photo, the baseline CAM's deletion AUC is placed in")
+    ph.add_argument("--seed", type=SEED, default=0, help="seeds the random maps")
+    ph.add_argument("--plot-only", action="store_true",
+                    help="redraw the table and figure from the saved result (results/ex2_cam/photos.json "
+                         "for the shipped photos): no network is run")
 
 
 def get_args(argv=None):
@@ -406,21 +441,45 @@ def cifar_evaluate(args, device):
 
 # ----------------------------------------------------------------------------- photos
 
+def array_sha256(image):
+    """The SHA-256 of a uint8 image's pixels: which photo a result was computed from, whatever
+    file or package it came in."""
+    return hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest()
+
+
 def load_photo(name):
-    """A shipped photo as a uint8 (3, H, W) tensor."""
+    """A shipped photo as a uint8 (3, H, W) tensor, refused in one line unless its pixels are the
+    ones PHOTOS pins (a package's photo replaced or cut short would change the README's results)."""
     import numpy as np
+    remedy = "reinstall matplotlib and scikit-image (pip install --force-reinstall matplotlib scikit-image)"
     if name == "grace_hopper":
         from matplotlib.cbook import get_sample_data
         try:
             array, _ = read_image(str(get_sample_data("grace_hopper.jpg", asfileobj=False)), "RGB")
         except DataError as e:
-            raise UserError(f"{e}; reinstall matplotlib (pip install --force-reinstall matplotlib)")
-        return torch.from_numpy(array).permute(2, 0, 1)
+            raise UserError(f"{e}; {remedy}")
+    else:
+        try:
+            import skimage.data
+            array = getattr(skimage.data, name)()
+        except ImportError:
+            raise UserError("the photos of scikit-image are not installed: pip install scikit-image")
+        except Exception as e:
+            raise UserError(f"scikit-image's photo {name} cannot be read ({type(e).__name__}); {remedy}")
+    image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    if array_sha256(image) != PHOTOS[name].sha256:
+        raise UserError(f"the photo {name} of {PHOTOS[name].source} is not the one this repository's "
+                        f"results were computed from (its pixels' SHA-256 differs); {remedy}")
+    return image
+
+
+def load_photo_file(path):
+    """A user's JPEG or PNG of any size as a uint8 (3, H, W) tensor, through the one image reader."""
     try:
-        import skimage.data
-    except ImportError:
-        raise UserError("the photos of scikit-image are not installed: pip install scikit-image")
-    return torch.from_numpy(np.ascontiguousarray(getattr(skimage.data, name)())).permute(2, 0, 1)
+        array, _ = read_image(path, "RGB")
+    except DataError as e:
+        raise UserError(str(e))
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def photo_input(image, size=PHOTO_SIZE):
@@ -432,32 +491,116 @@ def photo_input(image, size=PHOTO_SIZE):
     return (x.float() / 255 - mean) / std
 
 
-def photo_maps(model, x, classes, generator):
-    """{method: (B, H, W) maps in [0, 1]} of `classes`: CAM, Grad-CAM and random, on the 7x7 features."""
+def photo_maps(model, x, classes):
+    """{'CAM', 'Grad-CAM'}: (B, h, w) maps of `classes` on the 7x7 features, as computed (raw):
+    upsample_and_scale turns them into the (B, H, W) maps in [0, 1] that are drawn and measured."""
     layer = model.head_activation
     with CAM(model, layer, model.classifier) as cam:
-        cams = cam(x, classes)[0]
+        cams = cam(x, classes, raw=True)[0]
     with GradCAM(model, layer) as gradcam:
-        gradcams = gradcam(x, classes)[0]
+        gradcams = gradcam(x, classes, raw=True)[0]
+    return {"CAM": cams, "Grad-CAM": gradcams}
+
+
+def peak_cells(raw):
+    """(row, col) of each (h, w) map's largest value."""
+    w = raw.shape[-1]
+    return [(int(i) // w, int(i) % w) for i in raw.flatten(1).argmax(1)]
+
+
+@torch.no_grad()
+def random_deletion(model, x, classes, steps, draws, generator, batch=PHOTO_BATCH):
+    """(B, draws) deletion AUCs of `draws` random maps per image: where a map falls in this
+    distribution says more than its difference from one random draw."""
     h = x.shape[-1] // 32  # the network's output stride
-    return {"CAM": cams, "Grad-CAM": gradcams, "random": random_maps(x, (h, h), generator)}
+    out = []
+    for i in tqdm(range(x.shape[0]), desc="random maps", unit="photo"):
+        aucs = []
+        for start in range(0, draws, batch):
+            n = min(batch, draws - start)
+            xi, ci = x[i:i + 1].expand(n, -1, -1, -1), classes[i:i + 1].expand(n)
+            curves = deletion_insertion(model, xi, ci, random_maps(xi, (h, h), generator), steps, ("deletion",))
+            aucs.append(auc(curves["deletion"]).cpu())
+        out.append(torch.cat(aucs))
+    return torch.stack(out)
 
 
-def plot_photos(images, maps, tops, caption, path):
-    """A column per photo: the photo with its top-5, then its CAM and its Grad-CAM."""
+def compute_photos(model, images, names, args, device):
+    """Everything the photos' table and figure show, as saved (JSON): top-5, the probabilities of
+    the classes each photo shows, CAM and Grad-CAM, where CAM peaks, and the deletion and
+    insertion AUCs of both against `args.draws` random maps per photo."""
+    from torchvision.models import ResNet18_Weights
+    categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet-1k's names, in index order
+    x = torch.stack([photo_input(image) for image in images]).to(device)
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    top = probs.topk(TOP_K, dim=1)
+    classes = top.indices[:, 0] if args.class_index is None else torch.full_like(top.indices[:, 0],
+                                                                                 args.class_index)
+    raw = photo_maps(model, x, classes)
+    aucs = {}
+    with torch.no_grad():
+        for method, m in raw.items():
+            curves = deletion_insertion(model, x, classes, upsample_and_scale(m, x.shape[-2:]), args.steps)
+            aucs[method] = {k: auc(curves[k]).tolist() for k in ("deletion", "insertion")}
+    generator = torch.Generator().manual_seed(args.seed)
+    random = random_deletion(model, x, classes, args.steps, args.draws, generator)
+    shows = [PHOTOS[n].classes if n in PHOTOS else () for n in names]
+    return {"names": list(names), "sources": [PHOTOS[n].source if n in PHOTOS else n for n in names],
+            "explained": [categories[int(c)] for c in classes],
+            "tops": [[[categories[int(i)], float(p)] for p, i in zip(ps, ids)]
+                     for ps, ids in zip(top.values, top.indices)],
+            "shows": [[[categories[c], float(probs[j, c])] for c in cs] for j, cs in enumerate(shows)],
+            "aucs": aucs, "random_deletion": packed(random.float().cpu()),
+            "maps": {k: packed(v.float().cpu()) for k, v in raw.items()}}
+
+
+@dataclass
+class PhotoResult:
+    """A saved photos analysis, decoded: what the table and figure show."""
+    names: list
+    sources: list
+    explained: list
+    tops: list
+    shows: list
+    raw: dict                 # method -> (N, h, w) maps as computed
+    aucs: dict
+    random_deletion: object   # (N, draws) tensor
+
+
+def saved_photos(c):
+    """The PhotoResult of a saved photos analysis; ValueError unless its parts agree."""
+    n = len(c["names"])
+    raw = {k: unpacked(v) for k, v in c["maps"].items()}
+    random = unpacked(c["random_deletion"])
+    tops = [[(str(label), float(p)) for label, p in t] for t in c["tops"]]
+    shows = [[(str(label), float(p)) for label, p in s] for s in c["shows"]]
+    aucs = {m: {k: [float(v) for v in c["aucs"][m][k]] for k in ("deletion", "insertion")} for m in raw}
+    lengths = {len(c["sources"]), len(c["explained"]), len(tops), len(shows), random.shape[0],
+               *(m.shape[0] for m in raw.values()), *(len(v) for a in aucs.values() for v in a.values())}
+    if lengths != {n} or set(raw) != {"CAM", "Grad-CAM"} or random.dim() != 2 or \
+            any(m.dim() != 3 for m in raw.values()):
+        raise ValueError("its parts are not one entry per photo")
+    return PhotoResult(list(c["names"]), list(c["sources"]), list(c["explained"]), tops, shows, raw, aucs, random)
+
+
+def plot_photos(r, images, caption, path):
+    """A column per photo (`images`: (N, H, W, 3) in [0, 1], as the network saw them): the photo
+    with its top-5, then its CAM and its Grad-CAM."""
     import matplotlib.pyplot as plt
-    n = len(images)
-    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 10.2), squeeze=False)
+    n = len(r.names)
+    maps = {k: upsample_and_scale(v, images.shape[1:3]).numpy() for k, v in r.raw.items()}
+    fig, axes = plt.subplots(3, n, figsize=(2.6 * max(n, 2), 10.2), squeeze=False)
     for j in range(n):
         axes[0, j].imshow(images[j])
-        axes[0, j].set_title("\n".join(f"{label} {p:.2f}" for label, p in tops[j]), fontsize=7, loc="left")
+        axes[0, j].set_title("\n".join(f"{label} {p:.2f}" for label, p in r.tops[j]), fontsize=7, loc="left")
         for row, method in ((1, "CAM"), (2, "Grad-CAM")):
             axes[row, j].imshow(images[j])
             shown = axes[row, j].imshow(maps[method][j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            axes[row, j].set_title(f"{method}: {tops[j][0][0]}", fontsize=7)
+            axes[row, j].set_title(f"{method}: {r.explained[j]}", fontsize=7)
         for ax in axes[:, j]:
             ax.axis("off")
-    fig.suptitle("EfficientNet-Lite0 (ImageNet) on photos: top-5, then CAM and Grad-CAM of the top-1 class",
+    fig.suptitle("EfficientNet-Lite0 (ImageNet) on photos: top-5, then CAM and Grad-CAM of the explained class",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.09, 1, 1), h_pad=2.0)
     bar = fig.colorbar(shown, cax=fig.add_axes((0.3, 0.06, 0.4, 0.012)), orientation="horizontal")
@@ -466,57 +609,67 @@ def plot_photos(images, maps, tops, caption, path):
     save_figure(fig, caption, path, caption_lines=2, layout=False)
 
 
-def photos_table(names, tops, aucs, steps, caption):
-    lines = ["| photo | source | top-1 (probability) | top-5 |", "|---|---|---|---|"]
-    sources = {name: source for name, source, _ in PHOTOS}
-    for name, top in zip(names, tops):
-        rest = ", ".join(label for label, _ in top[1:])
-        lines.append(f"| {name} | {sources[name]} | {top[0][0]} ({top[0][1]:.2f}) | {rest} |")
+def photos_table(r, steps, caption, command):
+    """Per photo: its top-1 and top-5, the classes it shows, where CAM peaks, and CAM's deletion
+    AUC against the distribution of random maps'; then the methods over the photos."""
+    lines = ["| photo | source | top-1 (probability) | top-5 | what it shows (probability) | CAM peak "
+             "(row, col of 7x7) | deletion AUC: CAM | random maps | random maps CAM beats |",
+             "|---|---|---|---|---|---:|---:|---:|---:|"]
+    draws = r.random_deletion.shape[1]
+    for j, name in enumerate(r.names):
+        top, rest = r.tops[j], ", ".join(label for label, _ in r.tops[j][1:])
+        shows = ", ".join(f"{label} ({p:.3f})" for label, p in r.shows[j]) or "-"
+        cam, random = r.aucs["CAM"]["deletion"][j], r.random_deletion[j]
+        beaten = float((random > cam).float().mean())
+        lines.append(f"| {name} | {r.sources[j]} | {top[0][0]} ({top[0][1]:.2f}) | {rest} | {shows} "
+                     f"| {peak_cells(r.raw['CAM'])[j]} | {cam:.3f} | {format_mean_std(random.tolist())} | {beaten:.0%} |")
     lines += ["", "| method | deletion AUC (lower is better) | insertion AUC (higher is better) |",
               "|---|---:|---:|"]
-    for method, (deletion, insertion) in aucs.items():
-        lines.append(f"| {method} | {format_mean_std(deletion)} | {format_mean_std(insertion)} |")
-    lines += ["", f"Deletion and insertion of the top-1 class over {steps} steps, mean ± std over the "
-                  f"{len(names)} photos only: too few images for a ranking of the methods. {caption}. "
-                  f"Made by `python {PROG} photos`."]
+    for method, a in r.aucs.items():
+        lines.append(f"| {method} | {format_mean_std(a['deletion'])} | {format_mean_std(a['insertion'])} |")
+    lines += ["", f"Deletion and insertion of the explained class over {steps} steps; random maps: "
+                  f"{draws} draws per photo (mean ± std, and the share whose deletion AUC is higher than "
+                  f"CAM's); methods: mean ± std over the {len(r.names)} photos only, too few for a "
+                  f"ranking. {caption}. Made by `{command}`."]
     return "\n".join(lines) + "\n"
 
 
 def photos(args, device):
-    """CAM and Grad-CAM of the top-1 class of EfficientNet-Lite0 on the shipped photos."""
-    from torchvision.models import ResNet18_Weights
-    model = load_efficientnet_lite0(device)
-    check_class_index(args, model.classifier.out_features)
-    fig_dir, publish = destination(args, get_args(["photos"]), SCRATCH_DIR)
-    names = [name for name, _, _ in PHOTOS][:args.num_images]
-    raw = [load_photo(name) for name in names]
-    x = torch.stack([photo_input(image) for image in raw]).to(device)
-    categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet-1k's names, in index order
-    with torch.no_grad():
-        probs = model(x).softmax(1)
-    top = probs.topk(TOP_K, dim=1)
-    tops = [[(categories[i], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
-    classes = top.indices[:, 0] if args.class_index is None else torch.full_like(top.indices[:, 0],
-                                                                                 args.class_index)
-    generator = torch.Generator().manual_seed(args.seed)
-    maps = photo_maps(model, x, classes, generator)
-    aucs = {}
-    with torch.no_grad():
-        for method, m in maps.items():
-            curves = deletion_insertion(model, x, classes, m, args.steps)
-            aucs[method] = [auc(curves[k]).tolist() for k in ("deletion", "insertion")]
-    for name, t in zip(names, tops):
+    """CAM and Grad-CAM of EfficientNet-Lite0 on the shipped photos (saved in results/ex2_cam/
+    and drawn from there: --plot-only runs no network), or on the user's own photo files (their
+    figure goes to a scratch folder, never figures/)."""
+    check_class_index(args, MAX_CLASSES)
+    own = bool(args.paths)
+    readme = get_args(["photos"])
+    fig_dir, publish = destination(args, readme, SCRATCH_DIR, inputs_published=not own)
+    if own:
+        images = [load_photo_file(p) for p in args.paths]  # every file checked before the network runs
+        names = [os.path.basename(p) for p in args.paths]
+    else:
+        images, names = [load_photo(n) for n in PHOTOS], list(PHOTOS)
+    inputs = {"weights": WEIGHTS_SHA256, **{n: array_sha256(i) for n, i in zip(names, images)}}
+    settings = {k: getattr(args, k) for k in ("steps", "class_index", "draws", "seed")}
+    saved = analysis_path("photos", fig_dir, publish, "ex2_cam")
+    command = f"python {PROG} photos" + (" " + " ".join(args.paths) if own else "")
+    caption = (f"Photos {'given on the command line' if own else 'of matplotlib and scikit-image'}, "
+               f"{PHOTO_SIZE}x{PHOTO_SIZE}; EfficientNet-Lite0 ImageNet weights of the package "
+               f"{WEIGHTS_PACKAGE}; {hardware(device)}")
+    if not args.plot_only:
+        model = load_efficientnet_lite0(device)
+        content = compute_photos(model, images, names, args, device)
+        save_analysis(saved, "photos", settings, inputs, {**content, "caption": caption})
+    r, caption = read_analysis(saved, "photos", settings, inputs, command,
+                               lambda c: (saved_photos(c), str(c["caption"])))
+    for name, t in zip(r.names, r.tops):
         print(f"{name}: {t[0][0]} ({t[0][1]:.3f}); top-5 " + ", ".join(f"{label} {p:.3f}" for label, p in t))
-    caption = (f"Photos of matplotlib's and scikit-image's sample data, {PHOTO_SIZE}x{PHOTO_SIZE}; "
-               f"EfficientNet-Lite0 ImageNet weights of the package {WEIGHTS_PACKAGE}; {hardware(device)}")
-    table = photos_table(names, tops, aucs, args.steps, caption)
-    write_table(table, "ex2_cam_photos", fig_dir, publish)
+    table = photos_table(r, args.steps, caption, command)
+    table_path = write_table(table, "ex2_cam_photos", fig_dir, publish)
     out = os.path.join(fig_dir, "ex2_cam_photos.png")
-    images = denormalize(x, LITE_MEAN, LITE_STD)
-    plot_photos(images, {k: v.cpu().numpy() for k, v in maps.items()}, tops, caption, out)
+    shown = denormalize(torch.stack([photo_input(image) for image in images]), LITE_MEAN, LITE_STD)
+    plot_photos(r, shown, caption, out)
     print(table)
-    print(f"figure {out}")
-    return tops
+    print(f"table {table_path}, figure {out} (from {saved})")
+    return r.tops
 
 
 # ----------------------------------------------------------------------------- Imagenette

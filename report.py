@@ -139,3 +139,44 @@ def print_result(record, run_dir):
     seconds = epoch_seconds(record)
     if seconds is not None:
         print(f"{seconds:.3g} s per epoch (training and validation)")
+
+
+def t_quantile(p, df):
+    """Student's t quantile: the x with P(T <= x) = p for `df` degrees of freedom (p >= 0.5), by
+    integrating the density (trapezoids) and bisecting; 4 digits, as a statistics table."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x, steps=4000):
+        h = x / steps
+        density = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(steps + 1)]
+        return 0.5 + h * (sum(density) - (density[0] + density[-1]) / 2)
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_difference(a, b, key):
+    """`key` of the runs `a` minus that of the runs `b` seed by seed (the same initialization and
+    batches): (mean difference, half-width of its 95% t interval (None for one seed), {seed:
+    difference}). Seeds without a finite value on both sides are left out."""
+    values = [{r["config"]["seed"]: key(r) for r in runs if key(r) is not None and math.isfinite(key(r))}
+              for runs in (a, b)]
+    per_seed = {s: values[0][s] - values[1][s] for s in sorted(values[0].keys() & values[1].keys())}
+    if not per_seed:
+        return None
+    mean, std = mean_std(list(per_seed.values()))
+    n = len(per_seed)
+    half = t_quantile(0.975, n - 1) * std / math.sqrt(n) if n > 1 else None
+    return mean, half, per_seed
+
+
+def format_interval(diff, digits=3):
+    """A table cell of `paired_difference`: '+0.012 [-0.003, +0.027]' (its 95% interval)."""
+    if diff is None:
+        return "-"
+    mean, half, _ = diff
+    if half is None:
+        return f"{mean:+.{digits}f}"
+    return f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]"

@@ -165,9 +165,10 @@ def remove_stale(paths):
 # clone without the data. The file names what it was computed from, and is refused otherwise.
 
 def analysis_path(name, fig_dir, publish, exercise):
-    """Where the result `name` is saved: results/<exercise>/ for the README's command (published
-    with the code), else beside its figure in `fig_dir`."""
-    if publish:
+    """Where the result `name` is saved: results/<exercise>/ for the README's command writing to
+    the README's figures/ (published with the code), else beside its figure in `fig_dir` (a
+    README command with --fig-dir elsewhere never replaces a committed result)."""
+    if publish and os.path.abspath(fig_dir) == FIGURES_DIR:
         return os.path.join(REPO_DIR, "results", exercise, f"{name}.json")
     return os.path.join(fig_dir, f"{exercise}_{name}.json")
 

@@ -193,3 +193,47 @@ def test_plot_only_redraws_the_committed_tables_without_data(tmp_path):
     for name in ("ex2_finetune_probe", "ex2_finetune_table"):
         with open(os.path.join(ROOT, "figures", f"{name}.md")) as f:
             assert (tmp_path / f"{name}.md").read_text() == f.read()
+
+
+# ----------------------------------------------------------------------------- the test set, read once
+
+class UnreadableSplit:
+    """A test split that fails the test if anything reads its images or labels."""
+    def __len__(self):
+        return 8
+
+    def __getattr__(self, name):
+        raise AssertionError(f"a selection candidate read the test set ({name})")
+
+
+def test_no_candidate_of_the_fine_tuning_grid_reads_the_test_set(tmp_path):
+    """Every grid candidate is a validation-only selection run: trained with the test split made
+    unreadable it completes, says so, and records no test result; the chosen setting's seeds
+    and the control are not candidates and read it."""
+    grid = ex2_finetune.grid_configs(args(tmp_path))
+    assert len(grid) == 4 and all(c["selection"] is True and c["seed"] == 0 for c in grid)
+    config = {**grid[0], "size": SIZE, "epochs": 1, "batch_size": 8, "part": "last"}
+    data = tiny_data()
+    data.test = UnreadableSplit()
+    outcome, record = ex2_finetune.train(config, data, CPU, str(tmp_path), progress=False)
+    assert outcome == "trained" and record["status"] == "complete" and record["validation_only"] is True
+    assert "test_acc" not in record and "best_val_acc" in record
+    from lab.runs import read_record
+    assert read_record(str(tmp_path / ex2_finetune.run_name(config)))["validation_only"] is True
+    final = {**ex2_finetune.finetune_config(args(tmp_path), "last", "sgd", 1), "size": SIZE, "epochs": 1,
+             "batch_size": 8}
+    assert "selection" not in final
+    _, record = ex2_finetune.train(final, tiny_data(), CPU, str(tmp_path), progress=False)
+    assert "test_acc" in record
+
+
+def test_the_control_is_the_same_network_from_random_initialization(tmp_path):
+    config = {**ex2_finetune.finetune_config(args(tmp_path), "all", "adamw", 1, init="random"), "size": SIZE,
+              "epochs": 1, "batch_size": 8}
+    assert ex2_finetune.run_name(config).startswith("cifar10_scratch-all-adamw_64px_e1_s1_")
+    torch.manual_seed(0)
+    random = ex2_finetune.random_network("all", 10, CPU)
+    imagenet = ex2_finetune.load_efficientnet_lite0(CPU).state_dict()
+    assert set(random.state_dict()) == set(imagenet)
+    assert not torch.equal(random.state_dict()["_conv_stem.weight"], imagenet["_conv_stem.weight"])
+    assert all(p.requires_grad for p in random.parameters())

@@ -1,3 +1,4 @@
+import os
 import pytest
 
 from report import epoch_seconds, fastest_epoch_seconds, format_mean_std, format_result
@@ -83,3 +84,10 @@ def test_text_from_a_file_cannot_open_or_close_a_readme_block(tmp_path):
     content = readme.read_text()
     assert content.count("<!-- /t -->") == 1 and content.endswith("<!-- /t -->\nb\n")
     assert "&lt;!-- /t --&gt;" in content
+
+
+def test_a_readme_command_with_its_own_fig_dir_saves_beside_it_not_over_the_committed_result(tmp_path):
+    from lab.outputs import FIGURES_DIR, REPO_DIR, analysis_path
+    assert analysis_path("gradients", str(tmp_path), True, "ex2_why") == str(tmp_path / "ex2_why_gradients.json")
+    assert analysis_path("gradients", FIGURES_DIR, True, "ex2_why") == \
+        os.path.join(REPO_DIR, "results", "ex2_why", "gradients.json")

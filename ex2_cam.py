@@ -288,7 +288,8 @@ def cifar_job(args, device, name, flags):
     path = chosen_checkpoint(args)
     model, ckpt = load_cnn(path, device)
     fig_dir, publish = figure_dir(args, path)  # checked before the work, which may take minutes
-    return CifarJob(path, model, ckpt, fig_dir, publish, analysis_path(name, fig_dir, publish, "ex2_cam"),
+    return CifarJob(path, model, ckpt, fig_dir, publish,
+                    analysis_path(name, fig_dir, publish, "ex2_cam", args.plot_only),
                     {k: getattr(args, k) for k in ("seed", "class_index") + flags},
                     {relative(path): file_sha256(path)})
 
@@ -649,7 +650,7 @@ def photos(args, device):
         images, names = [load_photo(n) for n in PHOTOS], list(PHOTOS)
     inputs = {"weights": WEIGHTS_SHA256, **{n: array_sha256(i) for n, i in zip(names, images)}}
     settings = {k: getattr(args, k) for k in ("steps", "class_index", "draws", "seed")}
-    saved = analysis_path("photos", fig_dir, publish, "ex2_cam")
+    saved = analysis_path("photos", fig_dir, publish, "ex2_cam", args.plot_only)
     command = f"python {PROG} photos" + (" " + " ".join(args.paths) if own else "")
     caption = (f"Photos {'given on the command line' if own else 'of matplotlib and scikit-image'}, "
                f"{PHOTO_SIZE}x{PHOTO_SIZE}; EfficientNet-Lite0 ImageNet weights of the package "

@@ -643,7 +643,7 @@ def main(args):
         if not network_inputs(analysis, digests):
             print(f"{analysis} skipped: no network of depth {LESION_DEPTHS}")
             continue
-        saved = analysis_path(analysis, fig_dir, publish, "ex2_why")
+        saved = analysis_path(analysis, fig_dir, publish, "ex2_why", args.plot_only)
         if not args.plot_only:
             computed = how.compute(inputs)
             made_by = command_line(PROG, {"analyses": analysis}, args, defaults)

@@ -164,11 +164,12 @@ def remove_stale(paths):
 # file of what was computed, never from memory: --plot-only then redraws it byte for byte, on a
 # clone without the data. The file names what it was computed from, and is refused otherwise.
 
-def analysis_path(name, fig_dir, publish, exercise):
+def analysis_path(name, fig_dir, publish, exercise, reading=False):
     """Where the result `name` is saved: results/<exercise>/ for the README's command writing to
     the README's figures/ (published with the code), else beside its figure in `fig_dir` (a
-    README command with --fig-dir elsewhere never replaces a committed result)."""
-    if publish and os.path.abspath(fig_dir) == FIGURES_DIR:
+    README command with --fig-dir elsewhere never replaces a committed result; `reading`, as
+    --plot-only does, it reads the committed one)."""
+    if publish and (reading or os.path.abspath(fig_dir) == FIGURES_DIR):
         return os.path.join(REPO_DIR, "results", exercise, f"{name}.json")
     return os.path.join(fig_dir, f"{exercise}_{name}.json")
 

@@ -1,9 +1,12 @@
 """Exercise 2.3 on real weights: EfficientNet-Lite0 rebuilt from its published state dict, on real photos."""
+import os
+
 import pytest
 import torch
 
 import ex2_cam
 import pretrained
+from conftest import ROOT, assert_one_line_error, cli_in_process
 from lab.errors import UserError
 
 
@@ -50,3 +53,32 @@ def test_the_state_dict_loads_weights_only_with_every_key_used(tmp_path):
     torch.save(state, tmp_path / "short.pth")
     with pytest.raises(UserError, match="does not fit"):
         load_state_dict_file(str(tmp_path / "short.pth"), EfficientNetLite0(), "reinstall")
+
+
+def test_the_photos_plot_only_redraws_the_committed_table_without_running_the_network(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("--plot-only ran the network")
+    monkeypatch.setattr(ex2_cam, "load_efficientnet_lite0", no_network)
+    ex2_cam.main(ex2_cam.get_args(["photos", "--plot-only", "--fig-dir", str(tmp_path)]))
+    with open(os.path.join(ROOT, "figures", "ex2_cam_photos.md")) as f:
+        assert (tmp_path / "ex2_cam_photos.md").read_text() == f.read()
+    assert (tmp_path / "ex2_cam_photos.png").stat().st_size > 0
+
+
+def test_your_own_photos_of_any_size_go_to_a_scratch_folder_never_to_figures(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+    import numpy as np
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(tmp_path / "my.jpg")
+    Image.fromarray(rng.integers(0, 255, (90, 50), dtype=np.uint8)).save(tmp_path / "other.png")  # grey
+    figures = {p: os.path.getmtime(os.path.join(ROOT, "figures", p)) for p in os.listdir(os.path.join(ROOT, "figures"))}
+    monkeypatch.chdir(tmp_path)
+    tops = ex2_cam.main(ex2_cam.get_args(["photos", "my.jpg", "other.png", "--draws", "2", "--steps", "2"]))
+    assert len(tops) == 2 and all(len(t) == ex2_cam.TOP_K for t in tops)
+    out = capsys.readouterr().out
+    assert "my.jpg:" in out and "other.png:" in out
+    assert (tmp_path / "runs" / "ex2_cam" / "ex2_cam_photos.png").exists()
+    assert figures == {p: os.path.getmtime(os.path.join(ROOT, "figures", p))
+                       for p in os.listdir(os.path.join(ROOT, "figures"))}
+    code, err = cli_in_process(ex2_cam, ["photos", "missing.jpg"], capsys)
+    assert_one_line_error(code, err, "missing.jpg")

@@ -18,7 +18,7 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, cifar_transforms, load_cifar10
 from models import CifarResNet, build_model
-from report import (cnn_name, depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result,
+from report import (cnn_name, cnn_style, depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result,
                     print_result, run_result, save_figure)
 from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
 from utils import get_device, run_meta, seed_everything
@@ -251,10 +251,9 @@ def plot_curves(found, args, path):
     """Validation accuracy and training loss per epoch: a thin line per seed, the mean thick."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.2))
-    colors = dict(zip(sorted(args.blocks_list), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for (residual, b), records in sorted(_by_network(found).items()):
         for ax, key in zip(axes, ("val_acc", "train_loss")):
-            style = {"color": colors[b], "ls": "-" if residual else "--"}
+            style = cnn_style(residual, b)
             series = [[e.get(key, float("nan")) for e in r["epochs"]] for r in records]
             for s in series:
                 ax.plot(range(1, len(s) + 1), s, lw=0.6, alpha=0.5, **style)

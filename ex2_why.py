@@ -23,7 +23,7 @@ from tqdm import tqdm
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
 from lab.outputs import analysis_path, destination, read_analysis, save_analysis, write_table
-from report import cnn_name, save_figure
+from report import cnn_name, cnn_style, save_figure
 from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 from training import CNN_CPU_EPOCHS
 from lab.checkpoints import load_model
@@ -184,15 +184,14 @@ def plot_gradients(stats, caption, path):
     import matplotlib.pyplot as plt
     blocks = sorted({b for _, b in stats})
     fig, axes = plt.subplots(len(blocks), 2, figsize=(11, 3.3 * len(blocks)), squeeze=False)
-    colors = {False: "tab:red", True: "tab:blue"}
     for row, b in enumerate(blocks):
         for col, when in enumerate(("init", "trained")):
             ax = axes[row, col]
             for residual in (False, True):
                 if (residual, b) in stats:
                     norms = stats[(residual, b)][when]
-                    ax.plot(range(1, len(norms) + 1), norms, marker=".", color=colors[residual],
-                            label=label(residual, b))
+                    ax.plot(range(1, len(norms) + 1), norms, marker=".", label=label(residual, b),
+                            **cnn_style(residual, b))
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set(yscale="log", xlabel="conv layer (1 = stem, last = deepest)", ylabel="gradient norm",
                    title=f"depth {CifarResNet.depth_of(b)}, "
@@ -243,9 +242,8 @@ def responses(nets, data, n_images):
 def plot_responses(stds, caption, path):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = dict(zip(BLOCKS, ("tab:green", "tab:orange", "tab:purple", "tab:brown")))
     for (residual, b), s in sorted(stds.items()):
-        style = {"color": colors.get(b), "ls": "-" if residual else "--", "label": label(residual, b)}
+        style = {**cnn_style(residual, b), "label": label(residual, b)}
         axes[0].plot(range(1, len(s) + 1), s, **style)
         axes[1].plot(range(1, len(s) + 1), sorted(s, reverse=True), **style)
     axes[0].set(xlabel="3x3 layer index (1 = stem)", ylabel="std of the response", title="by layer")
@@ -351,21 +349,20 @@ def plot_lesion(result, caption, path):
     import matplotlib.pyplot as plt
     depths = sorted({b for _, b in result})
     fig, axes = plt.subplots(len(depths), 2, figsize=(11, 4.2 * len(depths)), squeeze=False)
-    colors = {False: "tab:red", True: "tab:blue"}
     for row, b in zip(axes, depths):
         for residual in (False, True):
             r = result.get((residual, b))
             if r is None:
                 continue
-            name, c = label(residual, b), colors[residual]
-            row[0].plot(range(1, len(r["single"]) + 1), r["single"], marker="o", ms=4, color=c, label=name)
-            row[0].axhline(r["intact"], color=c, ls=":", lw=1)
+            name, style = label(residual, b), cnn_style(residual, b)
+            row[0].plot(range(1, len(r["single"]) + 1), r["single"], marker="o", ms=4, label=name, **style)
+            row[0].axhline(r["intact"], color=style["color"], ls=":", lw=1)
             ks = sorted(r["random"], key=int)
             means = [sum(r["random"][k]) / len(r["random"][k]) for k in ks]
             spread = [torch.tensor(r["random"][k]).std().item() if len(r["random"][k]) > 1 else 0.0
                       for k in ks]
             row[1].errorbar([0] + [int(k) for k in ks], [r["intact"]] + means, yerr=[0.0] + spread,
-                            marker="o", capsize=3, color=c, label=name)
+                            marker="o", capsize=3, label=name, **style)
             downsampling = r["downsampling"]
         for j in downsampling:
             row[0].axvline(j + 1, color="gray", lw=0.8, ls="--")
@@ -373,7 +370,7 @@ def plot_lesion(result, caption, path):
                    ylabel="test accuracy",
                    title=f"depth {CifarResNet.depth_of(b)}: one block deleted (dotted: intact network)")
         row[1].set(xlabel="random blocks deleted k", ylabel="test accuracy",
-                   title=f"depth {CifarResNet.depth_of(b)}: k random blocks deleted")
+                   title=f"depth {CifarResNet.depth_of(b)}: k random blocks (mean ± std of draws)")
         row[0].xaxis.get_major_locator().set_params(integer=True)
         row[1].xaxis.get_major_locator().set_params(integer=True)
         for ax in row:

@@ -37,6 +37,17 @@ def cnn_name(residual, blocks):
     return f"{'residual' if residual else 'plain'}-{CifarResNet.depth_of(blocks)}"
 
 
+# every CNN figure draws a network in the colour of its depth and the line of its kind
+DEPTH_COLOURS = {1: "tab:blue", 3: "tab:orange", 5: "tab:green", 9: "tab:red"}  # blocks per stage -> colour
+KIND_LINES = {False: "--", True: "-"}                                              # plain dashed, residual solid
+
+
+def cnn_style(residual, blocks):
+    """The colour and line style of a CIFAR network in every figure: one colour per depth, dashed
+    plain, solid residual."""
+    return {"color": DEPTH_COLOURS.get(blocks, "tab:gray"), "ls": KIND_LINES[residual]}
+
+
 def published_cnn_run(residual, blocks, seed):
     """(record, folder) of the published Exercise 1.3 run of these settings at the CPU preset."""
     root = published_dir("ex1_cnn")

@@ -435,7 +435,8 @@ def cifar_evaluate(args, device):
     table_path = write_table(table, "ex2_cam_faithfulness", fig_dir, job.publish)
     plot_faithfulness(curves, caption, os.path.join(fig_dir, "ex2_cam_faithfulness.png"))
     print(table)
-    print(f"{n} images in {time.perf_counter() - start:.0f} s; table {table_path}, figure in {fig_dir}/ "
+    done = "redrawn from the saved measures of" if args.plot_only else "evaluated:"
+    print(f"{done} {n} images in {time.perf_counter() - start:.0f} s; table {table_path}, figure in {fig_dir}/ "
           f"(from {saved})")
     return stats
 

@@ -36,6 +36,9 @@ def single_run(exp, args, device, config):
         published = os.path.abspath(found) != os.path.abspath(folder) or is_published(found, exp.exercise)
         print(f"{found} holds this finished run{', published with the code' if published else ''} "
               f"(--force trains it again{' into ' + args.out_dir if published else ''})")
+        if getattr(args, "tensorboard", None):
+            print("--tensorboard: nothing logged, the run is finished (its per-epoch numbers are in its "
+                  "metrics.json; --force trains it again with the logging)")
         own, _ = find_finished([args.out_dir], name, config) if published else (None, None)
         if own is not None and os.path.abspath(found) != os.path.abspath(folder):
             print(f"(your own run of these settings is in {folder}: test accuracy {own.get('test_acc')})")
@@ -45,13 +48,35 @@ def single_run(exp, args, device, config):
             raise UserError(f"--force never deletes a published run ({folder}); pass another --out-dir")
         remove_run(folder)
         print(f"--force: removed the finished run in {folder}")
+    new_folders = missing_folders(args.out_dir)
     check_writable(args.out_dir)  # only now: printing a finished run leaves no empty folder behind
     set_threads(device, exp.threads)
-    data = exp.load_data(args, device)
+    try:
+        data = exp.load_data(args, device)
+    except BaseException:
+        remove_if_empty(new_folders)  # a run that could not start leaves no empty folder behind
+        raise
     if hasattr(data, "source"):  # a data.Dataset (a script whose data is of its own prints its own line)
         print(f"{name}: {data.source}, {count(len(data.train), 'training image')}")
     _, record = exp.train(config, data, device, args.out_dir, True, getattr(args, "tensorboard", None))
     return record, folder
+
+
+def missing_folders(folder):
+    """The folders that creating `folder` would make, deepest first."""
+    out, folder = [], os.path.abspath(folder)
+    while not os.path.exists(folder):
+        out.append(folder)
+        folder = os.path.dirname(folder)
+    return out
+
+
+def remove_if_empty(folders):
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return  # not empty (or gone): what is above it stays too
 
 
 def _setup(setup_args):

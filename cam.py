@@ -28,22 +28,27 @@ def upsample_and_scale(maps, size):
 
 
 class _Hooked:
-    """Records the output of `layer` while inside a `with` block; no hook remains after it."""
+    """Records the output of `layer` while inside a `with` block, with the model in eval mode (a
+    map explains the network as it predicts: BatchNorm's running statistics, no dropout); the
+    hook is removed and the caller's mode restored after it."""
 
     def __init__(self, model, layer):
         self.model, self.layer = model, layer
-        self.activations, self._handle = None, None
+        self.activations, self._handle, self._was_training = None, None, None
 
     def _record(self, module, inputs, output):
         self.activations = output
 
     def __enter__(self):
+        self._was_training = self.model.training
+        self.model.eval()
         self._handle = self.layer.register_forward_hook(self._record)
         return self
 
     def __exit__(self, *exc):
         self._handle.remove()
         self._handle, self.activations = None, None
+        self.model.train(self._was_training)
         return False
 
     @staticmethod

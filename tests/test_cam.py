@@ -275,3 +275,21 @@ def test_the_default_checkpoint_is_the_published_one_whatever_the_user_trained(t
     assert ex2_cam.chosen_checkpoint(args) == path
     out = capsys.readouterr().out
     assert "res_n5_e8_s0_" in out and "(the published residual-32, seed 0" in out
+
+
+@pytest.mark.parametrize("method", ["CAM", "Grad-CAM"])
+def test_cam_and_gradcam_explain_the_network_in_eval_mode_and_restore_the_callers(method):
+    """In training mode BatchNorm would normalize by the batch: one image's map would depend on
+    the others'. Inside the `with` the model is in eval mode; after it, as the caller left it."""
+    from cam import CAM, GradCAM
+    from models import CifarResNet
+    torch.manual_seed(0)
+    model = CifarResNet(1, width=4, residual=True).train()
+    x = torch.randn(4, 3, 32, 32)
+    hooked = CAM(model, model.features, model.classifier) if method == "CAM" else GradCAM(model, model.features)
+    with hooked as explain:
+        assert not model.training and not any(m.training for m in model.modules())
+        together = explain(x, raw=True)[0]
+        alone = explain(x[:1], raw=True)[0]
+    assert torch.allclose(together[:1], alone, atol=1e-5)
+    assert model.training and all(m.training for m in model.modules())

@@ -124,7 +124,7 @@ def find_networks(roots, epochs, seed):
 
 def missing_networks(found):
     """The names of the networks (plain and residual at every depth of BLOCKS) not in `found`."""
-    return [label(residual, blocks) for residual in (False, True) for blocks in BLOCKS
+    return [cnn_name(residual, blocks) for residual in (False, True) for blocks in BLOCKS
             if (residual, blocks) not in found]
 
 
@@ -140,10 +140,6 @@ def initial_network(ckpt, device):
     """The network the run started from: the same seed, the same construction."""
     seed_everything(ckpt["config"]["seed"])
     return build_model(ckpt["arch"]).to(device)
-
-
-def label(residual, blocks):
-    return cnn_name(residual, blocks)
 
 
 # ----------------------------------------------------------------------------- 1. gradients
@@ -190,7 +186,7 @@ def plot_gradients(stats, caption, path):
             for residual in (False, True):
                 if (residual, b) in stats:
                     norms = stats[(residual, b)][when]
-                    ax.plot(range(1, len(norms) + 1), norms, marker=".", label=label(residual, b),
+                    ax.plot(range(1, len(norms) + 1), norms, marker=".", label=cnn_name(residual, b),
                             **cnn_style(residual, b))
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set(yscale="log", xlabel="conv layer (1 = stem, last = deepest)", ylabel="gradient norm",
@@ -243,7 +239,7 @@ def plot_responses(stds, caption, path):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for (residual, b), s in sorted(stds.items()):
-        style = {**cnn_style(residual, b), "label": label(residual, b)}
+        style = {**cnn_style(residual, b), "label": cnn_name(residual, b)}
         axes[0].plot(range(1, len(s) + 1), s, **style)
         axes[1].plot(range(1, len(s) + 1), sorted(s, reverse=True), **style)
     axes[0].set(xlabel="3x3 layer index (1 = stem)", ylabel="std of the response", title="by layer")
@@ -354,7 +350,7 @@ def plot_lesion(result, caption, path):
             r = result.get((residual, b))
             if r is None:
                 continue
-            name, style = label(residual, b), cnn_style(residual, b)
+            name, style = cnn_name(residual, b), cnn_style(residual, b)
             row[0].plot(range(1, len(r["single"]) + 1), r["single"], marker="o", ms=4, label=name, **style)
             row[0].axhline(r["intact"], color=style["color"], ls=":", lw=1)
             ks = sorted(r["random"], key=int)
@@ -459,7 +455,7 @@ def plot_landscape(coords, surfaces, caption, path):
             ax.contour(coords, coords, z, levels=levels, colors="k", linewidths=0.4)
             ax.plot(0, 0, "r+", ms=12)
             ax.set(xlabel="direction 1", ylabel="" if residual else "direction 2", aspect="equal",
-                   title=f"{label(residual, b)}: training loss (lowest {float(s.min()):.2f})")
+                   title=f"{cnn_name(residual, b)}: training loss (lowest {float(s.min()):.2f})")
     bar = fig.colorbar(filled, ax=axes.ravel().tolist(), label="training loss")
     ticks = levels[::4]
     bar.set_ticks(ticks, labels=[f"{10 ** t:.2g}" for t in ticks])
@@ -610,7 +606,7 @@ def load_inputs(args, paths, device):
     def source(keys):  # the checkpoints of the networks `keys`, the data and the hardware
         where = " and ".join(dict.fromkeys(os.path.relpath(os.path.dirname(os.path.dirname(paths[k])))
                                            for k in sorted(keys)))
-        networks = ", ".join(label(*k) for k in sorted(keys))
+        networks = ", ".join(cnn_name(*k) for k in sorted(keys))
         return (f"checkpoints {where}/*_e{args.epochs}_s{args.seed}_* ({networks}); {data.source}; "
                 f"{hardware(device)}")
 
@@ -664,7 +660,7 @@ def gradient_table(stats, made_by):
         for when in ("init", "trained"):
             ratios = s[f"{when}_ratios"]
             cells += [f"{sum(ratios) / len(ratios):.2f}", f"{min(ratios):.2f}-{max(ratios):.2f}"]
-        lines.append(f"| {label(residual, b)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {cnn_name(residual, b)} | " + " | ".join(cells) + " |")
     lines += ["", "The norm of the gradient of the stem's conv weights over that of the deepest conv "
                   f"layer's, on each of {GRADIENT_BATCHES} training batches of {GRADIENT_BATCH} (the first "
                   f"{GRADIENT_BATCHES * GRADIENT_BATCH} training images): the mean over the batches and "
@@ -679,7 +675,7 @@ def lesion_table(result, n_images, made_by):
     for (residual, b), r in sorted(result.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         worst = min(range(len(r["single"])), key=lambda j: r["single"][j])
         randoms = [sum(v) / len(v) for _, v in sorted(r["random"].items())]
-        lines.append(f"| {label(residual, b)} | {r['intact']:.3f} | "
+        lines.append(f"| {cnn_name(residual, b)} | {r['intact']:.3f} | "
                      f"{sum(r['single']) / len(r['single']):.3f} | {r['single'][worst]:.3f} ({worst + 1}) | "
                      + " | ".join(f"{v:.3f}" for v in randoms) + " |")
     lines += ["", f"Test accuracy on {n_images} test images (a seeded sample); k random blocks: mean "
@@ -694,7 +690,8 @@ def per_block_table(result):
     column per network, downsampling blocks marked."""
     keys = sorted(result, key=lambda k: (k[1], k[0]))
     n_blocks = max(len(result[k]["single"]) for k in keys)
-    lines = ["| deleted block | " + " | ".join(label(*k) for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines = ["| deleted block | " + " | ".join(cnn_name(*k) for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
     for j in range(n_blocks):
         cells = [f"{result[k]['single'][j]:.3f}{' (down)' if j in result[k]['downsampling'] else ''}"
                  if j < len(result[k]["single"]) else "" for k in keys]
@@ -709,7 +706,7 @@ def landscape_table(coords, surfaces, made_by):
     for (residual, b), s in sorted(surfaces.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         low = float(s.min())
         near, below_chance = (float(share.float().mean()) for share in (s < 2 * low, s < math.log(10)))
-        lines.append(f"| {label(residual, b)} | {low:.3f} | {near:.2f} | {below_chance:.2f} |")
+        lines.append(f"| {cnn_name(residual, b)} | {low:.3f} | {near:.2f} | {below_chance:.2f} |")
     lines += ["", f"Over the {len(coords)}x{len(coords)} grid of the slice, ±{coords[-1]:g} along each "
                   f"direction: the wider the basin, the larger the shares. " + made_by]
     return "\n".join(lines) + "\n"

@@ -36,6 +36,9 @@ from utils import get_device, hardware, seed_everything
 
 PROG = "ex2_why.py"
 ANALYSES = ("gradients", "responses", "lesion", "landscape")
+# what each took at the README's settings, measured on our idle 2-core CPU: announced before a long run
+CPU_SECONDS = {"gradients": 47, "responses": 22, "lesion": 201, "landscape": 805}
+LONG_SECONDS = 5 * 60
 SCRATCH_DIR = os.path.join("runs", "ex2_why")  # figures of other checkpoints or settings
 MAKE_CHECKPOINTS = "python ex1_cnn.py --sweep --cpu --seeds {seeds} --checkpoints"  # seeds 0..seeds-1
 BLOCKS = (1, 3, 5, 9)        # depths 8, 20, 32, 56
@@ -629,6 +632,10 @@ def main(args):
         print(f"{count(len(missing), 'network')} not found ({', '.join(missing)}): the tables and figures "
               f"go to {fig_dir} without them; make them with `{make}`")
     digests = {key: file_sha256(path) for key, path in paths.items()}
+    expected = sum(CPU_SECONDS[a] for a in args.analyses)
+    if not args.plot_only and device.type == "cpu" and expected > LONG_SECONDS:
+        print(f"{PROG}: {', '.join(args.analyses)} take about {expected // 60} min on a 2-core CPU at the "
+              "README's settings (--plot-only redraws the saved results in seconds)", flush=True)
     inputs = None if args.plot_only else load_inputs(args, paths, device)
     written = []
     for analysis in args.analyses:

@@ -199,3 +199,26 @@ def test_no_caption_names_a_machines_data_folder():
             text = f.read()
         for made_by in re.findall(r"Made by `([^`]*)`", text) + re.findall(r'"made_by": "([^"]*)"', text):
             assert not re.search(r"--(data|out|fig)-dir", made_by), (path, made_by)
+
+
+def minutes(cell):
+    """'about 7 h (833 process-minutes)' -> 420, '3 min 44 s' -> 3.7, '15 s / 100 s' -> 1.7: the
+    longest time a cost-table cell gives, in minutes."""
+    found = [float(n) * {"h": 60, "min": 1, "s": 1 / 60}[unit]
+             for n, unit in re.findall(r"(\d+(?:\.\d+)?) (h|min|s)\b", cell)]
+    return max(found, default=0.0)
+
+
+def test_every_long_command_carries_its_cost_on_its_line():
+    """Each command the cost table puts over 5 minutes says its cost where the README gives it."""
+    readme = read("README.md")
+    table = readme.split("## What each command costs")[1].split("\n## ")[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| `python")]
+    long = [(re.findall(r"`([^`]+)`", command)[0], cost) for command, cost, _ in rows if minutes(cost) > 5]
+    assert len(long) >= 6
+    code_lines = [line.strip() for line in readme.splitlines() if line.startswith("    python")]
+    for command, cost in long:
+        lines = [line for line in code_lines if re.match(re.escape(command) + r"\s+#", line)]
+        assert lines, f"{command} ({cost.strip()}) is in no command block of the README"
+        for line in lines:
+            assert re.search(r"\d+(\.\d+)? ?(h|min)\b", line.split("#", 1)[1]), line

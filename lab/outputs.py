@@ -153,9 +153,10 @@ def update_readme(name, text, readme=README):
 
 
 def remove_stale(paths):
-    """Delete figures a run could not draw this time, so none from an earlier run stays."""
+    """Delete figures a run could not draw this time, so none from an earlier run stays beside
+    its runs; the committed figures/ are replaced only by complete new ones, never deleted."""
     for path in paths:
-        if os.path.exists(path):
+        if os.path.exists(path) and os.path.dirname(os.path.abspath(path)) != FIGURES_DIR:
             os.remove(path)
 
 

@@ -91,3 +91,15 @@ def test_a_readme_command_with_its_own_fig_dir_saves_beside_it_not_over_the_comm
     assert analysis_path("gradients", str(tmp_path), True, "ex2_why") == str(tmp_path / "ex2_why_gradients.json")
     assert analysis_path("gradients", FIGURES_DIR, True, "ex2_why") == \
         os.path.join(REPO_DIR, "results", "ex2_why", "gradients.json")
+
+
+def test_a_figure_that_cannot_be_drawn_never_deletes_a_committed_one(tmp_path):
+    """A --plot-only that cannot draw a figure (its statistics file gone, no data) removes a stale
+    one beside the runs, never the committed figures/ (issue 39)."""
+    from lab.outputs import FIGURES_DIR, remove_stale
+    stale = tmp_path / "ex1_mlp_gradients.png"
+    stale.write_bytes(b"old")
+    committed = os.path.join(FIGURES_DIR, "ex1_mlp_gradients.png")
+    before = open(committed, "rb").read()
+    remove_stale([str(stale), committed])
+    assert not stale.exists() and open(committed, "rb").read() == before

@@ -59,7 +59,21 @@ def is_published(path, exercise):
     """True if `path` lies inside the committed results of `exercise` (a figure made only from
     them may replace the README's)."""
     root = os.path.realpath(published_dir(exercise))
-    return os.path.commonpath([root, os.path.realpath(path)]) == root
+    if os.path.commonpath([root, os.path.realpath(path)]) == root:
+        return True
+    # the same folder reached by another way (a bind mount, a second mount of the disk): the
+    # published run is recognized by what it is, its device and inode, not by its path
+    for candidate in (path, os.path.dirname(os.path.abspath(path))):
+        published = os.path.join(root, os.path.basename(os.path.abspath(candidate)))
+        try:
+            if os.path.exists(published) and os.path.samefile(candidate, published):
+                return True
+        except OSError:
+            pass
+    try:
+        return os.path.samefile(os.path.abspath(path), root)
+    except OSError:
+        return False
 
 
 def read_record(folder, fields=None):

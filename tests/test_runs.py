@@ -185,3 +185,23 @@ def test_a_records_fields_must_agree_with_one_another(tmp_path, edit, message):
     (tmp_path / "metrics.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match=message):
         read_record(str(tmp_path))
+
+
+def test_a_published_run_reached_through_a_bind_mount_is_still_published(tmp_path, monkeypatch):
+    """--force never deletes a published run: it is recognized by its device and inode, not by its
+    path, so results/<exercise> bind-mounted elsewhere (issue 39's case) is still published."""
+    import lab.runs as runs
+    results = tmp_path / "results"
+    (results / "ex1_mlp" / "plain_d2_e1_s0_abc").mkdir(parents=True)
+    monkeypatch.setattr(runs, "RESULTS_DIR", str(results))
+    view = tmp_path / "a"
+    view.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(results / "ex1_mlp"), str(view)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("bind mounts need root")
+    try:
+        assert runs.is_published(str(view / "plain_d2_e1_s0_abc"), "ex1_mlp") is True
+        assert runs.is_published(str(view), "ex1_mlp") is True
+        assert runs.is_published(str(tmp_path / "elsewhere" / "plain_d2_e1_s0_abc"), "ex1_mlp") is False
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True)

@@ -105,8 +105,7 @@ def frozen_features(config, data, device, out_dir, progress=True):
     the split it was in), and read back checked."""
     folder, fconfig = features_folder(out_dir, config), feature_config(config)
     lock = FolderLock(folder)
-    while not lock.acquire():  # another worker is extracting the same features: wait for them
-        time.sleep(1)
+    lock.wait()  # another worker extracting the same features: wait for them
     try:
         feats, seconds, model = {}, 0.0, None
         _, transform = cifar_transforms(None, torch.channels_last, config["size"], LITE_MEAN, LITE_STD)

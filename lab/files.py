@@ -11,6 +11,7 @@ import io
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 import zipfile
@@ -238,6 +239,10 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
+LOCK_ANNOUNCE_SECONDS = 10  # a wait for a folder's lock is announced after this long
+LOCK_POLL_SECONDS = 0.5
+
+
 class FolderLock:
     """An exclusive advisory lock on a folder, held while a process writes it.
 
@@ -261,6 +266,32 @@ class FolderLock:
             self.fd = None
             return False
         return True
+
+    def wait(self, announce_after=LOCK_ANNOUNCE_SECONDS, poll=LOCK_POLL_SECONDS):
+        """Acquire, waiting for the process that holds the lock; after `announce_after` seconds
+        say once, on stderr, which process it is and its state (a stopped one waits for ever)."""
+        started, announced = time.monotonic(), False
+        while not self.acquire():
+            if not announced and time.monotonic() - started > announce_after:
+                print(f"waiting for {self.holder()}, which holds the lock of {self.folder}", file=sys.stderr,
+                      flush=True)
+                announced = True
+            time.sleep(poll)
+
+    def holder(self):
+        """'process 1234 (state T: stopped)', from /proc/locks, or 'another process' elsewhere."""
+        try:
+            st = os.stat(self.folder)
+            inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+            with open("/proc/locks") as f:
+                pids = [line.split()[4] for line in f if "FLOCK" in line and line.split()[5] == inode]
+            with open(f"/proc/{pids[0]}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            words = {"T": "stopped", "t": "stopped", "R": "running", "S": "sleeping", "D": "waiting on disk",
+                     "Z": "a zombie"}
+            return f"process {pids[0]} (state {state}: {words.get(state, 'unknown')})"
+        except (OSError, IndexError, ValueError):
+            return "another process"
 
     def release(self):
         if self.fd is not None:

@@ -3,7 +3,6 @@ exact commands on the published results; anything else beside its runs or to --f
 import base64
 import math
 import os
-import time
 
 import torch
 
@@ -137,8 +136,7 @@ def update_readme(name, text, readme=README):
     its folder for the read-modify-write, so two scripts updating it at once lose neither table."""
     begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     lock = FolderLock(os.path.dirname(os.path.abspath(readme)))
-    while not lock.acquire():
-        time.sleep(0.1)
+    lock.wait()
     try:
         with open(readme) as f:
             content = f.read()

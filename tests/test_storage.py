@@ -103,3 +103,25 @@ def test_a_temporary_of_another_machine_is_left_to_it_until_it_is_a_day_old(tmp_
     files.write_json_atomic({"a": 1}, str(folder / "x.json"))
     assert fresh.exists() and not stale.exists() and not dead_here.exists()
     assert files.temporary_prefix().startswith(f".tmp-{files.MACHINE}.{os.getpid()}-")
+
+
+def test_a_wait_for_a_lock_held_by_a_stopped_process_says_whose_it_is(tmp_path, capsys):
+    """Two commands writing one folder: the second waits, and after a while says which process
+    holds the lock and that it is stopped (it would wait for ever without a word)."""
+    import signal
+    import threading
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGSTOP)
+        lock = FolderLock(str(tmp_path))
+        threading.Timer(1.0, lambda: os.kill(holder.pid, signal.SIGKILL)).start()
+        lock.wait(announce_after=0.2, poll=0.05)
+        lock.release()
+        err = capsys.readouterr().err
+        assert f"waiting for process {holder.pid} (state T: stopped)" in err and str(tmp_path) in err
+    finally:
+        holder.kill()
+        holder.wait()

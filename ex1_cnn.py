@@ -18,7 +18,8 @@ import torch
 
 from data import CIFAR10_VAL_SIZE, cifar_transforms, load_cifar10
 from models import CifarResNet, build_model
-from report import (cnn_name, cnn_style, depth_gap, epoch_times, fastest_epoch_seconds, format_gap, format_result,
+from report import (cnn_name, cnn_style, depth_gap, epoch_times, fastest_epoch_seconds, format_gap,
+                    format_result,
                     print_result, run_result, save_figure)
 from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
 from utils import get_device, run_meta, seed_everything

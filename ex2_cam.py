@@ -78,7 +78,7 @@ PHOTOS = {
                     "9b3e037f9cd32e3aa4673b24f51de4b8b0a6c6fc4c4f2c89d2dd5d63cc43e8f2"),
     "rocket": Photo("scikit-image skimage.data.rocket()", (657, 744),  # missile, projectile
                     "94bc01cd6c3812d001dc262b1fc2de79c32671282dd2a1043f7ac6e120b19f94"),
-    "astronaut": Photo("scikit-image skimage.data.astronaut()", (812,),  # space shuttle (a person is no class)
+    "astronaut": Photo("scikit-image skimage.data.astronaut()", (812,),  # space shuttle (a person: no class)
                        "9d1263ba0e684c996ad8d59ebeeb479d2608e2d7bb09a217aafcb77f1c5f9533"),
 }
 PHOTO_SIZE = 224   # EfficientNet-Lite0's input
@@ -122,7 +122,7 @@ def make_parser():
                    help="redraw the figure (with --evaluate: the table and curves) from the saved maps and "
                         "measures (results/ex2_cam/ for the README's): no CIFAR-10 needed")
     add_photos_parser(sub.add_parser("photos", parents=[common],
-                                     help="the ImageNet EfficientNet-Lite0 on five shipped photos, or on your own"))
+                                     help="the ImageNet EfficientNet-Lite0 on five shipped photos, or yours"))
     i = sub.add_parser("imagenette", parents=[common, sample], help="torchvision's ImageNet ResNet-18")
     i.add_argument("--weights", default=None,
                    help="a local ResNet-18 state dict (default: torchvision's IMAGENET1K_V1, hub cache)")
@@ -436,7 +436,8 @@ def cifar_evaluate(args, device):
     plot_faithfulness(curves, caption, os.path.join(fig_dir, "ex2_cam_faithfulness.png"))
     print(table)
     done = "redrawn from the saved measures of" if args.plot_only else "evaluated:"
-    print(f"{done} {n} images in {time.perf_counter() - start:.0f} s; table {table_path}, figure in {fig_dir}/ "
+    print(f"{done} {n} images in {time.perf_counter() - start:.0f} s; table {table_path}, "
+          f"figure in {fig_dir}/ "
           f"(from {saved})")
     return stats
 
@@ -521,7 +522,8 @@ def random_deletion(model, x, classes, steps, draws, generator, batch=PHOTO_BATC
         for start in range(0, draws, batch):
             n = min(batch, draws - start)
             xi, ci = x[i:i + 1].expand(n, -1, -1, -1), classes[i:i + 1].expand(n)
-            curves = deletion_insertion(model, xi, ci, random_maps(xi, (h, h), generator), steps, ("deletion",))
+            maps = random_maps(xi, (h, h), generator)
+            curves = deletion_insertion(model, xi, ci, maps, steps, ("deletion",))
             aucs.append(auc(curves["deletion"]).cpu())
         out.append(torch.cat(aucs))
     return torch.stack(out)
@@ -583,7 +585,8 @@ def saved_photos(c):
     if lengths != {n} or set(raw) != {"CAM", "Grad-CAM"} or random.dim() != 2 or \
             any(m.dim() != 3 for m in raw.values()):
         raise ValueError("its parts are not one entry per photo")
-    return PhotoResult(list(c["names"]), list(c["sources"]), list(c["explained"]), tops, shows, raw, aucs, random)
+    return PhotoResult(list(c["names"]), list(c["sources"]), list(c["explained"]), tops, shows, raw, aucs,
+                       random)
 
 
 def plot_photos(r, images, caption, path):
@@ -602,7 +605,8 @@ def plot_photos(r, images, caption, path):
             axes[row, j].set_title(f"{method}: {r.explained[j]}", fontsize=7)
         for ax in axes[:, j]:
             ax.axis("off")
-    fig.suptitle("EfficientNet-Lite0 (ImageNet) on photos: top-5, then CAM and Grad-CAM of the explained class",
+    fig.suptitle("EfficientNet-Lite0 (ImageNet) on photos: top-5, then CAM and Grad-CAM of the explained "
+                 "class",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.09, 1, 1), h_pad=2.0)
     bar = fig.colorbar(shown, cax=fig.add_axes((0.3, 0.06, 0.4, 0.012)), orientation="horizontal")
@@ -624,7 +628,8 @@ def photos_table(r, steps, caption, command):
         cam, random = r.aucs["CAM"]["deletion"][j], r.random_deletion[j]
         beaten = float((random > cam).float().mean())
         lines.append(f"| {name} | {r.sources[j]} | {top[0][0]} ({top[0][1]:.2f}) | {rest} | {shows} "
-                     f"| {peak_cells(r.raw['CAM'])[j]} | {cam:.3f} | {format_mean_std(random.tolist())} | {beaten:.0%} |")
+                     f"| {peak_cells(r.raw['CAM'])[j]} | {cam:.3f} | {format_mean_std(random.tolist())} "
+                     f"| {beaten:.0%} |")
     lines += ["", "| method | deletion AUC (lower is better) | insertion AUC (higher is better) |",
               "|---|---:|---:|"]
     for method, a in r.aucs.items():

@@ -119,7 +119,8 @@ def configs_of(student, seeds, candidates, schedule, blocks=STUDENT_BLOCKS):
     out = []
     for seed in seeds:
         for temperature, alpha in candidates:
-            out.append(run_config({**recipe["config"], **schedule, "seed": seed}, teacher, temperature, alpha))
+            student = {**recipe["config"], **schedule, "seed": seed}
+            out.append(run_config(student, teacher, temperature, alpha))
     return out
 
 
@@ -214,7 +215,8 @@ def comparison_lines(pairs):
             cells = [format_result(records, _val), format_result(records, run_result),
                      format_result(records, fastest_epoch_seconds, digits=0), str(len(records))]
             lines.append(f"| {name} {label} | {params / 1e6:.2f}M | " + " | ".join(cells) + " |")
-    lines += ["", "| distilled minus alone | best val. accuracy [95% interval] | test accuracy [95% interval] "
+    lines += ["", "| distilled minus alone | best val. accuracy [95% interval] "
+                  "| test accuracy [95% interval] "
                   "| test, per seed |", "|---|---:|---:|---:|"]
     for name, _, alone, distilled in pairs:
         val, test = (paired_difference(distilled, alone, key) for key in (_val, run_result))
@@ -246,7 +248,8 @@ def main_table(students, wanted):
     pairs, distilled_all = [], []
     for kind, found in students.items():
         distilled = [record for _, record, _ in found]
-        alone = [published_cnn_run(kind == "residual", STUDENT_BLOCKS, r["config"]["seed"])[0] for r in distilled]
+        alone = [published_cnn_run(kind == "residual", STUDENT_BLOCKS, r["config"]["seed"])[0]
+                 for r in distilled]
         pairs.append((student_name(found[0][0]), parameters(STUDENT_BLOCKS), alone, distilled))
         distilled_all += distilled
     lines += comparison_lines(pairs)
@@ -266,8 +269,8 @@ def short_pairs(found):
     by_student = {}
     for config, record, _ in found:
         side = "distilled" if config["alpha"] > 0 else "alone"
-        by_student.setdefault((config["residual"], config["blocks"]), {"alone": [], "distilled": []})[side].append(
-            record)
+        runs = by_student.setdefault((config["residual"], config["blocks"]), {"alone": [], "distilled": []})
+        runs[side].append(record)
     return [(cnn_name(residual, blocks), parameters(blocks, residual), runs["alone"], runs["distilled"])
             for (residual, blocks), runs in by_student.items()]
 
@@ -279,7 +282,8 @@ def short_table(found, wanted):
     distilled = [r for c, r, _ in found if c["alpha"] > 0]
     lines += ["", f"Distilled: T = {cfg['temperature']:g}, alpha = {DEFAULT_ALPHA:g}; alone: alpha = 0 (the "
                   f"same code and recipe, cross-entropy only). {count(cfg['epochs'], 'epoch')} on the first "
-                  f"{cfg['train_subset']:,} training images, validation on {cfg['val_size']:,}; {meta['data']}, "
+                  f"{cfg['train_subset']:,} training images, validation on {cfg['val_size']:,}; "
+                  f"{meta['data']}, "
                   f"{meta['hardware']}. Mean ± std over seeds; the difference within each seed, its mean "
                   "and 95% t interval. The teacher's forward passes took "
                   f"{teacher_seconds(distilled)} of each distilled epoch."
@@ -312,8 +316,9 @@ def select_table(found, wanted):
         lines.append(f"| {config['temperature']:g} | {config['alpha']:g} | {record['best_val_acc']:.4f} "
                      f"| {ce:.3f} |")
     cfg = found[0][0]
-    lines += ["", f"Seed 0, {count(cfg['epochs'], 'epoch')} on the first {cfg['train_subset']:,} training images, "
-                  f"validation on {cfg['val_size']:,}, the test set not read; {found[0][1]['meta']['hardware']}. "
+    lines += ["", f"Seed 0, {count(cfg['epochs'], 'epoch')} on the first {cfg['train_subset']:,} training "
+                  f"images, validation on {cfg['val_size']:,}, the test set not read; "
+                  f"{found[0][1]['meta']['hardware']}. "
                   "alpha = 0 is the student on hard labels alone."
                   + not_finished(wanted, found) + f" Made by `python {PROG} --select`."]
     return "\n".join(lines) + "\n"
@@ -344,15 +349,17 @@ def make_tables(args):
     short = collect(short_configs(args), roots, run_name)
     if short:
         tables.append(("ex2_distill_short", short_table(short, short_configs(args))))
-        panels += [(f"{name}, short budget", alone, distilled) for name, _, alone, distilled in short_pairs(short)]
+        panels += [(f"{name}, short budget", alone, distilled)
+                   for name, _, alone, distilled in short_pairs(short)]
     if not tables:
         raise UserError(f"no finished distillation runs in {' or '.join(roots)}; run `{command}` first")
     for name, text in tables:
         print(text)
         print(f"table {write_table(text, name, fig_dir, publish)} written")
     meta = (short or next(iter(students.values())))[0][1]["meta"]
-    caption = (f"{meta['data']}; {meta['hardware']}. Teacher: the published {cnn_name(True, TEACHER_RUN['blocks'])}. "
-               f"Short budget: {count(SHORT_SCHEDULE['epochs'], 'epoch')} on {SHORT_SCHEDULE['train_subset']:,} "
+    caption = (f"{meta['data']}; {meta['hardware']}. Teacher: the published "
+               f"{cnn_name(True, TEACHER_RUN['blocks'])}. Short budget: "
+               f"{count(SHORT_SCHEDULE['epochs'], 'epoch')} on {SHORT_SCHEDULE['train_subset']:,} "
                f"images. Made by `python {PROG}` and `python {PROG} --short`.")
     out = os.path.join(fig_dir, "ex2_distill_curves.png")
     plot_curves(panels, caption, out)

@@ -361,13 +361,14 @@ def make_table(saved, made_by):
     lines.append(row("true boxes", lambda d: d["true_boxes"], digits=0))
     lines.append(row("ms per canvas", lambda d: d["ms_per_canvas"], digits=1))
     side = config["canvas_size"]
-    runs = (f"Mean ± std over {count(len(saved), 'run')} (seeds 0-{len(saved) - 1}), each with" if len(saved) > 1
-            else "One run (seed 0), with")
+    runs = (f"Mean ± std over {count(len(saved), 'run')} (seeds 0-{len(saved) - 1}), each with"
+            if len(saved) > 1 else "One run (seed 0), with")
     lines += ["", f"{runs} "
                   f"its own {config['canvases']:,} test canvases of {side}x{side} with 0 to "
                   f"{config['max_digits']} MNIST test digits and its own fine-tuning. AP: PASCAL VOC "
                   f"all-points, IoU >= {EVAL_IOU} with the digit's 28x28 frame; NMS at IoU "
-                  f"{config['nms_iou']}. Classifier `{config['classifier']}`, fine-tuned {count(config['epochs'], 'epoch')} "
+                  f"{config['nms_iou']}. Classifier `{config['classifier']}`, fine-tuned "
+                  f"{count(config['epochs'], 'epoch')} "
                   f"on windows of "
                   f"{config['train_canvases']:,} canvases of training digits. Time: maps, scores and NMS, "
                   f"batches of {CANVAS_BATCH}; {saved[0]['hardware']}. Made by `{made_by}`."]

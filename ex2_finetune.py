@@ -524,8 +524,8 @@ def make_tables(args):
     text = probe_table(probes, missing_names(probe_configs(args), probes))
     print(text)
     print(f"table {write_table(text, 'ex2_finetune_probe', fig_dir, publish)} written")
-    found = {part: collect(configs(args), roots, run_name)
-             for part, configs in (("grid", grid_configs), ("seeds", seed_configs), ("controls", control_configs))}
+    parts = (("grid", grid_configs), ("seeds", seed_configs), ("controls", control_configs))
+    found = {part: collect(configs(args), roots, run_name) for part, configs in parts}
     wanted = grid_configs(args) + seed_configs(args) + control_configs(args)
     missing = missing_names(wanted, [f for part in found.values() for f in part])
     if chosen_setting(args) is None:

@@ -39,7 +39,7 @@ def cnn_name(residual, blocks):
 
 # every CNN figure draws a network in the colour of its depth and the line of its kind
 DEPTH_COLOURS = {1: "tab:blue", 3: "tab:orange", 5: "tab:green", 9: "tab:red"}  # blocks per stage -> colour
-KIND_LINES = {False: "--", True: "-"}                                              # plain dashed, residual solid
+KIND_LINES = {False: "--", True: "-"}  # plain dashed, residual solid
 
 
 def cnn_style(residual, blocks):

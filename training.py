@@ -80,9 +80,9 @@ class Recipe:
 def fit(model, data, recipe, run, progress=True):
     """Train in the run folder `run` (lab.runs.RunFolder) for recipe.epochs, validating after
     each epoch and keeping the best-validation checkpoint; the test set is read once, at the
-    end, by that checkpoint (never by a candidate of a selection, recipe.read_test False). An interrupted run resumes from its last finished epoch; a
-    non-finite loss stops it as diverged. Returns ('trained', record), or ('finished', record)
-    if the folder held a finished run already."""
+    end, by that checkpoint (never by a candidate of a selection: recipe.read_test False). An
+    interrupted run resumes from its last finished epoch; a non-finite loss stops it as diverged.
+    Returns ('trained', record), or ('finished', record) if the folder held a finished run already."""
     if run.finished is not None:
         return "finished", run.finished
     torch.set_flush_denormal(True)  # vanishing gradients of deep plain nets reach slow denormal floats

@@ -110,7 +110,8 @@ def record_problem(record):
         if problem:
             return f"epoch {i + 1}: {problem}"
     present = {k: v for k, v in SUMMARY_FIELDS.items() if k in record}
-    if record["status"] == "complete" and "test_acc" not in record and record.get("validation_only") is not True:
+    validation_only = record.get("validation_only") is True
+    if record["status"] == "complete" and "test_acc" not in record and not validation_only:
         return "a complete run without its test accuracy"
     problem = fields_problem(record, present)
     return f"its summary has {problem}" if problem else agreement_problem(record)
@@ -318,8 +319,8 @@ class RunFolder:
             return False
         if not os.path.exists(self.best_path):
             return True
-        best = load_checkpoint(self.best_path, f"delete the run folder {self.path} and rerun to train it again",
-                               keys=("model", "config", "val_acc", "epoch"))
+        remedy = f"delete the run folder {self.path} and rerun to train it again"
+        best = load_checkpoint(self.best_path, remedy, keys=("model", "config", "val_acc", "epoch"))
         return (best["config"] == self.config and isinstance(best["val_acc"], float)
                 and best["val_acc"] < best_val and best["epoch"] < len(epochs))
 

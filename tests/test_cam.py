@@ -286,7 +286,8 @@ def test_cam_and_gradcam_explain_the_network_in_eval_mode_and_restore_the_caller
     torch.manual_seed(0)
     model = CifarResNet(1, width=4, residual=True).train()
     x = torch.randn(4, 3, 32, 32)
-    hooked = CAM(model, model.features, model.classifier) if method == "CAM" else GradCAM(model, model.features)
+    hooked = (CAM(model, model.features, model.classifier) if method == "CAM"
+              else GradCAM(model, model.features))
     with hooked as explain:
         assert not model.training and not any(m.training for m in model.modules())
         together = explain(x, raw=True)[0]

@@ -77,7 +77,8 @@ def test_a_shard_count_past_any_sweep_is_one_line(capsys):
     assert e.value.code == 2 and "--shard" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+@pytest.mark.parametrize("cuda,mps,expected",
+                         [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
 def test_the_default_device_is_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, expected):
     """Untested on a Mac (we have none): the choice is tested with the availability mocked."""
     import torch

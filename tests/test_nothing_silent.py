@@ -174,13 +174,13 @@ def test_a_failed_imagenette_download_leaves_no_folder(tmp_path, capsys, monkeyp
 
 
 
-def test_a_run_without_data_leaves_no_empty_folder_and_tensorboard_on_a_finished_run_says_so(tmp_path, capsys,
-                                                                                            monkeypatch, mnist_dir):
+def test_a_run_without_data_leaves_no_empty_folder_and_tensorboard_on_a_finished_run_says_so(
+        tmp_path, capsys, monkeypatch, mnist_dir):
     from lab import datafiles
     monkeypatch.setattr(datafiles, "try_download", lambda make, data_dir: None)  # offline
     out = tmp_path / "new" / "runs"
-    code, err = cli_in_process(ex1_mlp, ["--depth", "3", "--data-dir", str(tmp_path / "none"), "--out-dir", str(out)],
-                               capsys)
+    argv = ["--depth", "3", "--data-dir", str(tmp_path / "none"), "--out-dir", str(out)]
+    code, err = cli_in_process(ex1_mlp, argv, capsys)
     assert code == 2 and not (tmp_path / "new").exists()
     argv = single(mnist_dir, tmp_path, "--epochs", "1")
     ex1_mlp.main(ex1_mlp.get_args(argv))

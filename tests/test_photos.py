@@ -71,14 +71,14 @@ def test_your_own_photos_of_any_size_go_to_a_scratch_folder_never_to_figures(tmp
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(tmp_path / "my.jpg")
     Image.fromarray(rng.integers(0, 255, (90, 50), dtype=np.uint8)).save(tmp_path / "other.png")  # grey
-    figures = {p: os.path.getmtime(os.path.join(ROOT, "figures", p)) for p in os.listdir(os.path.join(ROOT, "figures"))}
+    folder = os.path.join(ROOT, "figures")
+    figures = {p: os.path.getmtime(os.path.join(folder, p)) for p in os.listdir(folder)}
     monkeypatch.chdir(tmp_path)
     tops = ex2_cam.main(ex2_cam.get_args(["photos", "my.jpg", "other.png", "--draws", "2", "--steps", "2"]))
     assert len(tops) == 2 and all(len(t) == ex2_cam.TOP_K for t in tops)
     out = capsys.readouterr().out
     assert "my.jpg:" in out and "other.png:" in out
     assert (tmp_path / "runs" / "ex2_cam" / "ex2_cam_photos.png").exists()
-    assert figures == {p: os.path.getmtime(os.path.join(ROOT, "figures", p))
-                       for p in os.listdir(os.path.join(ROOT, "figures"))}
+    assert figures == {p: os.path.getmtime(os.path.join(folder, p)) for p in os.listdir(folder)}
     code, err = cli_in_process(ex2_cam, ["photos", "missing.jpg"], capsys)
     assert_one_line_error(code, err, "missing.jpg")

@@ -88,7 +88,8 @@ def test_text_from_a_file_cannot_open_or_close_a_readme_block(tmp_path):
 
 def test_a_readme_command_with_its_own_fig_dir_saves_beside_it_not_over_the_committed_result(tmp_path):
     from lab.outputs import FIGURES_DIR, REPO_DIR, analysis_path
-    assert analysis_path("gradients", str(tmp_path), True, "ex2_why") == str(tmp_path / "ex2_why_gradients.json")
+    beside = str(tmp_path / "ex2_why_gradients.json")
+    assert analysis_path("gradients", str(tmp_path), True, "ex2_why") == beside
     assert analysis_path("gradients", FIGURES_DIR, True, "ex2_why") == \
         os.path.join(REPO_DIR, "results", "ex2_why", "gradients.json")
 

@@ -7,8 +7,8 @@ from conftest import ROOT
 
 
 def test_the_dry_run_lists_every_step_with_its_cost_and_the_total():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "reproduce.py"), "--dry-run"], capture_output=True,
-                         text=True, timeout=60, cwd=ROOT).stdout
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "reproduce.py"), "--dry-run"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
     import reproduce
     lines = out.splitlines()
     assert len(lines) == len(reproduce.STEPS) + 1 and lines[-1].startswith("total")
@@ -24,7 +24,8 @@ S = reproduce.Step
 reproduce.STEPS = (
     S("a", "python -c \\"open('one', 'a').write('1')\\"", measured=1, data=False),
     S("a", "python -c \\"import os, signal; os.path.exists('killed') or (open('killed', 'w'), "
-           "os.kill(os.getppid(), signal.SIGKILL), os._exit(1)); open('two', 'a').write('2')\\"", measured=1, data=False),
+           "os.kill(os.getppid(), signal.SIGKILL), os._exit(1)); open('two', 'a').write('2')\\"",
+      measured=1, data=False),
     S("a", "python -c \\"open('three', 'a').write('3')\\"", measured=1, data=False),
 )
 reproduce.ROOT = {cwd!r}
@@ -37,8 +38,10 @@ def test_a_run_killed_mid_step_resumes_without_redoing_a_finished_step(tmp_path)
     first step, reruns the second, then the third."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(root=ROOT, cwd=str(tmp_path), state=str(tmp_path / "state")))
-    first = subprocess.run([sys.executable, str(driver)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert first.returncode == -9 and (tmp_path / "one").read_text() == "1" and not (tmp_path / "two").exists()
+    first = subprocess.run([sys.executable, str(driver)], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60)
+    assert first.returncode == -9 and (tmp_path / "one").read_text() == "1"
+    assert not (tmp_path / "two").exists()
     second = subprocess.run([sys.executable, str(driver)], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60)
     assert second.returncode == 0, second.stderr

@@ -177,7 +177,8 @@ def test_a_records_fields_must_agree_with_one_another(tmp_path, edit, message):
     import json
     from lab.errors import UserError
     from lab.runs import read_record
-    record = {"config": {}, "meta": {}, "status": "complete", "test_acc": 0.5, "test_loss": 1.0, "best_epoch": 2,
+    record = {"config": {}, "meta": {}, "status": "complete", "test_acc": 0.5, "test_loss": 1.0,
+              "best_epoch": 2,
               "best_val_acc": 0.6, "epochs": [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6}]}
     (tmp_path / "metrics.json").write_text(json.dumps(record))
     assert read_record(str(tmp_path)) == record

@@ -436,8 +436,9 @@ def summary_rows(probes, grid, seeds, controls, n_classes):
 
 
 def seeds_of(records):
-    seeds = sorted(r["config"]["seed"] for r in records)
-    return ", ".join(map(str, seeds))
+    """The seeds of a row's runs ('-' for a baseline, which draws no random number)."""
+    seeds = sorted(r["config"]["seed"] for r in records if "seed" in r["config"])
+    return ", ".join(map(str, seeds)) or "-"
 
 
 def main_table(probes, grid, seeds, controls, n_classes, missing=()):

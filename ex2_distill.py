@@ -303,6 +303,7 @@ def plot_curves(panels, caption, path):
                         marker="o", ms=3, color="C1" if label == "alone" else "C2", alpha=0.75,
                         label=f"{label} ({count(len(records), 'seed')})" if i == 0 else None)
         ax.set(title=title, xlabel="epoch", ylabel="validation accuracy")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_figure(fig, caption, path, caption_lines=2)

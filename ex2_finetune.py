@@ -483,7 +483,7 @@ def scratch_runs():
             for seed in FROM_SCRATCH["seeds"]]
 
 
-def plot_transfer(probes, seeds, controls, caption, path):
+def plot_transfer(probes, grid, seeds, controls, caption, path):
     """Left: the frozen features' test accuracy against input size. Right: validation accuracy per
     epoch of the chosen fine-tuning, its random-initialization control and residual-56 from scratch."""
     import matplotlib.pyplot as plt
@@ -495,6 +495,9 @@ def plot_transfer(probes, seeds, controls, caption, path):
     left.set(xlabel="input size (px), upsampled from 32", ylabel="test accuracy", ylim=(0, 1),
              title="frozen ImageNet features")
     left.legend()
+    for i, (config, r, _) in enumerate(grid):  # the candidates: seed 0, validation only
+        right.plot([e["epoch"] for e in r["epochs"]], [e["val_acc"] for e in r["epochs"]], ":", marker=".",
+                   color="gray", label="grid candidates (seed 0)" if i == 0 else None)
     curves = [([r for _, r, _ in seeds], "fine-tuned from ImageNet", "C2"),
               ([r for _, r, _ in controls], "same network, random init.", "C3"),
               (scratch_runs(), cnn_name(True, FROM_SCRATCH["blocks"]) + " from scratch (32 px)", "C0")]
@@ -540,7 +543,7 @@ def make_tables(args):
                f"{record['meta']['hardware']}. Right: each line one seed; fine-tuning and its control at "
                f"{FINETUNE_SIZE} px. Made by `python {PROG}`.")
     out = os.path.join(fig_dir, "ex2_finetune.png")
-    plot_transfer(probes, found["seeds"], found["controls"], caption, out)
+    plot_transfer(probes, found["grid"], found["seeds"], found["controls"], caption, out)
     print(f"figure {out} written")
 
 

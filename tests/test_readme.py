@@ -222,3 +222,18 @@ def test_every_long_command_carries_its_cost_on_its_line():
         assert lines, f"{command} ({cost.strip()}) is in no command block of the README"
         for line in lines:
             assert re.search(r"\d+(\.\d+)? ?(h|min)\b", line.split("#", 1)[1]), line
+
+
+def test_the_distillation_prose_quotes_its_committed_tables():
+    """Issue 37: the intervals, per-seed gains and design numbers the distillation section gives
+    are those of the committed tables."""
+    section = read("README.md").split("## Exercise 2.2 (2024 edition)")[1].split("\n## ")[0]
+    short, full = read("figures", "ex2_distill_short.md"), read("figures", "ex2_distill_table.md")
+    rows = {line.split("|")[1].strip(): line for line in short.splitlines() if "[" in line}
+    for student, low, high in (("residual-32", "5.0", "8.6"), ("residual-8", "2.1", "7.2")):
+        per_seed = [float(v) for v in rows[student].split("|")[4].split(",")]
+        assert (f"{100 * min(per_seed):.1f}", f"{100 * max(per_seed):.1f}") == (low, high)
+        assert f"{low} to {high}" in section or f"by {low} to {high}" in section
+    assert "+0.004, -0.001, +0.008" in full and "+0.004, -0.001 and +0.008" in section
+    assert "+0.003 [-0.008, +0.014]" in full and "+0.003 [-0.008, +0.014]" in section
+    assert "rules out a gain above 0.014" in section

@@ -602,7 +602,8 @@ def read_result(analysis, args, digests, path):
 
 def load_inputs(args, paths, device):
     """The networks, CIFAR-10 and the captions' source() for the analyses to compute."""
-    nets = {key: (path,) + load_network(path, device) for key, path in paths.items()}
+    nets = {key: (path,) + load_network(path, device)
+            for key, path in tqdm(paths.items(), desc="loading networks", unit="network")}
     any_ckpt = next(iter(nets.values()))[2]
     data = load_cifar10(args.data_dir, device, any_ckpt["config"]["val_size"])  # the split they trained with
 

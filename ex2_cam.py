@@ -621,14 +621,14 @@ def photos_table(r, steps, caption, command):
     lines = ["| photo | source | top-1 (probability) | top-5 | what it shows (probability) | CAM peak "
              "(row, col of 7x7) | deletion AUC: CAM | random maps | random maps CAM beats |",
              "|---|---|---|---|---|---:|---:|---:|---:|"]
-    draws = r.random_deletion.shape[1]
+    draws, peaks = r.random_deletion.shape[1], peak_cells(r.raw["CAM"])
     for j, name in enumerate(r.names):
         top, rest = r.tops[j], ", ".join(label for label, _ in r.tops[j][1:])
         shows = ", ".join(f"{label} ({p:.3f})" for label, p in r.shows[j]) or "-"
         cam, random = r.aucs["CAM"]["deletion"][j], r.random_deletion[j]
         beaten = float((random > cam).float().mean())
         lines.append(f"| {name} | {r.sources[j]} | {top[0][0]} ({top[0][1]:.2f}) | {rest} | {shows} "
-                     f"| {peak_cells(r.raw['CAM'])[j]} | {cam:.3f} | {format_mean_std(random.tolist())} "
+                     f"| {peaks[j]} | {cam:.3f} | {format_mean_std(random.tolist())} "
                      f"| {beaten:.0%} |")
     lines += ["", "| method | deletion AUC (lower is better) | insertion AUC (higher is better) |",
               "|---|---:|---:|"]

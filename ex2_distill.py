@@ -35,7 +35,7 @@ from lab.files import file_sha256
 from lab.experiment import Experiment, sweep
 from lab.outputs import destination, write_table
 from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, collect,
-                      folder_name, lookup_roots)
+                      folder_name, lookup_roots, unfinished)
 from lab.sweeps import default_workers, parse_shard
 
 PROG = "ex2_distill.py"
@@ -231,8 +231,7 @@ def teacher_seconds(records):
 
 
 def not_finished(configs, found):
-    done = {run_name(c) for c, _, _ in found}
-    names = [run_name(c) for c in configs if run_name(c) not in done]
+    names = unfinished(configs, found, run_name)
     return f" **Not finished: {', '.join(names)}.**" if names else ""
 
 

@@ -32,7 +32,7 @@ from lab.errors import UserError
 from lab.experiment import Experiment, sweep
 from lab.files import FolderLock, load_checkpoint, save_atomic
 from lab.outputs import destination, sweep_results, write_table
-from lab.runs import RunFolder, collect, config_digest, folder_name, lookup_roots
+from lab.runs import RunFolder, collect, config_digest, folder_name, lookup_roots, unfinished
 from lab.sweeps import default_workers
 
 PROG = "ex2_finetune.py"
@@ -513,11 +513,6 @@ def plot_transfer(probes, grid, seeds, controls, caption, path):
     save_figure(fig, caption, path, caption_lines=2)
 
 
-def missing_names(configs, found):
-    done = {run_name(c) for c, _, _ in found}
-    return [run_name(c) for c in configs if run_name(c) not in done]
-
-
 def make_tables(args):
     readme = get_args(["--data-dir", args.data_dir])  # the README's tables: CIFAR-10, the default settings
     fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"))
@@ -525,13 +520,13 @@ def make_tables(args):
     if not collect(probe_configs(args), roots, run_name, PROBE_FIELDS):
         raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; run `{command}` first")
     probes, _ = sweep_results(probe_configs(args), roots, run_name, fig_dir, command, fields=PROBE_FIELDS)
-    text = probe_table(probes, missing_names(probe_configs(args), probes))
+    text = probe_table(probes, unfinished(probe_configs(args), probes, run_name))
     print(text)
     print(f"table {write_table(text, 'ex2_finetune_probe', fig_dir, publish)} written")
     parts = (("grid", grid_configs), ("seeds", seed_configs), ("controls", control_configs))
     found = {part: collect(configs(args), roots, run_name) for part, configs in parts}
     wanted = grid_configs(args) + seed_configs(args) + control_configs(args)
-    missing = missing_names(wanted, [f for part in found.values() for f in part])
+    missing = unfinished(wanted, [f for part in found.values() for f in part], run_name)
     if chosen_setting(args) is None:
         missing.append("the chosen setting's seeds and its control (the grid is not finished)")
     n_classes = 10 if args.dataset == "cifar10" else 100

@@ -446,6 +446,13 @@ def collect(configs, roots, name_fn, fields=None):
     return found
 
 
+def unfinished(configs, found, name_fn):
+    """The run names of `configs` that `found` ([(config, record, folder)], from collect) lacks:
+    a caption names the runs it is missing, not only their count."""
+    done = {name_fn(c) for c, _, _ in found}
+    return [name_fn(c) for c in configs if name_fn(c) not in done]
+
+
 def checkpointed_runs(root, pattern="*"):
     """[(record, best.pt path)] of the complete runs in `root` (folders matching `pattern`) that
     kept a checkpoint, found by their records, not by folder names: a run still training has a

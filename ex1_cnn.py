@@ -17,7 +17,7 @@ import sys
 import torch
 
 from data import CIFAR10_VAL_SIZE, cifar_transforms, load_cifar10
-from models import CifarResNet, build_model
+from models import CifarResNet
 from report import (cnn_name, cnn_style, depth_gap, epoch_times, fastest_epoch_seconds, format_gap,
                     format_result,
                     print_result, run_result, save_figure)
@@ -26,7 +26,7 @@ from utils import get_device, run_meta, seed_everything
 from lab.cli import (LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED, add_device_flag,
                      add_run_flags, ArgumentParser, count, count_flag, Number, run_cli)
 from lab.errors import UserError
-from lab.experiment import Experiment, single_run, sweep
+from lab.launch import Sweep, finished_run, starting_run, sweep
 from lab.outputs import sweep_destination, sweep_results, write_table
 from lab.runs import RunFolder, folder_name, lookup_roots
 from lab.sweeps import default_workers, parse_shard, unique
@@ -135,7 +135,7 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     # channels-last: cuDNN's tensor-core kernels, and faster on CPUs too (bench.py cnn measures both)
     memory_format = torch.channels_last
     arch = arch_of(config, len(data.classes))
-    model = build_model(arch).to(device, memory_format=memory_format)
+    model = CifarResNet(**arch["kwargs"]).to(device, memory_format=memory_format)
     optimizer, scheduler = sgd_warmup_cosine(model, config, math.ceil(len(data.train) / config["batch_size"]))
     train_transform, eval_transform = cifar_transforms(generator, memory_format)
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
@@ -143,11 +143,6 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     meta = run_meta(data, device, memory_format="channels_last")
     with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
-
-
-def experiment():
-    """This script as the shared orchestration sees it (built when called, so tests can patch it)."""
-    return Experiment(EXERCISE, run_name, load_data, train)  # a single CNN run uses every core
 
 
 def sweep_configs(args):
@@ -299,15 +294,23 @@ def main(args):
         if args.plot_only or args.shard:
             raise UserError("--plot-only and --shard go with --sweep")
         warn_long_cpu_run(args, device)
-        record, folder = single_run(experiment(), args, device, run_config(args, args.blocks, args.residual,
-                                                                         args.seed))
+        config = run_config(args, args.blocks, args.residual, args.seed)
+        record, folder = finished_run(EXERCISE, args.out_dir, run_name(config), config, args.force,
+                                      args.tensorboard)
+        if record is None:
+            with starting_run(args.out_dir, device):  # a single CNN run takes every core
+                data = load_data(args, device)
+            print(f"{run_name(config)}: {data.source}, {count(len(data.train), 'training image')}")
+            _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)
         print_result(record, folder)
         return record
     configs = sweep_configs(args)
     if not args.plot_only:
         sweep_destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
         workers = default_workers(device, args.workers)
-        done = sweep(experiment(), args, device, configs, [c["blocks"] for c in configs],
+        runs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, workers,
+                     args.tensorboard)
+        done = sweep(runs, device, configs, [c["blocks"] for c in configs],
                      threads=max(1, (os.cpu_count() or 1) // workers), need_checkpoints=args.checkpoints)
         if done:
             print(done)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from data import MNIST_VAL_SIZE, load_mnist
-from models import MLP, build_model
+from models import MLP
 from report import finished_results, format_result, mean_std, print_result, save_figure
 from training import Recipe, fit
 from utils import get_device, run_meta, seed_everything
@@ -22,7 +22,7 @@ from lab.checkpoints import load_model
 from lab.cli import (LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED, add_device_flag,
                      add_run_flags, ArgumentParser, count, count_flag, run_cli)
 from lab.errors import DataError, UserError
-from lab.experiment import Experiment, single_run, sweep
+from lab.launch import Sweep, finished_run, starting_run, sweep
 from lab.files import read_json, write_json_atomic
 from lab.outputs import remove_stale, sweep_destination, sweep_results, write_table
 from lab.runs import CHECKPOINT_FILE, RunFolder, folder_name, lookup_roots
@@ -149,18 +149,13 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     """Train one configuration; returns (outcome, record) as training.fit does."""
     generator = seed_everything(config["seed"])
     arch = arch_of(config, data.train.x.shape[1], len(data.classes))
-    model = build_model(arch).to(device)
+    model = MLP(**arch["kwargs"]).to(device)
     # fused Adam: one kernel for all parameters instead of several per tensor per step
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator)
     meta = run_meta(data, device)
     with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
-
-
-def experiment():
-    """This script as the shared orchestration sees it (built when called, so tests can patch it)."""
-    return Experiment(EXERCISE, run_name, load_data, train, THREADS)
 
 
 def sweep_configs(args):
@@ -330,7 +325,7 @@ def layer_stats_of_run(config, folder, data, device):
     if ckpt["config"] != config:
         raise UserError(f"{path} is the checkpoint of another run; {remedy}")
     seed_everything(config["seed"])  # the same initialization the run started from
-    model = build_model(ckpt["arch"]).to(device)
+    model = MLP(**ckpt["arch"]["kwargs"]).to(device)
     return {"config": config, "init": layer_stats(model, x, y), "trained": layer_stats(trained, x, y)}
 
 
@@ -429,14 +424,22 @@ def main(args):
         if args.plot_only or args.shard:
             raise UserError("--plot-only and --shard go with --sweep")
         config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
-        record, folder = single_run(experiment(), args, device, config)
+        record, folder = finished_run(EXERCISE, args.out_dir, run_name(config), config, args.force,
+                                      args.tensorboard)
+        if record is None:
+            with starting_run(args.out_dir, device, THREADS):
+                data = load_data(args, device)
+            print(f"{run_name(config)}: {data.source}, {count(len(data.train), 'training image')}")
+            _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)
         print_result(record, folder)
         return record
     configs = sweep_configs(args)
     if not args.plot_only:
         sweep_destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
         costs = [c["depth"] + 2 for c in configs]  # per-step time grows with the number of layers
-        done = sweep(experiment(), args, device, configs, costs, THREADS)
+        runs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, args.workers,
+                     args.tensorboard)
+        done = sweep(runs, device, configs, costs, THREADS)
         if done:
             print(f"{done} on {count(os.cpu_count(), 'core')}")
     return make_figures(args, configs, device)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from data import cifar_transforms, load_cifar10
-from models import CifarResNet, build_model
+from models import CifarResNet
 from report import (cnn_name, fastest_epoch_seconds, format_interval, format_result, paired_difference,
                     published_cnn_run, run_result, save_figure)
 from training import Recipe, fit, sgd_warmup_cosine
@@ -32,7 +32,7 @@ from lab.cli import (MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, add_device_
                      ArgumentParser, count, count_flag, Number, run_cli)
 from lab.errors import UserError
 from lab.files import file_sha256
-from lab.experiment import Experiment, sweep
+from lab.launch import Sweep, sweep
 from lab.outputs import destination, write_table
 from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, collect,
                       folder_name, lookup_roots, unfinished)
@@ -55,6 +55,8 @@ SHORT_SCHEDULE = SELECT_SCHEDULE
 SHORT_STUDENTS = ((True, 5), (True, 1))   # (residual, blocks)
 SHORT_SEEDS = 5
 MAX_TEMPERATURE = 100.0
+# beside lab.cli's shared ones: --select runs the selection, whose table is one of the README's
+WHERE_FLAGS = ("select",)
 
 
 def distillation_loss(student_logits, teacher_logits, y, temperature, alpha):
@@ -172,23 +174,19 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     arch = {"name": "CifarResNet", "kwargs": {
         "blocks_per_stage": config["blocks"], "width": config["width"], "residual": config["residual"],
         "num_classes": len(data.classes)}}
-    model = build_model(arch).to(device, memory_format=memory_format)  # the baseline's initialization
+    model = CifarResNet(**arch["kwargs"]).to(device, memory_format=memory_format)  # the baseline's init.
     optimizer, scheduler = sgd_warmup_cosine(model, config, math.ceil(len(data.train) / config["batch_size"]))
     train_transform, eval_transform = cifar_transforms(generator, memory_format)
     with torch.random.fork_rng():  # building the teacher draws no number the student's run would
         teacher, teacher_sha256 = load_teacher(device, memory_format)
-    recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
-                    Distillation(teacher, config["temperature"], config["alpha"]), train_transform,
-                    eval_transform, read_test=not config.get("selection", False))
+    criterion = Distillation(teacher, config["temperature"], config["alpha"])
+    recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler, criterion,
+                    train_transform, eval_transform, read_test=not config.get("selection", False))
     # the teacher's identity: a resume with another teacher (its file re-saved) is refused
     meta = run_meta(data, device, memory_format="channels_last", teacher_sha256=teacher_sha256)
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
+    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard,
+                   measures=criterion.epoch_metrics) as run:  # its teacher time and CE, in each epoch
         return fit(model, data, recipe, run, progress)
-
-
-def experiment():
-    """This script as the shared orchestration sees it (built when called, so tests can patch it)."""
-    return Experiment(EXERCISE, run_name, load_data, train)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -326,7 +324,7 @@ def select_table(found, wanted):
 
 def make_tables(args):
     readme = get_args(["--student", args.student])  # either student's runs go to the README's table
-    fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"))
+    fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"), where=WHERE_FLAGS)
     roots, command = lookup_roots(args.out_dir, EXERCISE), f"python {PROG}"
     tables, panels = [], []
     select = collect(select_configs(args), roots, run_name)
@@ -417,7 +415,9 @@ def main(args):
         device = get_device(args.device)
         configs = wanted_configs(args)
         workers = default_workers(device, args.workers)
-        done = sweep(experiment(), args, device, configs, [c["epochs"] for c in configs],
+        runs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, workers,
+                     args.tensorboard)
+        done = sweep(runs, device, configs, [c["epochs"] for c in configs],
                      threads=max(1, (os.cpu_count() or 1) // workers))
         if done:
             print(done)

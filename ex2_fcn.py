@@ -20,7 +20,7 @@ import torch
 
 from data import MNIST_IMAGE_SHAPE, Dataset, Split, load_mnist, mnist_images, normalize_mnist
 from detection import (Canvases, capacity, detect, make_canvases, match, summarize, training_windows)
-from models import MLP, ConvMLP, build_model
+from models import MLP, ConvMLP
 from report import format_mean_std, save_figure
 from training import Recipe, fit
 from utils import get_device, hardware, run_meta, seed_everything
@@ -30,7 +30,7 @@ from lab.cli import (FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS,
                      Number, run_cli)
 from lab.datafiles import arrays_signature, read_image
 from lab.errors import DataError, UserError
-from lab.experiment import Experiment, single_run
+from lab.launch import finished_run, starting_run
 from lab.files import fields_problem, read_json, save_image_atomic, write_json_atomic
 from lab.outputs import destination, write_table
 from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, checkpointed_runs, find_finished,
@@ -200,7 +200,7 @@ def detector_arch(source_arch):
 def fine_tune(source, config, splits, run, generator, device):
     """The classifier with an 11th output, background, trained on windows in the RunFolder `run`
     (not yet entered): (outcome, record)."""
-    model = build_model(run.arch).to(device)
+    model = MLP(**run.arch["kwargs"]).to(device)
     state = source.state_dict()
     # the ten digit outputs start as the classifier's; background starts at logit 0
     w, b = state.pop("classifier.weight"), state.pop("classifier.bias")
@@ -294,50 +294,37 @@ def read_benchmark(path, config):
     return saved
 
 
-def experiment(args, device, seed):
-    """Fine-tune (resuming an interrupted run) and benchmark, or find them done among the
-    published results or in --out-dir; returns (run folder, benchmark)."""
-    path = classifier_path(args)
-    source, ckpt = load_classifier(path, device)
-    config = run_config(args, classifier_id(path), seed)
+def canvases_of(args, device, ckpt, config):
+    """(MNIST's three splits as canvases, the generator they were drawn from, the run's meta)."""
+    # the classifier's own validation split: digits it was never trained on
+    data = load_mnist(args.data_dir, device, ckpt["config"]["val_size"])
+    generator = seed_everything(config["seed"])
+    canvases = benchmark_canvases(data, config, generator)
+    return canvases, generator, run_meta(data, device)  # its data signature: no resume on other data
+
+
+def train(config, source, source_arch, inputs, device, out_dir, tensorboard=None):
+    """Fine-tune the classifier `source` into a detector on windows of the canvases `inputs`
+    (canvases_of); returns (outcome, record) as training.fit does."""
+    canvases, generator, meta = inputs
+    splits = [windows(c, config, generator, device) for c in canvases]
     name = run_name(config)
-    made = {}
+    print(f"{name}: {len(splits[0])} training windows from {len(canvases[0])} canvases, {hardware(device)}")
+    run = RunFolder(os.path.join(out_dir, name), config, meta, detector_arch(source_arch), tensorboard)
+    return fine_tune(source, config, splits, run, generator, device)
 
-    def inputs():
-        """MNIST's three splits as canvases, made once and only when needed."""
-        if not made:
-            set_threads(device, THREADS)
-            # the classifier's own validation split: digits it was never trained on
-            data = load_mnist(args.data_dir, device, ckpt["config"]["val_size"])
-            made["meta"] = run_meta(data, device)  # the data's signature: a resume on other data is refused
-            made["generator"] = seed_everything(config["seed"])
-            made["canvases"] = benchmark_canvases(data, config, made["generator"])
-        return made["canvases"], made["generator"]
 
-    def train(config, prepared, device, out_dir, progress, tensorboard=None):
-        canvases, generator = prepared
-        splits = [windows(c, config, generator, device) for c in canvases]
-        print(f"{name}: {len(splits[0])} training windows from {len(canvases[0])} canvases, "
-              f"{hardware(device)}")
-        run = RunFolder(os.path.join(out_dir, name), config, made["meta"], detector_arch(ckpt["arch"]),
-                        tensorboard)
-        return fine_tune(source, config, splits, run, generator, device)
-
-    exp = Experiment(EXERCISE, run_name, lambda args, device: inputs(), train, THREADS)
-    record, folder = single_run(exp, args, device, config)
-    if record["status"] != "complete":
-        raise UserError(f"the fine-tuning in {folder} diverged; try a smaller --lr")
-    bench_path = os.path.join(folder, BENCHMARK_FILE)
-    saved = read_benchmark(bench_path, config)
-    if saved is None:  # a fresh run, or one interrupted between its fine-tuning and its benchmark
-        check_writable(folder)
-        tuned = load_detector(folder, device)
-        test_canvases = inputs()[0][2]
-        results = benchmark({"surgery": source, "finetuned": tuned}, test_canvases, config, device)
-        saved = {"config": config, "hardware": hardware(device), "detectors": results,
-                 "examples": save_examples(test_canvases, folder)}
-        write_json_atomic(saved, bench_path)  # last: a benchmark file means its examples are there
-    return folder, saved
+def measure_benchmark(source, folder, config, test_canvases, device):
+    """Both detectors measured on the test canvases, saved beside the run (a fresh run, or one
+    interrupted between its fine-tuning and its benchmark)."""
+    set_threads(device, THREADS)  # its times are those of one thread, as the training's
+    check_writable(folder)
+    tuned = load_detector(folder, device)
+    results = benchmark({"surgery": source, "finetuned": tuned}, test_canvases, config, device)
+    saved = {"config": config, "hardware": hardware(device), "detectors": results,
+             "examples": save_examples(test_canvases, folder)}
+    write_json_atomic(saved, os.path.join(folder, BENCHMARK_FILE))  # last: it means its examples are there
+    return saved
 
 
 # ----------------------------------------------------------------------------- table and figure
@@ -534,9 +521,26 @@ def main(args):
         return detect_image(args, device)
     if args.plot_only:
         found, classifier = finished_runs(args, device)
-    else:
-        found = [experiment(args, device, seed) for seed in range(args.seeds)]
-        classifier = classifier_path(args)
+        return make_outputs(args, device, found, classifier)
+    classifier = classifier_path(args)
+    source, ckpt = load_classifier(classifier, device)
+    found = []
+    for seed in range(args.seeds):
+        config = run_config(args, classifier_id(classifier), seed)
+        record, folder = finished_run(EXERCISE, args.out_dir, run_name(config), config, args.force,
+                                      args.tensorboard)
+        inputs = None
+        if record is None:
+            with starting_run(args.out_dir, device, THREADS):
+                inputs = canvases_of(args, device, ckpt, config)
+            _, record = train(config, source, ckpt["arch"], inputs, device, args.out_dir, args.tensorboard)
+        if record["status"] != "complete":
+            raise UserError(f"the fine-tuning in {folder} diverged; try a smaller --lr")
+        saved = read_benchmark(os.path.join(folder, BENCHMARK_FILE), config)
+        if saved is None:
+            test_canvases = (inputs or canvases_of(args, device, ckpt, config))[0][2]
+            saved = measure_benchmark(source, folder, config, test_canvases, device)
+        found.append((folder, saved))
     return make_outputs(args, device, found, classifier)
 
 

@@ -29,7 +29,7 @@ from utils import get_device, run_meta, seed_everything
 from lab.cli import (FRACTION, MAX_IMAGES, MAX_WORKERS, add_device_flag, add_tensorboard_flag, ArgumentParser,
                      count, count_flag, Number, run_cli)
 from lab.errors import UserError
-from lab.experiment import Experiment, sweep
+from lab.launch import Sweep, sweep
 from lab.files import FolderLock, load_checkpoint, save_atomic
 from lab.outputs import destination, sweep_results, write_table
 from lab.runs import RunFolder, collect, config_digest, folder_name, lookup_roots, unfinished
@@ -343,10 +343,6 @@ def load_data(args, device):
     return DATASETS[args.dataset](args.data_dir, device)
 
 
-def experiment():
-    """This script as the shared orchestration sees it (built when called, so tests can patch it)."""
-    return Experiment(EXERCISE, run_name, load_data, train)
-
 
 def cost(config):
     """A run's relative CPU cost, to balance the workers and order the runs: pixels per image
@@ -571,10 +567,10 @@ def get_args(argv=None):
     return make_parser().parse_args(argv)
 
 
-def train_runs(args, device, configs):
-    workers = default_workers(device, args.workers)
-    args.shard = None
-    done = sweep(experiment(), args, device, configs, [cost(c) for c in configs],
+def train_runs(runs, device, configs):
+    """Train the pending runs of `configs` (a lab.launch.Sweep of this script's `train`)."""
+    workers = default_workers(device, runs.workers)
+    done = sweep(runs, device, configs, [cost(c) for c in configs],
                  threads=max(1, (os.cpu_count() or 1) // workers))
     if done:
         print(done)
@@ -583,19 +579,21 @@ def train_runs(args, device, configs):
 def main(args):
     if not args.plot_only:
         device = get_device(args.device)
+        runs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, workers=args.workers,
+                     tensorboard=args.tensorboard)
         if args.part in ("probe", "all"):
-            train_runs(args, device, probe_configs(args))
+            train_runs(runs, device, probe_configs(args))
         if args.part in ("finetune", "all"):
-            train_runs(args, device, grid_configs(args))
+            train_runs(runs, device, grid_configs(args))
             if chosen_setting(args) is None:
                 raise UserError("the fine-tuning grid has not finished: rerun to finish it")
             print("chosen on validation: fine-tuning {} with {}".format(*chosen_setting(args)))
-            train_runs(args, device, seed_configs(args))
+            train_runs(runs, device, seed_configs(args))
         if args.part in ("control", "all"):
             if chosen_setting(args) is None:
                 raise UserError("the control trains the chosen fine-tuning setting from random "
                                 "initialization: finish the grid first (--part finetune)")
-            train_runs(args, device, control_configs(args))
+            train_runs(runs, device, control_configs(args))
     return make_tables(args)
 
 

@@ -55,6 +55,9 @@ MAX_DRAWS, MAX_GRID = 1000, 1001
 MAX_SPAN = 100.0             # Li et al. plot within ±1
 CONFIG_FIELDS = {"seed": SEED, "val_size": count_flag(MAX_IMAGES)}  # what the analyses read of a run
 INTERRUPTED = "the figures it reported written are complete; nothing else was written"
+# beside lab.cli's shared ones, the flag that says how much of the command to run: a subset of
+# the analyses redraws the README's own figures
+WHERE_FLAGS = ("analyses",)
 
 
 def make_parser():
@@ -627,7 +630,7 @@ def main(args):
     # a table without one of its networks' rows is not the README's
     published = not missing and all(is_published(p, "ex1_cnn") for p in paths.values())
     defaults = get_args([])
-    fig_dir, publish = destination(args, defaults, SCRATCH_DIR, inputs_published=published)
+    fig_dir, publish = destination(args, defaults, SCRATCH_DIR, published, WHERE_FLAGS)
     if missing:
         make = MAKE_CHECKPOINTS.format(seeds=args.seed + 1)
         print(f"{count(len(missing), 'network')} not found ({', '.join(missing)}): the tables and figures "

@@ -97,13 +97,15 @@ def fit(model, data, recipe, run, progress=True):
             train = train_one_epoch(model, train_batches, recipe.optimizer, recipe.scheduler, bar,
                                     recipe.criterion)
             metrics = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                       "lr": recipe.optimizer.param_groups[0]["lr"],
-                       **getattr(recipe.criterion, "epoch_metrics", dict)()}  # a criterion's own measures
-            if math.isfinite(train["loss"]):
+                       "lr": recipe.optimizer.param_groups[0]["lr"]}
+            diverged = not math.isfinite(train["loss"])  # a non-finite loss ends the run: diverged
+            if not diverged:
                 val = evaluate(model, batches(data.val, EVAL_BATCH_SIZE, transform=recipe.eval_transform))
                 metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+                diverged = not math.isfinite(val["loss"])
             metrics["seconds"] = time.perf_counter() - started
-            if not run.log_epoch(metrics):  # diverged
+            run.log_epoch(metrics, diverged)
+            if diverged:
                 break
             bar.set_postfix(train_loss=f"{train['loss']:.3f}", val_acc=f"{val['acc']:.4f}")
             run.commit_epoch(model, recipe.optimizer, recipe.scheduler, recipe.generator, epoch, val["acc"])

@@ -49,6 +49,8 @@ def hardware(device):
 def run_meta(data, device, **extra):
     """A run record's meta: its data (source and signature), hardware, `extra` and provenance."""
     meta = {"data": data.source, "hardware": hardware(device), **extra, **provenance()}
+    if device.type == "cpu":  # a resume must use as many: CPU kernels sum in an order they set
+        meta["threads"] = torch.get_num_threads()
     if data.signature:
         meta["data_signature"] = data.signature
     return meta

@@ -2,7 +2,8 @@
 no science module (lab.checkpoints builds a network from a checkpoint's description, the one
 exception).
 
-    lab.experiment   one orchestration of single runs and sweeps (Experiment, single_run, sweep)
+    lab.launch       before a run trains: finished already (and where)? its folder and threads;
+                     sweeps, which hand a script's own `train` to worker processes
     lab.runs         run folders: names, records, RunFolder (lock, checkpoints, resume), lookups
     lab.sweeps       which runs are left, shards over machines, a pool of worker processes
     lab.outputs      where tables and figures may go; the README's tables updated under a lock

@@ -166,13 +166,18 @@ def add_run_flags(parser, exercise):
                         help="retrain a finished single run (its result is deleted)")
     parser.add_argument("--shard", default=None, metavar="K/N",
                         help="train only the K-th (0-based) of N disjoint parts of the sweep")
-    parser.add_argument("--plot-only", action="store_true", help="with --sweep: redraw from saved runs")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw a sweep's tables and figures from saved runs")
     add_tensorboard_flag(parser)
 
 
-# flags that say where files are, not what a result is: a caption that named them would put one
-# machine's paths into the committed tables and the README
+# The flags the scripts share, declared once: lab reads no other flag of a script (each script
+# passes what else it needs). Those that say where files are, not what a result is (a caption that
+# named them would put one machine's paths into the committed tables and the README):
 LOCATION_FLAGS = ("data_dir", "out_dir", "fig_dir")
+# those that say where things are or how much of a command to run, not what it computes:
+WHERE_FLAGS = LOCATION_FLAGS + ("workers", "force", "plot_only")
+SHARED_FLAGS = WHERE_FLAGS + ("device", "shard", "tensorboard")
 
 
 def command_line(prog, positionals, args, defaults):

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from lab.cli import check_writable, count
+from lab.cli import WHERE_FLAGS, check_writable, count
 from lab.errors import UserError
 from lab.files import FolderLock, fields_problem, read_json, write_json_atomic, write_text_atomic
 from lab.runs import METRICS_FILE, collect
@@ -29,17 +29,15 @@ def output_dir(fig_dir, publish, scratch_dir):
     return FIGURES_DIR if publish else scratch_dir
 
 
-# flags that say where things are, or how much of a command to run, not what it computes
-WHERE_FLAGS = ("data_dir", "out_dir", "fig_dir", "workers", "force", "plot_only", "analyses", "select")
-
-
-def destination(args, readme_args, scratch_dir, inputs_published=True):
+def destination(args, readme_args, scratch_dir, inputs_published=True, where=()):
     """(folder, publish) for a command's tables and figures, the one rule of every script: the
     README's figures/ (and the README) when the command is the README's (every flag outside
-    WHERE_FLAGS as in `readme_args`, a whole sweep, not a shard) and its inputs are the published
-    results; else `--fig-dir` if given, else `scratch_dir`. The folder is checked writable here,
-    before any work, so a long computation never ends unable to write."""
-    same = all(getattr(args, k) == getattr(readme_args, k, None) for k in vars(args) if k not in WHERE_FLAGS)
+    lab.cli.WHERE_FLAGS and the script's own `where` flags as in `readme_args`, a whole sweep,
+    not a shard) and its inputs are the published results; else `--fig-dir` if given, else
+    `scratch_dir`. The folder is checked writable here, before any work, so a long computation
+    never ends unable to write."""
+    ignored = WHERE_FLAGS + tuple(where)
+    same = all(getattr(args, k) == getattr(readme_args, k, None) for k in vars(args) if k not in ignored)
     publish = same and inputs_published and not getattr(args, "shard", None)
     folder = output_dir(args.fig_dir, publish, scratch_dir)
     check_writable(folder)

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 
 from lab.cli import FRACTION, Number, count
@@ -32,8 +31,9 @@ SUMMARY_FIELDS = {"best_epoch": EPOCH, "best_val_acc": FRACTION, "test_acc": FRA
 STATUSES = ("running",) + FINISHED
 LOSS, SECONDS = Number(float, 0, float("inf")), Number(float, 0, 10 ** 7)
 # what each per-epoch field can be: an accuracy is a fraction, a loss and a time not negative
+# (those training.fit writes; a script's own measures, e.g. a criterion's, are numbers)
 EPOCH_FIELDS = {"train_acc": FRACTION, "val_acc": FRACTION, "train_loss": LOSS, "val_loss": LOSS,
-                "train_ce": LOSS, "seconds": SECONDS, "teacher_seconds": SECONDS, "lr": LOSS}
+                "seconds": SECONDS, "lr": LOSS}
 # --tensorboard: the tag each per-epoch field is logged under (the others under their own names)
 TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train",
                     "val_acc": "accuracy/val", "lr": "learning rate (end of epoch)"}
@@ -187,7 +187,9 @@ class RunHeld(UserError):
 
 
 PROVENANCE = ("commit", "torch")  # meta that says which code ran, not what decides the numbers
-THREADS_RE = re.compile(r"(\d+) threads? per process")  # as utils.hardware writes them
+# meta a start recorded before meta carried it is judged without: the data's signature, the CPU
+# threads per process (before, only inside the hardware line) and the SHA-256 of files (*_sha256)
+ADDED_META = ("data_signature", "threads")
 
 
 def _same_numbers(meta):
@@ -201,7 +203,7 @@ def resume_problem(then, now):
     order that depends on the thread count, and other data is another run. A start recorded
     before meta carried a data signature is judged by the rest."""
     then, now = _same_numbers(then), _same_numbers(now)
-    for key in [k for k in now if k == "data_signature" or k.endswith("_sha256")]:
+    for key in [k for k in now if k in ADDED_META or k.endswith("_sha256")]:
         if key not in then:
             now.pop(key)  # a start recorded before meta carried it is judged by the rest
     if then == now:
@@ -215,13 +217,9 @@ def resume_problem(then, now):
         name = files[0][:-len("_sha256")]
         return (f"its {name} is not the file it started with (SHA-256 {str(then.get(files[0]))[:12]}, now "
                 f"{str(now.get(files[0]))[:12]}): restore that file")
-    threads_then, threads_now = (THREADS_RE.search(str(m.get("hardware"))) for m in (then, now))
-    if threads_then and threads_now and (THREADS_RE.sub("", then["hardware"])
-                                         == THREADS_RE.sub("", now["hardware"])):
-        n = int(threads_then.group(1))
-        return (f"it was trained with {count(n, 'thread')} per process, this process has "
-                f"{threads_now.group(1)}: resume it with {n} (a single CNN run takes every core, a sweep "
-                f"of --workers W each worker cores / W, an MLP run 1; the command it started from does)")
+    if "threads" in then and "threads" in now and then["threads"] != now["threads"]:  # CPU sums' order
+        return (f"it was trained with {count(then.get('threads'), 'thread')} per process, this process "
+                f"has {now.get('threads')}: resume it with the command it started from, its --workers too")
     differ = ", ".join(sorted(k for k in then if then[k] != now.get(k)))
     return (f"it was trained on {then.get('hardware')} ({differ} differ), this process is "
             f"{now.get('hardware')}: resume it on that machine")
@@ -236,8 +234,9 @@ class RunFolder:
     'complete' or 'diverged'. `finished` is the saved record if the run had finished already.
     """
 
-    def __init__(self, path, config, meta, arch, tensorboard=None):
+    def __init__(self, path, config, meta, arch, tensorboard=None, measures=dict):
         self.path, self.config, self.arch = path, config, arch
+        self.measures = measures  # () -> the epoch's own measures of a script (e.g. a criterion's)
         # --tensorboard: each epoch's scalars also go to <tensorboard>/<this folder's name>/
         self.tensorboard = tensorboard and os.path.join(tensorboard, os.path.basename(path))
         self._writer, self._fresh = None, False
@@ -335,16 +334,15 @@ class RunFolder:
                             f"accuracy this run never recorded as its best); {remedy}")
         return best
 
-    def log_epoch(self, metrics):
-        """Record an epoch; False (and the run marked diverged) if its losses are not finite."""
+    def log_epoch(self, metrics, diverged=False):
+        """Record an epoch, with the script's own `measures`; `diverged` marks the run so."""
+        metrics = {**metrics, **self.measures()}
         self.record["epochs"].append(metrics)
-        finite = all(math.isfinite(metrics.get(k, math.nan)) for k in ("train_loss", "val_loss"))
-        if not finite:
+        if diverged:
             self.record["status"] = "diverged"
         write_json_atomic(self.record, os.path.join(self.path, METRICS_FILE))
         if self.tensorboard:
             self._log_scalars(metrics)
-        return finite
 
     def _log_scalars(self, metrics):
         if self._writer is None:

@@ -18,7 +18,7 @@ MAX_SHARDS = 10_000  # more parts than any sweep has runs
 
 
 def unique(configs):
-    """`configs` without repeats (e.g. `--depths 2,2`), in order."""
+    """`configs` without repeats (e.g. a depth given twice), in order."""
     out = []
     for c in configs:
         if c not in out:

@@ -9,7 +9,7 @@ import pytest
 import training
 from conftest import ROOT
 
-MAX_FRAMES_TO_STEP = 5   # project frames from a script's main down to loss.backward()
+MAX_FRAMES_TO_STEP = 4   # project frames from a script's main down to loss.backward()
 MAX_FUNCTION_LINES = 50
 MAX_PARAMETERS = 8       # self, *args and **kwargs not counted
 MACHINERY = ("os.replace", "os.rename", "tempfile", "fcntl", "flock", "multiprocessing")
@@ -74,5 +74,6 @@ def test_the_optimizer_step_is_a_few_calls_below_main(mnist_dir, tmp_path, monke
             "--out-dir", str(tmp_path), "--device", "cpu"]
     with pytest.raises(KeyboardInterrupt):
         ex1_mlp.main(ex1_mlp.get_args(argv))
-    # below main: ..., fit, train_one_epoch (here the recording wrapper), and backward inside it
+    # below main: its own train, fit, train_one_epoch (here the recording wrapper), backward inside it
+    assert depth["frames"][:2] == ["train", "fit"], depth["frames"]
     assert len(depth["frames"]) + 1 <= MAX_FRAMES_TO_STEP, depth["frames"]

@@ -85,10 +85,10 @@ def test_debris_of_a_killed_write_is_removed_at_the_next_start(mnist_dir, tmp_pa
 def test_a_resume_on_other_threads_is_refused(mnist_dir, tmp_path, capsys, monkeypatch):
     folder = interrupted_run(mnist_dir, tmp_path, monkeypatch)
     state = torch.load(folder / "last.pt", weights_only=True)
-    state["record"]["meta"]["hardware"] = "CPU (x86_64, 2 cores, 2 threads per process)"
+    state["record"]["meta"].update(hardware="CPU (x86_64, 2 cores, 2 threads per process)", threads=2)
     torch.save(state, folder / "last.pt")
     code, err = cli_in_process(ex1_mlp, single(mnist_dir, tmp_path, "--epochs", "2"), capsys)
-    assert_one_line_error(code, err, "resume it with 2 ")
+    assert_one_line_error(code, err, "trained with 2 threads per process, this process has 1")
 
 
 def test_a_16_bit_png_is_converted_by_its_high_byte_and_an_empty_class_is_refused(cifar_folder, capsys):

@@ -38,7 +38,8 @@ def test_one_rule_for_where_outputs_go(tmp_path):
         (["--grid", "21"], True, False),                        # another grid is another table
         ([], False, False),                                     # checkpoints that are not the published ones
     ]:
-        folder, published = destination(ex2_why.get_args(argv), readme, scratch, inputs_published)
+        folder, published = destination(ex2_why.get_args(argv), readme, scratch, inputs_published,
+                                        ex2_why.WHERE_FLAGS)
         assert published == publish and folder == (FIGURES_DIR if publish else scratch), argv
     sweep = ex1_cnn.get_args(["--sweep", "--cpu"])
     shard = ex1_cnn.get_args(["--sweep", "--cpu", "--shard", "0/2", "--workers", "1"])

@@ -211,7 +211,7 @@ def test_a_missing_published_network_is_named_and_nothing_goes_to_the_readme(mon
     def without_res56(root, pattern):
         return [] if pattern.startswith("res_n9_") else real_runs(root, pattern)
 
-    def destination(args, readme_args, scratch_dir, inputs_published=True):
+    def destination(args, readme_args, scratch_dir, inputs_published=True, where=()):
         chosen.append(inputs_published)
         return str(tmp_path), inputs_published
 

@@ -298,7 +298,8 @@ def main(args):
         record, folder = finished_run(EXERCISE, args.out_dir, run_name(config), config, args.force,
                                       args.tensorboard)
         if record is None:
-            with starting_run(args.out_dir, device):  # a single CNN run takes every core
+            # a single CNN run takes every core (threads None)
+            with starting_run(args.out_dir, device, None, args.tensorboard):
                 data = load_data(args, device)
             print(f"{run_name(config)}: {data.source}, {count(len(data.train), 'training image')}")
             _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)

@@ -20,10 +20,10 @@ from training import Recipe, fit
 from utils import get_device, run_meta, seed_everything
 from lab.checkpoints import load_model
 from lab.cli import (LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED, add_device_flag,
-                     add_run_flags, ArgumentParser, count, count_flag, run_cli)
+                     add_run_flags, ArgumentParser, count, count_flag, Number, run_cli)
 from lab.errors import DataError, UserError
 from lab.launch import Sweep, finished_run, starting_run, sweep
-from lab.files import read_json, write_json_atomic
+from lab.files import ListOf, fields_problem, read_json, write_json_atomic
 from lab.outputs import remove_stale, sweep_destination, sweep_results, write_table
 from lab.runs import CHECKPOINT_FILE, RunFolder, folder_name, lookup_roots
 from lab.sweeps import parse_shard, unique
@@ -271,22 +271,15 @@ def layer_stats(model, x, y):
             "activation_rms": [a.detach().pow(2).mean().sqrt().item() for a in activations]}
 
 
-STATS_KEYS = ("weight", "bias", "activation_rms")
-
-
-def stats_problem(stats):
-    """What is wrong with the fields of a layer_stats.json, None if nothing: lists of numbers
-    (NaN and inf allowed: an underflowed or exploded gradient is a result) per key and moment."""
-    for when in ("init", "trained"):
-        moment = stats.get(when)
-        if not isinstance(moment, dict):
-            return f"no {when!r} statistics"
-        for key in STATS_KEYS:
-            values = moment.get(key)
-            if not isinstance(values, list) or not values or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                return f"{when!r} has no list of numbers {key!r}"
-    return None
+def stats_schema(config):
+    """The whole layer_stats.json of the run of `config`: per Linear layer (stem, hidden, classifier)
+    a gradient norm of weight and bias, per block and the stem an RMS; NaN and inf allowed (an
+    underflowed or exploded gradient is a result)."""
+    norm = Number(float, 0, float("inf"), finite=False)
+    linears, states = config["depth"] + 2, config["depth"] // config["layers_per_block"] + 1
+    moment = {"weight": ListOf(norm, linears), "bias": ListOf(norm, linears),
+              "activation_rms": ListOf(norm, states)}
+    return {"config": dict, "init": moment, "trained": moment}
 
 
 def gradient_stats(args, device, found):
@@ -301,10 +294,12 @@ def gradient_stats(args, device, found):
         path = os.path.join(folder, STATS_FILE)
         remedy = f"delete {path} and rerun with MNIST unpacked to recompute it"
         stats = read_json(path, remedy)
-        problem = stats and stats_problem(stats)
+        problem = stats is not None and fields_problem(stats, stats_schema(c))
+        if problem and not fields_problem(stats, {"config": dict}) and stats["config"] != c:
+            problem = None  # a file swapped in from another run says so, not what its lengths are
         if problem:
             raise UserError(f"{path} is not a layer-statistics file of this code ({problem}); {remedy}")
-        if stats is not None and stats.get("config") != c:  # the file names its run: a swap is refused
+        if stats is not None and stats["config"] != c:  # the file names its run: a swap is refused
             raise UserError(f"{path} holds the statistics of another run, not of the run in its folder; "
                             f"{remedy}")
         if stats is None:
@@ -427,7 +422,7 @@ def main(args):
         record, folder = finished_run(EXERCISE, args.out_dir, run_name(config), config, args.force,
                                       args.tensorboard)
         if record is None:
-            with starting_run(args.out_dir, device, THREADS):
+            with starting_run(args.out_dir, device, THREADS, args.tensorboard):
                 data = load_data(args, device)
             print(f"{run_name(config)}: {data.source}, {count(len(data.train), 'training image')}")
             _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)

@@ -28,11 +28,11 @@ from report import cnn_name, format_mean_std, save_figure
 from training import CNN_CPU_EPOCHS
 from utils import get_device, hardware
 from lab.checkpoints import load_model, load_state_dict_file
-from lab.files import file_sha256
-from lab.cli import FRACTION, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, count_flag, run_cli
+from lab.files import ListOf, file_sha256
+from lab.cli import FRACTION, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, count_flag, Number, run_cli
 from lab.datafiles import read_image
 from lab.errors import DataError, UserError
-from lab.outputs import (analysis_path, destination, packed, read_analysis, save_analysis, unpacked,
+from lab.outputs import (Packed, analysis_path, destination, packed, read_analysis, save_analysis, unpacked,
                          write_table)
 from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 
@@ -40,7 +40,9 @@ PROG = "ex2_cam.py"
 CNN_RUNS = os.path.join("runs", "ex1_cnn")
 SCRATCH_DIR = os.path.join("runs", "ex2_cam")  # figures of other checkpoints or settings
 MAKE_CHECKPOINT = "python ex1_cnn.py --blocks 3 --residual --cpu --force"  # --force: the published run exists
-INTERRUPTED = "nothing was written"  # what Ctrl-C leaves: figures are written whole, at the end
+# what Ctrl-C or SIGTERM leaves: every file is written whole, at once (a saved result may be there
+# without its figure, which --plot-only then draws)
+INTERRUPTED = "each file it wrote is whole; rerun the command to finish (--plot-only draws a saved result)"
 MAX_FIGURE_IMAGES = 32  # a column per image: more would make a figure no screen shows
 MAX_CLASSES = 1000      # ImageNet's; a CIFAR-10 network checks --class-index against its 10
 MAX_STEPS = 1024        # deletion/insertion steps: one pixel each on CIFAR-10
@@ -294,6 +296,26 @@ def cifar_job(args, device, name, flags):
                     {relative(path): file_sha256(path)})
 
 
+def cam_schema(settings, classes):
+    """The whole saved CAM figure of `settings["num_images"]` images of `classes` classes."""
+    n, label = settings["num_images"], Number(int, 0, classes - 1)
+    maps = Packed("uint8", (n, None, None))
+    return {"title": str, "caption": str, "images": Packed("uint8", (n, None, None, 3)), "maps": maps,
+            "true_maps": maps, "true": ListOf(label, n), "pred": ListOf(label, n),
+            "explained": ListOf(label, n), "names": ListOf(str, classes)}
+
+
+def faithfulness_schema(settings):
+    """The whole saved faithfulness evaluation: per image and method, AUCs and Average Drop
+    fractions, Increase 0 or 1; the mean curves of `steps` + 1 points; at most --eval-images."""
+    fraction = Packed("float32", (None,), 0, 1)
+    curve = Packed("float32", (settings["steps"] + 1,), 0, 1)
+    measures = {k: fraction for k in ("deletion", "insertion", "drop", "increase")}
+    return {"images": Number(int, 1, settings["eval_images"]), "caption": str,
+            "stats": {m: measures for m in METHODS}, "curves": {m: {"deletion": curve, "insertion": curve}
+                                                                for m in METHODS}}
+
+
 def saved_panel(c):
     """(CamPanel, title, caption) of a saved CAM figure."""
     maps, true_maps = (unpacked(c[k]).numpy() / MAP_LEVELS for k in ("maps", "true_maps"))
@@ -306,6 +328,8 @@ def saved_faithfulness(c):
     """(images, stats, curves, caption) of a saved faithfulness evaluation."""
     stats, curves = ({m: {k: unpacked(v) for k, v in d.items()} for m, d in c[part].items()}
                      for part in ("stats", "curves"))
+    if any(len(v) != c["images"] for d in stats.values() for v in d.values()):
+        raise ValueError(f"its measures are not one per image of its {c['images']}")
     return int(c["images"]), stats, curves, str(c["caption"])
 
 
@@ -334,7 +358,9 @@ def cifar_figure(args, device):
             "true": y.cpu().tolist(), "pred": pred.tolist(), "explained": classes.tolist(),
             "names": list(data.classes)})
     command = f"python {PROG} cifar10"
-    panel, title, caption = read_analysis(saved, "cifar10", job.settings, job.inputs, command, saved_panel)
+    schema = cam_schema(job.settings, job.ckpt["arch"]["kwargs"]["num_classes"])
+    panel, title, caption = read_analysis(saved, "cifar10", job.settings, job.inputs, command, saved_panel,
+                                          schema)
     out = os.path.join(job.fig_dir, "ex2_cam_cifar10.png")
     plot_cams(panel, title, caption, out)
     correct = sum(t == p for t, p in zip(panel.true, panel.pred))
@@ -429,7 +455,7 @@ def cifar_evaluate(args, device):
             "curves": {m: {k: packed(v) for k, v in d.items()} for m, d in curves.items()}})
     command = f"python {PROG} cifar10 --evaluate"
     n, stats, curves, caption = read_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs,
-                                              command, saved_faithfulness)
+                                              command, saved_faithfulness, faithfulness_schema(job.settings))
     target = "the predicted class" if args.class_index is None else f"class {args.class_index}"
     table = faithfulness_table(n, stats, caption, target)
     table_path = write_table(table, "ex2_cam_faithfulness", fig_dir, job.publish)
@@ -572,6 +598,17 @@ class PhotoResult:
     random_deletion: object   # (N, draws) tensor
 
 
+def photos_schema(settings):
+    """The whole saved photos analysis: its top-5 and shown classes with probabilities, AUCs in
+    [0, 1], `draws` random deletions per photo; that each has one entry per photo, saved_photos."""
+    ranked = ListOf(ListOf((str, float), 2), min_length=0)  # [(class, probability)], maybe none
+    aucs = {"deletion": ListOf(FRACTION), "insertion": ListOf(FRACTION)}
+    return {"names": ListOf(str), "sources": ListOf(str), "explained": ListOf(str), "tops": ListOf(ranked),
+            "shows": ListOf(ranked), "aucs": {"CAM": aucs, "Grad-CAM": aucs},
+            "random_deletion": Packed("float32", (None, settings["draws"]), 0, 1),
+            "maps": {m: Packed("float32", (None, None, None)) for m in ("CAM", "Grad-CAM")}, "caption": str}
+
+
 def saved_photos(c):
     """The PhotoResult of a saved photos analysis; ValueError unless its parts agree."""
     n = len(c["names"])
@@ -666,7 +703,7 @@ def photos(args, device):
         content = compute_photos(model, images, names, args, device)
         save_analysis(saved, "photos", settings, inputs, {**content, "caption": caption})
     r, caption = read_analysis(saved, "photos", settings, inputs, command,
-                               lambda c: (saved_photos(c), str(c["caption"])))
+                               lambda c: (saved_photos(c), str(c["caption"])), photos_schema(settings))
     for name, t in zip(r.names, r.tops):
         print(f"{name}: {t[0][0]} ({t[0][1]:.3f}); top-5 " + ", ".join(f"{label} {p:.3f}" for label, p in t))
     table = photos_table(r, args.steps, caption, command)

@@ -34,7 +34,7 @@ from lab.errors import UserError
 from lab.files import file_sha256
 from lab.launch import Sweep, sweep
 from lab.outputs import destination, write_table
-from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, collect,
+from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, collect, find_finished,
                       folder_name, lookup_roots, unfinished)
 from lab.sweeps import default_workers, parse_shard
 
@@ -233,20 +233,46 @@ def not_finished(configs, found):
     return f" **Not finished: {', '.join(names)}.**" if names else ""
 
 
-def main_table(students, wanted):
+def alone_runs(distilled, roots):
+    """The student of each distilled run trained without its teacher, on the same schedule and
+    seed: its published Exercise 1.3 run when that is the distilled run's recipe, else a run of
+    this script with alpha 0 (as --short trains them) found in `roots`; seeds with neither are
+    left out, so a 2-epoch student is never set against an 8-epoch baseline."""
+    out = []
+    for r in distilled:
+        student = {k: v for k, v in r["config"].items() if k not in ("teacher", "temperature", "alpha")}
+        residual, blocks, seed = (r["config"][k] for k in ("residual", "blocks", "seed"))
+        try:
+            published = published_cnn_run(residual, blocks, seed)[0]
+        except UserError:  # a seed Exercise 1.3 did not publish
+            published = None
+        if published is not None and published["config"] == student:
+            out.append(published)
+            continue
+        config = {**r["config"], "alpha": 0.0}
+        record, _ = find_finished(roots, run_name(config), config)
+        if record is not None:
+            out.append(record)
+    return out
+
+
+def main_table(students, wanted, roots):
     """The full schedule: the teacher, then per student kind with finished runs ([(config, record,
-    folder)] of its distilled runs) alone (its published Exercise 1.3 runs) and distilled."""
+    folder)] of its distilled runs) alone (alone_runs) and distilled."""
     teacher, _ = published_cnn_run(**TEACHER_RUN)
     lines = ["| teacher | parameters | best val. accuracy | test accuracy | train accuracy (last epoch) |",
              "|---|---:|---:|---:|---:|",
              f"| {cnn_name(True, TEACHER_RUN['blocks'])} | {parameters(TEACHER_RUN['blocks']) / 1e6:.2f}M | "
              f"{teacher['best_val_acc']:.3f} | {run_result(teacher):.3f} | "
              f"{teacher['epochs'][-1]['train_acc']:.3f} |", ""]
-    pairs, distilled_all = [], []
+    pairs, distilled_all, missing_alone = [], [], ""
     for kind, found in students.items():
         distilled = [record for _, record, _ in found]
-        alone = [published_cnn_run(kind == "residual", STUDENT_BLOCKS, r["config"]["seed"])[0]
-                 for r in distilled]
+        alone = alone_runs(distilled, roots)
+        if len(alone) < len(distilled):
+            missing_alone = (" **Some seeds have no run of the student alone on this schedule (train them "
+                             "with `--alpha 0` and the same flags): the difference is over the seeds that "
+                             "have one.**")
         pairs.append((student_name(found[0][0]), parameters(STUDENT_BLOCKS), alone, distilled))
         distilled_all += distilled
     lines += comparison_lines(pairs)
@@ -255,7 +281,7 @@ def main_table(students, wanted):
                   f"all training images; {meta['data']}, {meta['hardware']}. Mean ± std over seeds; the "
                   "difference within each seed (the same initialization, batches and augmentation), its mean "
                   "and 95% t interval over seeds (none for one seed). The teacher's forward passes took "
-                  f"{teacher_seconds(distilled_all)} of each distilled epoch."
+                  f"{teacher_seconds(distilled_all)} of each distilled epoch." + missing_alone
                   + not_finished(wanted, [f for found in students.values() for f in found])
                   + f" Made by `python {PROG}` and `python {PROG} --student plain`."]
     return "\n".join(lines) + "\n"
@@ -338,12 +364,10 @@ def make_tables(args):
             students[kind] = found
             wanted += configs
     if students:
-        tables.append(("ex2_distill_table", main_table(students, wanted)))
+        tables.append(("ex2_distill_table", main_table(students, wanted, roots)))
         found = students["residual"] if "residual" in students else next(iter(students.values()))
         distilled = [r for _, r, _ in found]
-        alone = [published_cnn_run(r["config"]["residual"], STUDENT_BLOCKS, r["config"]["seed"])[0]
-                 for r in distilled]
-        panels.append((f"{student_name(found[0][0])}, all images", alone, distilled))
+        panels.append((f"{student_name(found[0][0])}, all images", alone_runs(distilled, roots), distilled))
     short = collect(short_configs(args), roots, run_name)
     if short:
         tables.append(("ex2_distill_short", short_table(short, short_configs(args))))

@@ -31,7 +31,7 @@ from lab.cli import (FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS,
 from lab.datafiles import arrays_signature, read_image
 from lab.errors import DataError, UserError
 from lab.launch import finished_run, starting_run
-from lab.files import fields_problem, read_json, save_image_atomic, write_json_atomic
+from lab.files import ListOf, fields_problem, read_json, save_image_atomic, write_json_atomic
 from lab.outputs import destination, write_table
 from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, checkpointed_runs, find_finished,
                       folder_name, is_published, lookup_roots,
@@ -267,9 +267,20 @@ def save_examples(canvases, folder):
             "signature": arrays_signature(strip)}
 
 
-BENCHMARK_FIELDS = {"config": dict, "hardware": str, "detectors": dict, "examples": dict}
-SUMMARY_FIELDS = {"map": float, "precision": float, "recall": float, "ms_per_canvas": float, "ap": list,
-                  "detections": int, "true_boxes": int}
+MS = Number(float, 0, float("inf"), open_low=True)
+
+
+def benchmark_schema(config):
+    """The whole benchmark.json of a run of `config`: each detector's scores are fractions (or NaN), one AP
+    per digit, a true box count no larger than the canvases can hold; the figure's examples."""
+    boxes = Number(int, 0, config["canvases"] * config["max_digits"])
+    score = Number(float, 0, 1, finite=False)  # NaN: nothing to score (detection.summarize)
+    summary = {"map": score, "precision": score, "recall": score, "ms_per_canvas": MS,
+               "ap": ListOf(score, DIGITS), "detections": count_flag(MAX_IMAGES * MAX_DETECTIONS, low=0),
+               "true_boxes": boxes}
+    examples = min(N_EXAMPLES, config["canvases"])
+    return {"config": dict, "hardware": str, "detectors": {name: summary for name in DETECTORS},
+            "examples": {"boxes": ListOf(list, examples), "labels": ListOf(list, examples), "signature": str}}
 
 
 def read_benchmark(path, config):
@@ -279,16 +290,11 @@ def read_benchmark(path, config):
     saved = read_json(path, remedy)
     if saved is None:
         return None
-    problem = fields_problem(saved, BENCHMARK_FIELDS)
-    if not problem and saved["config"] != config:
-        problem = "it was measured with other settings"
-    for name in DETECTORS:
-        if not problem:
-            detector = saved["detectors"].get(name)
-            problem = (fields_problem(detector, SUMMARY_FIELDS) if isinstance(detector, dict)
-                       else f"no {name!r}")
-            if not problem and len(detector["ap"]) != DIGITS:
-                problem = f"{len(detector['ap'])} APs for {DIGITS} digits"
+    other = isinstance(saved, dict) and saved.get("config") != config
+    problem = ("it was measured with other settings" if other
+               else fields_problem(saved, benchmark_schema(config)))
+    if not problem and len({d["true_boxes"] for d in saved["detectors"].values()}) > 1:
+        problem = "its detectors were measured on different canvases"
     if problem:
         raise UserError(f"{path} is not a benchmark of this code ({problem}); {remedy}")
     return saved
@@ -531,7 +537,7 @@ def main(args):
                                       args.tensorboard)
         inputs = None
         if record is None:
-            with starting_run(args.out_dir, device, THREADS):
+            with starting_run(args.out_dir, device, THREADS, args.tensorboard):
                 inputs = canvases_of(args, device, ckpt, config)
             _, record = train(config, source, ckpt["arch"], inputs, device, args.out_dir, args.tensorboard)
         if record["status"] != "complete":

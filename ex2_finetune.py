@@ -452,7 +452,7 @@ def main_table(probes, grid, seeds, controls, n_classes, missing=()):
                  f"{scratch[0]['config']['epochs']} epochs) | 32 | 0.85M | {format_result(scratch, _val)} | "
                  f"{format_result(scratch)} | {format_result(scratch, cpu_minutes, digits=1)} | "
                  f"{seeds_of(scratch)} |")
-    record = (seeds or grid or probes)[0][1]
+    record = probes[0][1]
     cfg = (seeds or grid)[0][0] if (seeds or grid) else None
     sgd, adamw = OPTIMIZERS["sgd"], OPTIMIZERS["adamw"]
     recipe = (f" Fine-tuning: {count(cfg['epochs'], 'epoch')}, batch {cfg['batch_size']}, warm-up "
@@ -461,10 +461,16 @@ def main_table(probes, grid, seeds, controls, n_classes, missing=()):
               f"(weight decay {adamw['weight_decay']:g}); the candidates train on seed 0 and read the "
               "validation split only, the one chosen on it then trains on new seeds, which read the test "
               "set once each." if cfg else "")
-    tests = probes[0][1]["images"]["test"]
+    tests = f"{probes[0][1]['images']['test']:,} test images"
+    signature = record["meta"].get("data_signature")
+    others = [name for name, *_, records in summary_rows(probes, grid, seeds, controls, n_classes)
+              if any(r["meta"].get("data_signature") != signature for r in records)]
+    if others:  # rows of another data copy: their test set is not said to be the baselines'
+        tests += (f" for the baselines; **{', '.join(others)}: read from another copy of the data (its "
+                  "signature differs), whose test set may be another**")
     scratch_hardware = ("" if scratch[0]["meta"]["hardware"] == record["meta"]["hardware"] else
                         f" (residual-56: {scratch[0]['meta']['hardware']})")
-    lines += ["", f"{record['meta']['data']}, {tests:,} test images; {record['meta']['hardware']}"
+    lines += ["", f"{record['meta']['data']}, {tests}; {record['meta']['hardware']}"
                   f"{scratch_hardware}. Mean ± std over seeds.{recipe} CPU time: a baseline's feature "
                   "extraction and fit in process CPU time; a training's fastest epoch (with its validation) "
                   "times its epochs, so that other work on the machine does not inflate it."

@@ -27,9 +27,9 @@ from report import cnn_name, cnn_style, save_figure
 from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 from training import CNN_CPU_EPOCHS
 from lab.checkpoints import load_model
-from lab.files import fields_problem, file_sha256, savefig_atomic
+from lab.files import ListOf, file_sha256, savefig_atomic
 from lab.cli import (MAX_EPOCHS, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, command_line, count,
-                     count_flag, Number, run_cli)
+                     count_flag, FRACTION, Number, run_cli)
 from lab.errors import UserError
 from lab.sweeps import set_threads
 from utils import get_device, hardware, seed_everything
@@ -581,7 +581,36 @@ def save_result(analysis, computed, source, made_by, args, digests, path):
     save_analysis(path, analysis, settings, inputs, content)
 
 
-CONTENT_FIELDS = {"source": str, "caption": str, "facts": dict, "made_by": str, "result": dict}
+NORM = Number(float, 0, float("inf"))  # a response's std, a loss
+# a gradient norm or a ratio of two: 0, inf or NaN when a plain network's gradient underflows
+GRADIENT = Number(float, 0, float("inf"), finite=False)
+
+
+def network_schema(analysis, settings, blocks):
+    """What `analysis` saves of one network of `blocks` blocks per stage, with these settings:
+    every number in its range, every list of its length."""
+    layers, n = 6 * blocks + 1, 3 * blocks  # conv layers (the stem, two per block); blocks
+    if analysis == "gradients":
+        ratios = ListOf(GRADIENT, GRADIENT_BATCHES)  # first / last layer, per batch
+        return {"init": ListOf(GRADIENT, layers), "trained": ListOf(GRADIENT, layers), "init_ratios": ratios,
+                "trained_ratios": ratios}
+    if analysis == "responses":
+        return ListOf(NORM, layers)
+    if analysis == "lesion":
+        ks = range(1, min(settings["lesion_max_k"], n) + 1)
+        return {"intact": FRACTION, "single": ListOf(FRACTION, n),
+                "random": {str(k): ListOf(FRACTION, settings["lesion_draws"]) for k in ks},
+                "downsampling": ListOf(Number(int, 0, n - 1), min_length=0)}
+    grid, span = settings["grid"], settings["span"]
+    return {"coords": ListOf(Number(float, -span, span), grid), "loss": ListOf(ListOf(NORM, grid), grid)}
+
+
+def content_schema(analysis, settings, networks):
+    """The whole saved content of `analysis` on `networks` (their names), as read_result reads it."""
+    images = {"responses": "response_images", "lesion": "lesion_images"}.get(analysis)
+    facts = {"images": Number(int, 1, settings[images])} if images else {}  # never more than asked for
+    return {"source": str, "caption": str, "facts": facts, "made_by": str,
+            "result": {name: network_schema(analysis, settings, _key(name)[1]) for name in networks}}
 
 
 def read_result(analysis, args, digests, path):
@@ -590,17 +619,17 @@ def read_result(analysis, args, digests, path):
     inputs = network_inputs(analysis, digests)
 
     def decode(saved):
-        problem = fields_problem(saved, CONTENT_FIELDS)
-        if problem or set(saved["result"]) != set(inputs):
-            raise ValueError(problem or "the results of other networks")
+        if set(saved["result"]) != set(inputs):
+            raise ValueError("the results of other networks")
         result = {_key(name): value for name, value in saved["result"].items()}
         if analysis == "lesion":  # JSON keys are strings: k back to an int
             result = {key: {**r, "random": {int(k): v for k, v in r["random"].items()}}
                       for key, r in result.items()}
         return result, saved["source"], saved["caption"], saved["facts"], saved["made_by"]
 
-    command = f"python {PROG} {analysis}"
-    return read_analysis(path, analysis, analysis_settings(analysis, args), inputs, command, decode)
+    command, settings = f"python {PROG} {analysis}", analysis_settings(analysis, args)
+    return read_analysis(path, analysis, settings, inputs, command, decode,
+                         content_schema(analysis, settings, inputs))
 
 
 def load_inputs(args, paths, device):

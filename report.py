@@ -145,8 +145,11 @@ def print_result(record, run_dir):
     if record["status"] == "diverged":
         print(f"diverged (non-finite loss) at epoch {len(record['epochs'])}")
     if record.get("test_acc") is not None:
+        checkpoint = os.path.join(run_dir, CHECKPOINT_FILE)
+        kept = (f"checkpoint {checkpoint}" if os.path.exists(checkpoint) else
+                "its checkpoint is not kept (--force trains the run again, with one, into --out-dir)")
         print(f"best validation accuracy {record['best_val_acc']:.4f} at epoch {record['best_epoch']}; "
-              f"test accuracy {record['test_acc']:.4f}; checkpoint {os.path.join(run_dir, CHECKPOINT_FILE)}")
+              f"test accuracy {record['test_acc']:.4f}; {kept}")
     seconds = epoch_seconds(record)
     if seconds is not None:
         print(f"{seconds:.3g} s per epoch (training and validation)")

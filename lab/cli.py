@@ -55,9 +55,12 @@ class Number:
     finite, in [low, high] (an end excluded if `open_low` / `open_high`); `why` says why, in
     the one-line error a flag out of range gives (exit code 2)."""
 
-    def __init__(self, kind, low, high, open_low=False, open_high=False, why=""):
+    def __init__(self, kind, low, high, open_low=False, open_high=False, why="", finite=True):
         self.kind, self.low, self.high, self.open_low, self.open_high = kind, low, high, open_low, open_high
         self.why = why
+        # False: NaN and an infinite end of the range are values too (read from a file: a precision
+        # with nothing detected, an exploded gradient)
+        self.finite = finite
         self.__name__ = "integer" if kind is int else "number"  # argparse names the type in errors
 
     def describe(self):
@@ -71,6 +74,8 @@ class Number:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 self.kind is int and not isinstance(value, int)):
             return f"{value!r} is not {self.describe()}"
+        if not self.finite and (math.isnan(value) or value in (self.low, self.high)):
+            return None
         if not math.isfinite(value) or value < self.low or value > self.high \
                 or (self.open_low and value == self.low) or (self.open_high and value == self.high):
             why = f" ({self.why})" if self.why else ""

@@ -159,13 +159,15 @@ def decode_images(items, desc, shape):
 
 
 def folder_signature(items):
-    """A digest of every file's name, label, size and modification time: the decoded cache is
-    used only if no image was added, removed, replaced or edited since it was written."""
+    """A digest of every file's name, label, size, modification and status-change times: the
+    decoded cache is used only if no image was added, removed, replaced or edited since it was
+    written. The status-change time (ctime) is the one a user cannot set back: an image replaced
+    with its old mtime restored still changes it (a copy of the folder does too: one decoding)."""
     digest = hashlib.sha256()
     for path, label in items:
         st = os.stat(path)
         # surrogateescape: a file name that is not UTF-8 is still a name (its bytes)
-        digest.update(f"{os.path.basename(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n"
+        digest.update(f"{os.path.basename(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"
                       .encode(errors="surrogateescape"))
     return digest.hexdigest()
 

@@ -5,7 +5,7 @@ A script's `main` reads as the experiment:
 
     record, folder = finished_run(EXERCISE, out_dir, name, config, force, tensorboard)
     if record is None:
-        with starting_run(out_dir, device, threads):
+        with starting_run(out_dir, device, threads, tensorboard):
             data = load_data(args, device)
         _, record = train(config, data, device, out_dir, tensorboard=tensorboard)
 """
@@ -16,7 +16,8 @@ from typing import Callable, Optional
 
 from lab.cli import check_writable, count
 from lab.errors import UserError
-from lab.runs import METRICS_FILE, RunHeld, find_finished, is_published, lookup_roots, remove_run
+from lab.runs import (METRICS_FILE, RunHeld, check_tensorboard, find_finished, is_published, lookup_roots,
+                      remove_run)
 from lab.sweeps import default_workers, plan, run_jobs, set_threads, summarize_jobs
 
 
@@ -47,12 +48,14 @@ def finished_run(exercise, out_dir, name, config, force=False, tensorboard=None)
 
 
 @contextlib.contextmanager
-def starting_run(out_dir, device, threads=None):
-    """Around the loading of a run's data: `out_dir` is made and checked writable, the process
-    takes `threads` CPU threads (None: every core); if the data cannot be loaded, the folders
-    made for it go again, so a run that could not start leaves no empty folder behind."""
+def starting_run(out_dir, device, threads=None, tensorboard=None):
+    """Around the loading of a run's data: `out_dir` (and the --tensorboard folder) made and
+    checked writable, the process takes `threads` CPU threads (None: every core); if the data
+    cannot be loaded, the folders made for it go again, so a run that could not start leaves no
+    empty folder behind."""
     new_folders = missing_folders(out_dir)
     check_writable(out_dir)
+    check_tensorboard(tensorboard)
     set_threads(device, threads)
     try:
         yield
@@ -116,6 +119,7 @@ def sweep(spec, device, configs, costs, threads, need_checkpoints=False):
     if not todo:
         return None
     check_writable(spec.out_dir)
+    check_tensorboard(spec.tensorboard)
     spec.load_data(spec.data_args, device)  # a data error: one line here, not one per worker
     workers = default_workers(device, spec.workers)
     results, wall, used = run_jobs(_job, todo, workers, device, threads, "sweep", _setup, (spec, device))

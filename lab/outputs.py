@@ -1,6 +1,7 @@
 """Where tables and figures may go: the README's figures/ and README.md only for the README's
 exact commands on the published results; anything else beside its runs or to --fig-dir."""
 import base64
+import json
 import math
 import os
 
@@ -175,14 +176,27 @@ ANALYSIS_FIELDS = {"name": str, "settings": dict, "inputs": dict, "content": dic
 
 
 def save_analysis(path, name, settings, inputs, content):
-    """Save `content` (JSON) computed by `name` with `settings` from `inputs` ({what: SHA-256})."""
-    write_json_atomic({"name": name, "settings": settings, "inputs": inputs, "content": content}, path)
+    """Save `content` (JSON) computed by `name` with `settings` from `inputs` ({what: SHA-256}).
+    A saved result it replaces with other numbers (computed from another copy of the data, on
+    another machine) is named in a line: a committed one changes only in plain sight."""
+    saved = {"name": name, "settings": settings, "inputs": inputs, "content": content}
+    try:
+        with open(path) as f:
+            before = json.load(f)
+    except (OSError, ValueError):
+        before = None
+    write_json_atomic(saved, path)
+    if before is not None and json.dumps(before, sort_keys=True) != json.dumps(saved, sort_keys=True):
+        print(f"{path}: replaced by this computation, whose numbers differ from those saved there (other "
+              "data, machine or code); `git diff --stat` shows a committed result changed, `git checkout -- "
+              "<file>` restores it")
 
 
-def read_analysis(path, name, settings, inputs, compute, decode):
+def read_analysis(path, name, settings, inputs, compute, decode, schema=None):
     """decode(the content saved by save_analysis), refused in one line unless it was computed by
-    `name` with these `settings` from these very `inputs`, and unless `decode` finds in it what
-    it reads (a KeyError, TypeError or ValueError of decode's is that line); `compute` is the
+    `name` with these `settings` from these very `inputs`, its whole content fits `schema` (the
+    fields the script declares, lab.files.fields_problem) and `decode` finds in it what it
+    reads (a KeyError, TypeError or ValueError of decode's is that line); `compute` is the
     command that makes it."""
     remedy = f"rerun `{compute}` (without --plot-only, with the data) to compute it again"
     saved = read_json(path, remedy)
@@ -198,6 +212,9 @@ def read_analysis(path, name, settings, inputs, compute, decode):
     if saved["inputs"] != inputs:
         raise UserError(f"{path} was computed from other inputs than {', '.join(inputs)} (others, or their "
                         f"SHA-256 differ); {remedy}")
+    problem = schema and fields_problem(saved["content"], schema)
+    if problem:
+        raise UserError(f"{path} is not a saved {name} result of this code ({problem}); {remedy}")
     try:
         return decode(saved["content"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -214,6 +231,32 @@ def packed(tensor):
     t = tensor.detach().cpu().contiguous()
     dtype = next(name for name, d in PACKED_DTYPES.items() if d == t.dtype)
     return {"dtype": dtype, "shape": list(t.shape), "base64": base64.b64encode(t.numpy().tobytes()).decode()}
+
+
+class Packed:
+    """A schema (lab.files.fields_problem) for a tensor saved by `packed`: its dtype, its shape
+    (an int per dimension, None for any length) and the range of its values (finite unless
+    `finite` is False)."""
+
+    def __init__(self, dtype, shape, low=-math.inf, high=math.inf, finite=True):
+        self.dtype, self.shape, self.low, self.high, self.finite = dtype, shape, low, high, finite
+
+    def problem(self, value):
+        try:
+            t = unpacked(value)
+        except (ValueError, TypeError) as e:
+            return str(e)
+        if value["dtype"] != self.dtype or t.dim() != len(self.shape) or any(
+                n is not None and n != m for n, m in zip(self.shape, t.shape)):
+            want = "x".join("N" if n is None else str(n) for n in self.shape)
+            return f"a {value['dtype']} tensor of shape {list(t.shape)}, not {self.dtype} {want}"
+        values = t.double()
+        if self.finite and not torch.isfinite(values).all():
+            return "a tensor with values that are not finite"
+        finite = values[torch.isfinite(values)]
+        if finite.numel() and (finite.min() < self.low or finite.max() > self.high):
+            return f"a tensor with values outside [{self.low:g}, {self.high:g}]"
+        return None
 
 
 def unpacked(value):

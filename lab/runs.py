@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 
-from lab.cli import FRACTION, Number, count
+from lab.cli import FRACTION, Number, check_writable, count
 from lab.errors import UserError
 from lab.files import (FolderLock, all_finite, fields_problem, load_checkpoint, read_json, remove_debris,
                        save_atomic, write_json_atomic)
@@ -400,13 +400,25 @@ class RunFolder:
         return self.record
 
 
-def tensorboard_writer(folder):
-    """A TensorBoard SummaryWriter on `folder`; one line if the tensorboard package is missing."""
+def _summary_writer():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
-    return SummaryWriter(folder)
+    return SummaryWriter
+
+
+def check_tensorboard(folder):
+    """--tensorboard `folder` (if given) can be logged to: the package is there and the folder
+    writable, said in one line before any data is read or epoch trained."""
+    if folder:
+        _summary_writer()
+        check_writable(folder)
+
+
+def tensorboard_writer(folder):
+    """A TensorBoard SummaryWriter on `folder`; one line if the tensorboard package is missing."""
+    return _summary_writer()(folder)
 
 
 def remove_run(folder):

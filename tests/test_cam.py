@@ -6,7 +6,7 @@ import torch
 
 import ex2_cam
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, upsample_and_scale
-from conftest import assert_one_line_error, cli_in_process, cli_subprocess
+from conftest import ROOT, assert_one_line_error, cli_in_process, cli_subprocess
 from lab.errors import UserError
 from models import CifarResNet
 
@@ -294,3 +294,56 @@ def test_cam_and_gradcam_explain_the_network_in_eval_mode_and_restore_the_caller
         alone = explain(x[:1], raw=True)[0]
     assert torch.allclose(together[:1], alone, atol=1e-5)
     assert model.training and all(m.training for m in model.modules())
+
+
+def _set(*keys_and_value):
+    *keys, last, value = keys_and_value
+
+    def edit(content):
+        for k in keys:
+            content = content[k]
+        content[last] = value
+    return edit
+
+
+def _nan_auc(content):
+    content["aucs"]["CAM"]["deletion"][2] = float("nan")
+
+
+@pytest.mark.parametrize("argv, name, edit, says", [
+    (["cifar10"], "cifar10", _set("pred", 3, -1), "'pred': item 3: must be an integer from 0 to 9"),
+    (["cifar10"], "cifar10", _set("true", 0, 12), "'true': item 0: must be an integer from 0 to 9"),
+    (["cifar10"], "cifar10", _set("explained", [1, 2]), "'explained': 2 items, not 8"),
+    (["cifar10", "--evaluate"], "cifar10_faithfulness", _set("images", 5000),
+     "'images': must be an integer from 1 to 1000"),
+    (["photos"], "photos", _nan_auc, "'deletion': item 2: must be a number in [0, 1], got nan"),
+])
+def test_a_saved_cam_result_is_checked_whole_against_its_schema(argv, name, edit, says, tmp_path, capsys,
+                                                                 monkeypatch):
+    """Each refusal names the file, before any figure or table is drawn (the committed ones stay)."""
+    with open(os.path.join(ROOT, "results", "ex2_cam", f"{name}.json")) as f:
+        saved = json.load(f)
+    edit(saved["content"])
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(saved))
+    monkeypatch.setattr(ex2_cam, "analysis_path", lambda *a, **k: str(path))
+    code, err = cli_in_process(ex2_cam, argv + ["--plot-only", "--fig-dir", str(tmp_path / "figs")], capsys)
+    assert_one_line_error(code, err, says)
+    assert str(path) in err and not os.listdir(tmp_path / "figs")
+
+
+def test_an_interrupt_after_the_result_is_saved_says_what_was_written(cifar_folder, tmp_path, capsys,
+                                                                       monkeypatch):
+    """Ctrl-C (or SIGTERM) between the saved maps and their figure: the message does not say that
+    nothing was written, and the saved result then draws the figure without the data."""
+    ckpt = save_checkpoint(str(tmp_path / "runs" / "res_n1_e40_s0_x" / "best.pt"))
+    common = ["--checkpoint", ckpt, "--num-images", "4", "--fig-dir", str(tmp_path / "fig"),
+              "--device", "cpu"]
+    real = ex2_cam.plot_cams
+    monkeypatch.setattr(ex2_cam, "plot_cams", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    code, err = cli_in_process(ex2_cam, ["cifar10", "--data-dir", cifar_folder] + common, capsys)
+    assert code == 130 and "nothing was written" not in err and "each file it wrote is whole" in err
+    assert (tmp_path / "fig" / "ex2_cam_cifar10.json").exists()
+    monkeypatch.setattr(ex2_cam, "plot_cams", real)
+    ex2_cam.main(ex2_cam.get_args(["cifar10", "--plot-only", "--data-dir", str(tmp_path / "none")] + common))
+    assert (tmp_path / "fig" / "ex2_cam_cifar10.png").exists()

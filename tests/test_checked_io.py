@@ -151,3 +151,15 @@ def test_layer_stats_fields_are_checked(mnist_dir, tmp_path, capsys):
     stats.write_text(json.dumps({"init": {"weight": "big"}, "trained": {}}))
     code, err = cli_in_process(ex1_mlp, argv + ["--plot-only"], capsys)
     assert_one_line_error(code, err, "not a layer-statistics file of this code")
+
+
+def test_a_saved_result_replaced_with_other_numbers_is_named(tmp_path, capsys):
+    """`python ex2_cam.py cifar10 --data-dir <another copy>` recomputes the README's maps: the
+    committed file it replaces is named in a line, not replaced without a word."""
+    from lab.outputs import save_analysis
+    path = str(tmp_path / "cifar10.json")
+    save_analysis(path, "cifar10", {"seed": 0}, {"best.pt": "ab"}, {"auc": [0.25, float("nan")]})
+    save_analysis(path, "cifar10", {"seed": 0}, {"best.pt": "ab"}, {"auc": [0.25, float("nan")]})
+    assert "replaced" not in capsys.readouterr().out  # the same numbers again: nothing to say
+    save_analysis(path, "cifar10", {"seed": 0}, {"best.pt": "ab"}, {"auc": [0.26, float("nan")]})
+    assert f"{path}: replaced by this computation, whose numbers differ" in capsys.readouterr().out

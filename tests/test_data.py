@@ -64,3 +64,12 @@ def test_crop_flip_keeps_shapes_labels_and_content():
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
     assert not torch.equal(out, x)  # it did augment something
     assert torch.equal(random_crop_flip(x, torch.Generator().manual_seed(0)), out)  # seeded
+
+
+def test_full_size_mnist_files_whose_labels_are_not_mnists_are_recorded_as_such():
+    """Shuffled or edited labels train at chance: the run's record must not call that MNIST. (On
+    the published label files, e.g. the lab's copy, mnist_source says 'MNIST'.)"""
+    from data import mnist_source
+    other = (torch.arange(60_000) % 10, torch.arange(10_000) % 10)
+    assert mnist_source(*other) == "MNIST-format files whose labels are not MNIST's"
+    assert mnist_source(torch.arange(300) % 10, torch.arange(100) % 10) == "MNIST"  # a small test copy

@@ -156,3 +156,30 @@ def test_a_resume_with_another_teacher_is_refused_and_the_record_names_its_teach
     problem = resume_problem(then, {**then, "teacher_sha256": "0" * 64})
     assert "its teacher is not the file it started with" in problem
     assert resume_problem({"data": "d", "hardware": "h"}, then) is None  # a start of older code
+
+
+def test_a_distilled_student_is_set_against_the_student_alone_on_its_own_schedule(tmp_path):
+    """A 2-epoch distillation is not compared with the 8-epoch published baseline: its pair is a
+    run alone (alpha 0) on the same 2 epochs, and without one the table says so."""
+    import glob
+    import json
+    args = ex2_distill.get_args(["--epochs", "2", "--seeds", "1"])
+    config = ex2_distill.main_configs(args)[0]
+    runs = tmp_path / "runs"
+    committed = sorted(glob.glob(os.path.join(ROOT, "results", "ex2_distill", "kd-res_n5_*_e8_s0_*")))[0]
+    record = json.loads(open(os.path.join(committed, "metrics.json")).read())
+
+    def write(config, test_acc):
+        folder = runs / ex2_distill.run_name(config)
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({**record, "config": config, "test_acc": test_acc}))
+
+    write(config, 0.5)
+    students = {"residual": ex2_distill.collect([config], [str(runs)], ex2_distill.run_name)}
+    table = ex2_distill.main_table(students, [config], [str(runs)])
+    assert "no run of the student alone on this schedule" in table
+    alone_row = next(line for line in table.splitlines() if line.startswith("| residual-32 alone"))
+    assert "| - | - |" in alone_row  # not the published 8-epoch run's numbers
+    write({**config, "alpha": 0.0}, 0.25)
+    table = ex2_distill.main_table(students, [config], [str(runs)])
+    assert "no run of the student alone" not in table and "+0.250" in table

@@ -226,3 +226,25 @@ def test_an_interrupted_cnn_run_resumes_to_the_uninterrupted_metrics(cifar_folde
     untimed = [[{k: v for k, v in e.items() if k != "seconds"} for e in r["epochs"]]
                for r in (whole, resumed)]
     assert untimed[0] == untimed[1] and whole["test_acc"] == resumed["test_acc"]
+
+
+def test_an_image_replaced_with_its_old_mtime_restored_is_decoded_again(cifar_folder):
+    """An image edited in place (same size), its modification time set back: the loader decodes
+    the folder again (and finds the edit) instead of reading the stale cache."""
+    import time
+    first = load_cifar10(cifar_folder, CPU, n_val=10)  # builds the decoded cache
+    folder = os.path.join(cifar_folder, "test", "cat")
+    path = os.path.join(folder, sorted(os.listdir(folder))[0])
+    st = os.stat(path)
+    time.sleep(0.01)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        again = load_cifar10(cifar_folder, CPU, n_val=10)
+    except DataError as e:  # the edit broke the file: named, so decoded again
+        assert os.path.basename(path) in str(e)
+    else:
+        assert not torch.equal(first.test.x, again.test.x)

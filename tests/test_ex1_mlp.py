@@ -1,12 +1,14 @@
 from lab import datafiles
 import json
+import os
 
 import pytest
 import torch
 
 import ex1_mlp
 import training
-from conftest import assert_one_line_error, cli_in_process, cli_subprocess
+from conftest import ROOT, assert_one_line_error, cli_in_process, cli_subprocess
+from lab.errors import UserError
 
 TINY = ["--width", "8", "--epochs", "1", "--val-size", "50", "--batch-size", "32", "--device", "cpu"]
 
@@ -241,6 +243,15 @@ def test_tensorboard_missing_is_one_line(mnist_dir, tmp_path, monkeypatch, capsy
     argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path), "--tensorboard",
                    str(tmp_path / "tb")]
     assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "pip install tensorboard")
+    assert not list(tmp_path.glob("*/metrics.json"))  # said before the first epoch, not after it
+
+
+def test_an_unwritable_tensorboard_folder_is_one_line_before_any_epoch(mnist_dir, tmp_path, capsys):
+    (tmp_path / "tb").write_text("a file where the folder should go")
+    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
+                   "--tensorboard", str(tmp_path / "tb" / "logs")]
+    assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "cannot create the output folder")
+    assert not list(tmp_path.glob("runs/*/metrics.json"))
 
 
 def test_a_published_result_printed_mentions_the_users_own_run_beside_it(mnist_dir, tmp_path, monkeypatch,
@@ -257,3 +268,26 @@ def test_a_published_result_printed_mentions_the_users_own_run_beside_it(mnist_d
     run_main(argv)
     out = capsys.readouterr().out
     assert "published with the code" in out and f"your own run of these settings is in {folder}" in out
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda s: s["init"]["activation_rms"].pop(), "'activation_rms': 32 items, not 33"),
+    (lambda s: s["trained"]["weight"].__setitem__(3, -1.0), "'weight': item 3: must be a number"),
+    (lambda s: s["init"].__setitem__("bias", "small"), "'bias': a str where a list belongs"),
+])
+def test_saved_layer_statistics_are_checked_whole_before_use(edit, says, tmp_path):
+    import glob
+    import re
+    pattern = os.path.join(ROOT, "results", "ex1_mlp", "plain_d32_*_s0_*", "layer_stats.json")
+    committed = sorted(glob.glob(pattern))[0]
+    stats = json.loads(open(committed).read())
+    folder = tmp_path / "run"
+    folder.mkdir()
+    found = [(stats["config"], None, str(folder))]
+    args = ex1_mlp.get_args(["--sweep", "--depths", "32"])
+    (folder / "layer_stats.json").write_text(json.dumps(stats))
+    assert ex1_mlp.gradient_stats(args, torch.device("cpu"), found)[("plain", 32)] == stats  # as committed
+    edit(stats)
+    (folder / "layer_stats.json").write_text(json.dumps(stats))
+    with pytest.raises(UserError, match=re.escape(says)):
+        ex1_mlp.gradient_stats(args, torch.device("cpu"), found)

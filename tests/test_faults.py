@@ -205,11 +205,11 @@ def test_an_unwritable_fig_dir_fails_before_training(mnist_dir, tmp_path, capsys
     assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "cannot create the output folder")
 
 
-def test_ctrl_c_of_ex2_cam_says_nothing_was_written(capsys, monkeypatch):
+def test_ctrl_c_of_ex2_cam_is_one_line_saying_its_files_are_whole(capsys, monkeypatch):
     import ex2_cam
     monkeypatch.setattr(ex2_cam, "main", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
     code, err = cli_in_process(ex2_cam, ["cifar10"], capsys)
-    assert code == 130 and err.strip() == "ex2_cam.py: interrupted; nothing was written"
+    assert code == 130 and err.strip() == f"ex2_cam.py: interrupted; {ex2_cam.INTERRUPTED}"
 
 
 def test_ctrl_c_before_the_first_epoch_leaves_no_empty_run_folder(mnist_dir, tmp_path, monkeypatch):

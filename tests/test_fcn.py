@@ -1,6 +1,7 @@
 """Exercise 2.2: the surgery is exact, the benchmark and its AP are what they say, the script works."""
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -297,3 +298,24 @@ def test_the_table_names_the_settings_that_made_it_not_where_it_went():
     assert ex2_fcn.results_command(ex2_fcn.get_args(["--seeds", "5", "--plot-only", "--fig-dir", "x"])) == \
         "python ex2_fcn.py --seeds 5"
     assert ex2_fcn.results_command(ex2_fcn.get_args(["--plot-only"])) == "python ex2_fcn.py"
+
+
+@pytest.mark.parametrize("detector, field, value, says", [
+    ("finetuned", "map", 1.7, "'map': must be a number in [0, 1]"),
+    ("surgery", "ap", [0.5] * 9, "'ap': 9 items, not 10"),
+    ("surgery", "true_boxes", 7, "measured on different canvases"),
+    ("surgery", "ms_per_canvas", "fast", "'ms_per_canvas': 'fast' is not a number"),
+])
+def test_a_saved_benchmark_is_checked_whole_before_use(detector, field, value, says, tmp_path):
+    import glob
+    import re
+    from lab.errors import UserError
+    committed = sorted(glob.glob(os.path.join(ROOT, "results", "ex2_fcn", "*", "benchmark.json")))[0]
+    saved = json.loads(open(committed).read())
+    path = tmp_path / "benchmark.json"
+    path.write_text(json.dumps(saved))
+    assert ex2_fcn.read_benchmark(str(path), saved["config"]) == saved  # as committed: read
+    saved["detectors"][detector][field] = value
+    path.write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=re.escape(says)):
+        ex2_fcn.read_benchmark(str(path), saved["config"])

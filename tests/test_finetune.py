@@ -195,6 +195,28 @@ def test_plot_only_redraws_the_committed_tables_without_data(tmp_path):
             assert (tmp_path / f"{name}.md").read_text() == f.read()
 
 
+def test_a_row_from_another_copy_of_the_data_is_not_captioned_with_the_baselines_test_set(tmp_path):
+    """The caption's test-image count is the baselines'; a row whose runs read another data copy
+    (a scratch run on a small copy) is named as such, not given that count."""
+    import json
+    import shutil
+    runs = tmp_path / "runs"
+    shutil.copytree(os.path.join(ROOT, "results", "ex2_finetune"), runs)
+    chosen = next(runs.glob("cifar10_ft-all-adamw_*_s0_*"))
+    record = json.loads((chosen / "metrics.json").read_text())
+    record["meta"]["data_signature"] = "0123456789abcdef"
+    (chosen / "metrics.json").write_text(json.dumps(record))
+    probes = ex2_finetune.collect(ex2_finetune.probe_configs(ex2_finetune.get_args([])), [str(runs)],
+                                  ex2_finetune.run_name)
+    grid = ex2_finetune.collect(ex2_finetune.grid_configs(ex2_finetune.get_args([])), [str(runs)],
+                                ex2_finetune.run_name)
+    table = ex2_finetune.main_table(probes, grid, [], [], 10)
+    caption = table.strip().splitlines()[-1]
+    assert "10,000 test images for the baselines; **candidate: fine-tuned all layers, adamw (seed 0): read " \
+           "from another copy of the data" in caption
+    assert "sgd (seed 0): read from another" not in caption  # the other rows share the baselines' copy
+
+
 # ----------------------------------------------------------------------------- the test set, read once
 
 class UnreadableSplit:

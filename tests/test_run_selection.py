@@ -25,6 +25,13 @@ def test_a_single_run_of_published_settings_prints_the_published_result(tmp_path
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_a_published_run_without_its_checkpoint_is_never_printed_with_a_path_to_one(tmp_path, capsys):
+    ex1_mlp.main(ex1_mlp.get_args(["--depth", "2", "--data-dir", str(tmp_path / "no-data"),
+                                   "--out-dir", str(tmp_path / "runs")]))  # plain-2: metrics only in git
+    out = capsys.readouterr().out
+    assert "best.pt" not in out and "its checkpoint is not kept" in out
+
+
 def test_a_users_run_of_published_settings_never_replaces_it_in_a_figure(tmp_path, capsys):
     runs = tmp_path / "runs"
     shutil.copytree(f"{ROOT}/results/ex1_cnn", runs, ignore=shutil.ignore_patterns("*.pt"))

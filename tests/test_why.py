@@ -1,6 +1,7 @@
 import copy
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ex2_why
-from conftest import assert_one_line_error, cli_in_process
+from conftest import ROOT, assert_one_line_error, cli_in_process
 from lab.errors import UserError
 from models import MLP, CifarResNet
 
@@ -238,3 +239,46 @@ def test_an_analysis_with_no_network_to_read_is_skipped_computed_or_redrawn(cifa
     for extra in ([], ["--plot-only"]):  # depth 8 only: the lesion study reads depths 32 and 56
         assert ex2_why.main(ex2_why.get_args(argv + extra)) == []
         assert "lesion skipped: no network of depth 32 or 56" in capsys.readouterr().out
+
+
+def _edit(path, *keys_and_value):
+    """An edit of a saved analysis: the value at r['content'][keys...] replaced (None: deleted)."""
+    *keys, last, value = keys_and_value
+
+    def edit(saved):
+        node = saved["content"]
+        for k in keys:
+            node = node[k]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return path, edit
+
+
+# (analysis, edit) -> the words of the refusal: each a file the README's figures were once drawn from
+SAVED_CASES = [
+    (_edit("lesion", "result", "res_n9", "intact", 1.5), "'intact': must be a number in [0, 1]"),
+    (_edit("landscape", "result", "res_n5", "loss", 3, 4, float("nan")), "item 4: must be a number"),
+    (_edit("gradients", "result", "res_n5", "init_ratios", 0, -2.0), "'init_ratios': item 0: must be"),
+    (_edit("lesion", "facts", "images", 5000), "'images': must be an integer from 1 to 1000"),
+    (_edit("landscape", "result", "res_n5", "coords", [0.0] * 5), "'coords': 5 items, not 11"),
+    (_edit("responses", "result", "res_n5", 2, "x"), "item 2: 'x' is not a number"),
+    (_edit("gradients", "result", "res_n5", "trained", None), "no 'trained'"),
+    (_edit("lesion", "result", "plain_n5", "random", "3", [0.5]), "'3': 1 items, not 5"),
+]
+
+
+@pytest.mark.parametrize("case, says", SAVED_CASES)
+def test_a_saved_analysis_is_checked_whole_against_its_schema_before_use(case, says, tmp_path):
+    (analysis, edit), args = case, ex2_why.get_args([])  # the README's settings, as committed
+    with open(os.path.join(ROOT, "results", "ex2_why", f"{analysis}.json")) as f:
+        saved = json.load(f)
+    digests = {ex2_why._key(name): sha for name, sha in saved["inputs"].items()}
+    path = tmp_path / f"{analysis}.json"
+    path.write_text(json.dumps(saved))
+    assert ex2_why.read_result(analysis, args, digests, str(path))  # as committed: read
+    edit(saved)
+    path.write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=re.escape(says)):
+        ex2_why.read_result(analysis, args, digests, str(path))

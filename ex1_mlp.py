@@ -408,7 +408,7 @@ def make_figures(args, configs, device):
     else:
         remove_stale(inside)
         print(f"gradient and activation figures skipped: {skipped}")
-    with open(table_path) as f:
+    with open(table_path, encoding="utf-8") as f:
         print(f.read())
     print(f"table and figures written to {fig_dir}/")
 

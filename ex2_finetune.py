@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import CIFAR10_VAL_SIZE, batches, cifar_transforms, load_cifar10, load_cifar100
-from models import PartlyFrozenLite0
+from models import LITE0_FEATURES, PartlyFrozenLite0
 from pretrained import LITE_MEAN, LITE_STD, PADDING, WEIGHTS_PACKAGE, load_efficientnet_lite0
 from report import cnn_name, fastest_epoch_seconds, format_result, published_cnn_run, run_result, save_figure
 from training import Recipe, fit, warmup_cosine
@@ -30,7 +30,7 @@ from lab.cli import (FRACTION, MAX_IMAGES, MAX_WORKERS, add_device_flag, add_ten
                      count, count_flag, Number, run_cli)
 from lab.errors import UserError
 from lab.launch import Sweep, sweep
-from lab.files import FolderLock, load_checkpoint, save_atomic
+from lab.files import FolderLock, fields_problem, load_checkpoint, save_atomic
 from lab.outputs import destination, sweep_results, write_table
 from lab.runs import RunFolder, collect, config_digest, folder_name, lookup_roots, unfinished
 from lab.sweeps import default_workers
@@ -94,8 +94,11 @@ def cached_split(path, fconfig, split):
     if not (isinstance(feats, torch.Tensor) and isinstance(labels, torch.Tensor) and feats.dim() == 2
             and feats.shape[0] == len(split) and torch.equal(labels, split.y.cpu())):
         raise UserError(f"{path} holds features of other images (another --data-dir?); {remedy}")
-    if not bool(torch.isfinite(feats).all()):
-        raise UserError(f"{path} holds non-finite features; {remedy}")
+    problem = fields_problem(saved, {"seconds": Number(float, 0, 10 ** 7, open_low=True)})
+    if feats.shape[1] != LITE0_FEATURES or feats.dtype != torch.float32:
+        problem = f"{feats.shape[1]} {feats.dtype} features per image, not {LITE0_FEATURES} float32"
+    if problem or not bool(torch.isfinite(feats).all()):
+        raise UserError(f"{path} does not hold this network's features ({problem or 'not finite'}); {remedy}")
     return feats, float(saved["seconds"])
 
 

@@ -228,6 +228,9 @@ EFFICIENTNET_LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40
                              (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 
 
+LITE0_FEATURES = 1280  # the channels of EfficientNet-Lite0's last conv: its global-pooled features
+
+
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 (the TF-Lite variant of Tan & Le 2019): (B, 3, 224, 224) -> (B, 1000).
 
@@ -241,7 +244,7 @@ class EfficientNetLite0(nn.Module):
     same weights.
     """
 
-    def __init__(self, num_classes=1000, stem_channels=32, head_channels=1280):
+    def __init__(self, num_classes=1000, stem_channels=32, head_channels=LITE0_FEATURES):
         super().__init__()
         bn = dict(eps=EFFICIENTNET_BN_EPS, momentum=EFFICIENTNET_BN_MOMENTUM)
         self._conv_stem = Conv2dSame(3, stem_channels, 3, 2, bias=False)

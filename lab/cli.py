@@ -134,12 +134,26 @@ def torchvision_problem():
     return None
 
 
+def _usable_streams():
+    """Output that never fails the command: a closed stderr (`2>&-`) is replaced by stdout, so
+    errors and progress are still said; a character the terminal's encoding lacks (LC_ALL=C)
+    is written escaped (the files this code writes are UTF-8 whatever the locale)."""
+    if sys.stderr is None:
+        sys.stderr = sys.stdout or open(os.devnull, "w")
+    if sys.stdout is None:
+        sys.stdout = sys.stderr
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def run_cli(main, args, prog, interrupted="every finished epoch is saved; rerun the command to resume"):
     """Call main(args); user-facing errors become one line on stderr with exit code 2.
 
     Ctrl-C and SIGTERM print one line (`interrupted`) and exit with 130.
     """
     signal.signal(signal.SIGTERM, _terminate)
+    _usable_streams()
     try:
         problem = torchvision_problem()
         if problem:

@@ -214,7 +214,7 @@ def read_json(path, remedy):
     try:
         if os.path.getsize(path) > MAX_JSON_BYTES:
             raise UserError(f"{path} is larger than any file this code writes; {remedy}")
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             obj = json.load(f)
     except (FileNotFoundError, NotADirectoryError):  # no such file, or a file where a folder belongs
         return None

@@ -84,7 +84,7 @@ def write_table(text, name, fig_dir, publish):
     path = os.path.join(fig_dir, f"{name}.md")
     text = as_data(text)
     if os.path.isfile(path):
-        with open(path, errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             change = changed_cells(f.read(), text)
         if change:
             print(f"{path}: {change}")
@@ -137,7 +137,7 @@ def update_readme(name, text, readme=README):
     lock = FolderLock(os.path.dirname(os.path.abspath(readme)))
     lock.wait()
     try:
-        with open(readme) as f:
+        with open(readme, encoding="utf-8") as f:
             content = f.read()
         if begin in content and end in content:
             head, rest = content.split(begin, 1)
@@ -181,7 +181,7 @@ def save_analysis(path, name, settings, inputs, content):
     another machine) is named in a line: a committed one changes only in plain sight."""
     saved = {"name": name, "settings": settings, "inputs": inputs, "content": content}
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             before = json.load(f)
     except (OSError, ValueError):
         before = None

@@ -107,6 +107,21 @@ def test_features_of_other_images_are_refused_in_one_line(tmp_path):
         ex2_finetune.frozen_features(config, shuffled, CPU, str(tmp_path), False)
 
 
+def test_a_feature_file_cut_short_or_with_an_odd_time_is_refused_in_one_line(tmp_path):
+    data = tiny_data()
+    config = probe_config(tmp_path, "knn")
+    ex2_finetune.frozen_features(config, data, CPU, str(tmp_path), False)
+    path = os.path.join(ex2_finetune.features_folder(str(tmp_path), config), "test.pt")
+    saved = torch.load(path, weights_only=True)
+    for edit, says in ((lambda s: s.update(features=s["features"][:, :1000]), "1000 torch.float32 features"),
+                       (lambda s: s.update(seconds=-5000.0), "'seconds': must be a number")):
+        changed = dict(saved)
+        edit(changed)
+        torch.save(changed, path)
+        with pytest.raises(UserError, match=f"does not hold this network's features.*{says}"):
+            ex2_finetune.frozen_features(config, data, CPU, str(tmp_path), False)
+
+
 # ----------------------------------------------------------------------------- fine-tuning
 
 def one_step(model):

@@ -187,3 +187,23 @@ def test_a_run_without_data_leaves_no_empty_folder_and_tensorboard_on_a_finished
     capsys.readouterr()
     ex1_mlp.main(ex1_mlp.get_args(argv + ["--tensorboard", str(tmp_path / "tb")]))
     assert "--tensorboard: nothing logged, the run is finished" in capsys.readouterr().out
+
+
+def test_a_closed_stderr_or_an_ascii_locale_fails_no_command(mnist_dir, tmp_path):
+    """`2>&-` (no stderr at all) and `LC_ALL=C PYTHONUTF8=0` (an ASCII terminal and locale): the
+    run trains and says its result, the README's tables are drawn, exit code 0."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = [sys.executable, os.path.join(ROOT, "ex1_mlp.py"), "--depth", "2", "--epochs", "1",
+           "--val-size", "50", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs")]
+    closed = subprocess.run(run, stdout=subprocess.PIPE, text=True, env=env, timeout=120,
+                            preexec_fn=lambda: os.close(2))  # as `2>&-`
+    assert closed.returncode == 0 and "test accuracy" in closed.stdout
+    ascii_env = dict(env, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    plot = [sys.executable, os.path.join(ROOT, "ex1_mlp.py"), "--sweep", "--plot-only", "--fig-dir",
+            str(tmp_path / "fig")]
+    drawn = subprocess.run(plot, capture_output=True, env=ascii_env, timeout=120)
+    assert drawn.returncode == 0, drawn.stderr.decode(errors="replace")[-300:]
+    assert "±".encode() in (tmp_path / "fig" / "ex1_mlp_table.md").read_bytes()  # files stay UTF-8

@@ -1,5 +1,6 @@
 """Command-line plumbing of every script: argparse with one-line errors, checked numeric flags, run_cli."""
 import argparse
+import errno
 import math
 import os
 import signal
@@ -134,6 +135,10 @@ def torchvision_problem():
     return None
 
 
+# what PyTorch's allocators say when memory runs out (the CPU's, CUDA's, Apple's MPS)
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "Out of memory", "MPS backend out of memory")
+
+
 def _usable_streams():
     """Output that never fails the command: a closed stderr (`2>&-`) is replaced by stdout, so
     errors and progress are still said; a character the terminal's encoding lacks (LC_ALL=C)
@@ -162,12 +167,23 @@ def run_cli(main, args, prog, interrupted="every finished epoch is saved; rerun 
     except (UserError, DataError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except OSError as e:  # a folder that cannot be written, a full disk: the user's to fix
-        print(f"{prog}: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+    except BrokenPipeError:  # the reader of the output went away (`| head`): stop, say so where it can
+        sys.stdout = open(os.devnull, "w")  # nothing more to that pipe, not even at exit
+        print(f"{prog}: stopped: its output pipe was closed; {interrupted}", file=sys.stderr)
         sys.exit(2)
-    except MemoryError:
+    except OSError as e:  # a folder that cannot be written, a full disk: the user's to fix
+        where = f": {e.filename}" if e.filename else (
+            " (free some space or raise the limit, then rerun)" if e.errno in (errno.ENOSPC, errno.EFBIG)
+            else "")
+        print(f"{prog}: error: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as e:
+        # PyTorch's allocators raise RuntimeError (torch.cuda.OutOfMemoryError is one) when the
+        # memory runs out; any other RuntimeError is a bug, and its traceback is the report
+        if not isinstance(e, MemoryError) and not any(m in str(e) for m in OUT_OF_MEMORY):
+            raise
         print(f"{prog}: error: out of memory; use smaller sizes (width, batch, images) or a larger "
-              "machine", file=sys.stderr)
+              f"machine{'' if isinstance(e, MemoryError) else f' ({str(e)[:80]})'}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)

@@ -413,6 +413,12 @@ def check_tensorboard(folder):
     writable, said in one line before any data is read or epoch trained."""
     if folder:
         _summary_writer()
+        try:
+            folder.encode("utf-8")
+        except UnicodeEncodeError:  # TensorBoard writes its event files' names as UTF-8
+            name = folder.encode("utf-8", "surrogateescape")
+            raise UserError(f"--tensorboard {name!r}: TensorBoard needs a folder whose name is UTF-8 text; "
+                            "pass another")
         check_writable(folder)
 
 

@@ -291,3 +291,11 @@ def test_saved_layer_statistics_are_checked_whole_before_use(edit, says, tmp_pat
     (folder / "layer_stats.json").write_text(json.dumps(stats))
     with pytest.raises(UserError, match=re.escape(says)):
         ex1_mlp.gradient_stats(args, torch.device("cpu"), found)
+
+
+def test_a_tensorboard_folder_whose_name_is_not_utf8_is_one_line(mnist_dir, tmp_path, capsys):
+    folder = os.fsdecode(os.fsencode(str(tmp_path)) + b"/\xfftb")  # a name as a non-UTF-8 shell passes it
+    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
+                   "--tensorboard", folder]
+    assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "needs a folder whose name is UTF-8")
+    assert not list(tmp_path.glob("runs/*/metrics.json"))

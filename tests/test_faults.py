@@ -259,3 +259,38 @@ def test_a_run_killed_before_any_rename_resumes_to_the_uninterrupted_result(mnis
         monkeypatch.undo()
         resumed = ex1_mlp.main(ex1_mlp.get_args(single(mnist_dir, out, *argv)))
         assert untimed(resumed) == untimed(whole), f"killed before rename {k} ({os.path.basename(calls[-1])})"
+
+
+@pytest.mark.parametrize("error, says", [
+    (OSError(28, "No space left on device"), "error: No space left on device (free some space"),
+    (BrokenPipeError(32, "Broken pipe"), "stopped: its output pipe was closed; rerun"),
+])
+def test_an_error_that_names_no_file_is_still_one_line_that_says_what_to_do(error, says, capsys, monkeypatch):
+    import sys
+    from lab.cli import run_cli
+
+    def main(args):
+        raise error
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # run_cli may swap it (a closed pipe): restored after
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, None, "x.py", "rerun")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and says in err and not err.rstrip().endswith(":")
+
+
+def test_pytorchs_out_of_memory_is_one_line_and_another_runtime_error_stays_a_traceback(capsys):
+    """Under `ulimit -v`, PyTorch's CPU allocator raises a RuntimeError, not MemoryError."""
+    from lab.cli import run_cli
+
+    def oom(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 4294967296 bytes. Error code 12")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(oom, None, "x.py")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("x.py: error: out of memory;") and err.count("\n") == 1
+
+    def bug(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    with pytest.raises(RuntimeError, match="shapes"):
+        run_cli(bug, None, "x.py")

@@ -37,8 +37,8 @@ SWEEP_BLOCKS = (1, 3, 5, 9)  # depths 8, 20, 32 and 56 (He et al.'s Fig. 6 goes 
 GAP_BLOCKS = (3, 9)          # the depth gap the README measures: 56 layers against 20
 DEFAULTS = {"epochs": 40, "seeds": 3}
 # The CPU preset: what a 2-core machine affords for the README's sweep (eight networks, three
-# seeds; the README gives its cost): 8 epochs. With 6, ResNet-20 stopped at 0.787 test accuracy
-# on the JPEG copy; 8 take it past 0.80. On a GPU use the defaults.
+# seeds; the README gives its cost): 8 epochs (the README's table shows what they reach). On a
+# GPU use the defaults.
 CPU_PRESET = {"epochs": CNN_CPU_EPOCHS}
 # a single run's epoch per block per stage on our 2-core CPU, for the warning before a long CPU
 # run: ResNet-20 (3 blocks) at bench.py cnn's rate on both cores (figures/bench_cnn.md)

@@ -56,8 +56,8 @@ N_EXAMPLES = 3          # canvases in the figure
 EXAMPLES_FILE = "examples.png"   # the figure's canvases, so --plot-only needs no MNIST
 BENCHMARK_FILE = "benchmark.json"
 # width-16 layers are too small to share between threads: the fine-tuning trains fastest on one
-# (ex1_mlp.py, bench.py mlp). The detector's maps would run ~1.4x faster on two (10-11 against
-# 14 ms per canvas here), but a process has one thread count: the table's times are one thread's
+# (`python bench.py mlp` measures one against two). The detector's maps could use more, but a
+# process has one thread count: the table's times are one thread's
 THREADS = 1
 DETECTORS = {"surgery": "(a) surgery alone", "finetuned": "(b) surgery + background class"}
 

@@ -47,8 +47,8 @@ LESION_DEPTHS = " or ".join(str(CifarResNet.depth_of(b)) for b in LESION_BLOCKS)
 GRADIENT_BATCH = 128         # a training batch, as in training
 GRADIENT_BATCHES = 4         # the ratios are a mean over this many batches, with their range
 EVAL_BATCH = 500
-# the lesion and landscape evaluations, as ex1_cnn.py trains: channels_last ran a residual-56
-# forward pass 1.6-1.9x faster than the default layout on our 2-core CPU
+# the lesion and landscape evaluations run channels-last, as ex1_cnn.py trains (faster on CPUs
+# too: `python bench.py cnn` measures both layouts)
 MEMORY_FORMAT = torch.channels_last
 LOSS_CAP = 10.0              # landscape contours stop here: chance level is ln(10) = 2.3
 MAX_DRAWS, MAX_GRID = 1000, 1001
@@ -58,51 +58,6 @@ INTERRUPTED = "the figures it reported written are complete; nothing else was wr
 # beside lab.cli's shared ones, the flag that says how much of the command to run: a subset of
 # the analyses redraws the README's own figures
 WHERE_FLAGS = ("analyses",)
-
-
-def make_parser():
-    p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("analyses", nargs="*", default=list(ANALYSES), metavar="ANALYSIS",
-                   help=f"any of {', '.join(ANALYSES)} (default: all)")
-    p.add_argument("--runs-dir", default=None,
-                   help="where the ex1_cnn.py run folders are (default: results/ex1_cnn, "
-                        "else runs/ex1_cnn)")
-    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=CNN_CPU_EPOCHS,
-                   help="the epochs of the runs to read (default: ex1_cnn.py's CPU preset)")
-    p.add_argument("--seed", type=SEED, default=0, help="the seed of the runs to read")
-    p.add_argument("--response-images", type=count_flag(MAX_IMAGES), default=1000,
-                   help="validation images for the responses")
-    p.add_argument("--lesion-images", type=count_flag(MAX_IMAGES), default=1000,
-                   help="test images (a seeded sample) per lesioned network; 10000 for all on a GPU")
-    p.add_argument("--lesion-draws", type=count_flag(MAX_DRAWS), default=5,
-                   help="random draws of k deleted blocks, per k")
-    p.add_argument("--lesion-max-k", type=count_flag(MAX_DRAWS), default=5,
-                   help="delete up to this many random blocks")
-    p.add_argument("--grid", type=count_flag(MAX_GRID, low=2), default=11,
-                   help="landscape points per axis (odd puts (0, 0) on it)")
-    p.add_argument("--span", type=Number(float, 0, MAX_SPAN, open_low=True,
-                                         why="filter-normalized steps beyond it only overflow"),
-                   default=1.0, help="landscape coordinates run from -span to span")
-    p.add_argument("--landscape-images", type=count_flag(MAX_IMAGES), default=1000,
-                   help="training images (a seeded subset) for each landscape loss")
-    p.add_argument("--plot-only", action="store_true",
-                   help="redraw the tables and figures from the saved results (results/ex2_why/ for the "
-                        "README's): no CIFAR-10 needed, seconds")
-    add_device_flag(p)
-    p.add_argument("--data-dir", default="data", help="where CIFAR-10 is")
-    p.add_argument("--fig-dir", default=None,
-                   help=f"where figures go (default: figures/ for the README's settings, else {SCRATCH_DIR})")
-    return p
-
-
-def get_args(argv=None):
-    p = make_parser()
-    args = p.parse_args(argv)
-    unknown = [a for a in args.analyses if a not in ANALYSES]
-    if unknown:
-        p.error(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
-    args.analyses = list(dict.fromkeys(args.analyses))
-    return args
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -164,7 +119,7 @@ def conv_gradient_norms(model, x, y):
 def gradients(nets, data, device):
     """{key: {'init'/'trained': mean norm per conv layer, 'init_ratios'/'trained_ratios': the
     first/last ratio on each batch}} over GRADIENT_BATCHES training batches: one batch's ratio
-    is a noisy estimate (on plain-32 it ranged from 31 to 86 over 12 batches and seeds)."""
+    is a noisy estimate (the table gives the range over the batches)."""
     batches = [(normalize_images(data.train.x[i * GRADIENT_BATCH:(i + 1) * GRADIENT_BATCH]),
                 data.train.y[i * GRADIENT_BATCH:(i + 1) * GRADIENT_BATCH]) for i in range(GRADIENT_BATCHES)]
     out = {}
@@ -472,7 +427,94 @@ def plot_landscape(coords, surfaces, caption, path):
         plt.close(fig)
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- tables
+
+def gradient_table(stats, made_by):
+    """How much larger the first conv layer's gradient is than the last's, per network."""
+    lines = ["| network | first / last conv gradient norm, at initialization: mean | range | trained: mean "
+             "| range |", "|---|---:|---:|---:|---:|"]
+    for (residual, b), s in sorted(stats.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        cells = []
+        for when in ("init", "trained"):
+            ratios = s[f"{when}_ratios"]
+            cells += [f"{sum(ratios) / len(ratios):.2f}", f"{min(ratios):.2f}-{max(ratios):.2f}"]
+        lines.append(f"| {cnn_name(residual, b)} | " + " | ".join(cells) + " |")
+    lines += ["", "The norm of the gradient of the stem's conv weights over that of the deepest conv "
+                  f"layer's, on each of {GRADIENT_BATCHES} training batches of {GRADIENT_BATCH} (the first "
+                  f"{GRADIENT_BATCHES * GRADIENT_BATCH} training images): the mean over the batches and "
+                  f"their range. {made_by}"]
+    return "\n".join(lines) + "\n"
+
+
+def lesion_table(result, n_images, made_by):
+    ks = sorted(next(iter(result.values()))["random"])
+    lines = ["| network | intact | one block deleted: mean | worst (block) | k random blocks deleted: "
+             + " | ".join(f"k={k}" for k in ks) + " |", "|---|---:|---:|---:|" + "---:|" * len(ks)]
+    for (residual, b), r in sorted(result.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        worst = min(range(len(r["single"])), key=lambda j: r["single"][j])
+        randoms = [sum(v) / len(v) for _, v in sorted(r["random"].items())]
+        lines.append(f"| {cnn_name(residual, b)} | {r['intact']:.3f} | "
+                     f"{sum(r['single']) / len(r['single']):.3f} | {r['single'][worst]:.3f} ({worst + 1}) | "
+                     + " | ".join(f"{v:.3f}" for v in randoms) + " |")
+    lines += ["", f"Test accuracy on {n_images} test images (a seeded sample); k random blocks: mean "
+                  "over the draws. Blocks are numbered from the input, 1 to 3n (15 at depth 32, 27 at "
+                  "depth 56). "
+                  + made_by]
+    return "\n".join(lines + [""] + per_block_table(result)) + "\n"
+
+
+def per_block_table(result):
+    """Lines of a table of the accuracy with each single block deleted: a row per block, a
+    column per network, downsampling blocks marked."""
+    keys = sorted(result, key=lambda k: (k[1], k[0]))
+    n_blocks = max(len(result[k]["single"]) for k in keys)
+    lines = ["| deleted block | " + " | ".join(cnn_name(*k) for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for j in range(n_blocks):
+        cells = [f"{result[k]['single'][j]:.3f}{' (down)' if j in result[k]['downsampling'] else ''}"
+                 if j < len(result[k]["single"]) else "" for k in keys]
+        lines.append(f"| {j + 1} | " + " | ".join(cells) + " |")
+    return lines + ["", "Test accuracy with that one block deleted; (down): a downsampling block, replaced "
+                        "by the strided, zero-padded shortcut."]
+
+
+def landscape_table(coords, surfaces, made_by):
+    lines = ["| network | lowest loss | share of the slice below 2 x lowest | below ln 10 (chance) |",
+             "|---|---:|---:|---:|"]
+    for (residual, b), s in sorted(surfaces.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        low = float(s.min())
+        near, below_chance = (float(share.float().mean()) for share in (s < 2 * low, s < math.log(10)))
+        lines.append(f"| {cnn_name(residual, b)} | {low:.3f} | {near:.2f} | {below_chance:.2f} |")
+    lines += ["", f"Over the {len(coords)}x{len(coords)} grid of the slice, ±{coords[-1]:g} along each "
+                  f"direction: the wider the basin, the larger the shares. " + made_by]
+    return "\n".join(lines) + "\n"
+
+
+def block_outputs(stds):
+    """The responses of each block's last layer (its branch output, added to the shortcut in
+    a residual network): the stem's BN is first, then two per block."""
+    return stds[2::2]
+
+
+def response_table(stds, n_images, made_by):
+    """Mean std of the 3x3 layers' responses per network: do residual functions respond less?"""
+    lines = ["| depth | all 3x3 layers: plain | residual | residual / plain | block outputs: plain "
+             "| residual | residual / plain |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in BLOCKS:
+        if (False, b) in stds and (True, b) in stds:
+            cells = []
+            for pick in (list, block_outputs):
+                p, r = (sum(pick(stds[(res, b)])) / len(pick(stds[(res, b)])) for res in (False, True))
+                cells += [f"{p:.3f}", f"{r:.3f}", f"{r / p:.2f}"]
+            lines.append(f"| {CifarResNet.depth_of(b)} | " + " | ".join(cells) + " |")
+    lines += ["", "Std of each 3x3 layer's response (after BN, before the addition and the ReLU), per "
+                  f"channel over {n_images} validation images, averaged over channels, then "
+                  "over the layers: all of them, or only the last of each block (the residual function "
+                  "in a residual network). " + made_by]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- orchestration and main
 
 @dataclass
 class Inputs:
@@ -650,6 +692,51 @@ def load_inputs(args, paths, device):
     return Inputs(nets, data, args, device, source)
 
 
+def make_parser():
+    p = ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("analyses", nargs="*", default=list(ANALYSES), metavar="ANALYSIS",
+                   help=f"any of {', '.join(ANALYSES)} (default: all)")
+    p.add_argument("--runs-dir", default=None,
+                   help="where the ex1_cnn.py run folders are (default: results/ex1_cnn, "
+                        "else runs/ex1_cnn)")
+    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=CNN_CPU_EPOCHS,
+                   help="the epochs of the runs to read (default: ex1_cnn.py's CPU preset)")
+    p.add_argument("--seed", type=SEED, default=0, help="the seed of the runs to read")
+    p.add_argument("--response-images", type=count_flag(MAX_IMAGES), default=1000,
+                   help="validation images for the responses")
+    p.add_argument("--lesion-images", type=count_flag(MAX_IMAGES), default=1000,
+                   help="test images (a seeded sample) per lesioned network; 10000 for all on a GPU")
+    p.add_argument("--lesion-draws", type=count_flag(MAX_DRAWS), default=5,
+                   help="random draws of k deleted blocks, per k")
+    p.add_argument("--lesion-max-k", type=count_flag(MAX_DRAWS), default=5,
+                   help="delete up to this many random blocks")
+    p.add_argument("--grid", type=count_flag(MAX_GRID, low=2), default=11,
+                   help="landscape points per axis (odd puts (0, 0) on it)")
+    p.add_argument("--span", type=Number(float, 0, MAX_SPAN, open_low=True,
+                                         why="filter-normalized steps beyond it only overflow"),
+                   default=1.0, help="landscape coordinates run from -span to span")
+    p.add_argument("--landscape-images", type=count_flag(MAX_IMAGES), default=1000,
+                   help="training images (a seeded subset) for each landscape loss")
+    p.add_argument("--plot-only", action="store_true",
+                   help="redraw the tables and figures from the saved results (results/ex2_why/ for the "
+                        "README's): no CIFAR-10 needed, seconds")
+    add_device_flag(p)
+    p.add_argument("--data-dir", default="data", help="where CIFAR-10 is")
+    p.add_argument("--fig-dir", default=None,
+                   help=f"where figures go (default: figures/ for the README's settings, else {SCRATCH_DIR})")
+    return p
+
+
+def get_args(argv=None):
+    p = make_parser()
+    args = p.parse_args(argv)
+    unknown = [a for a in args.analyses if a not in ANALYSES]
+    if unknown:
+        p.error(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
+    args.analyses = list(dict.fromkeys(args.analyses))
+    return args
+
+
 def main(args):
     device = get_device(args.device)
     set_threads(device, None)
@@ -689,91 +776,6 @@ def main(args):
         written.append(write_table(text, f"ex2_why_{analysis}", fig_dir, publish))
         print(f"{analysis}: {time.perf_counter() - start:.0f} s, {written[-1]} (from {saved})")
     return written
-
-
-def gradient_table(stats, made_by):
-    """How much larger the first conv layer's gradient is than the last's, per network."""
-    lines = ["| network | first / last conv gradient norm, at initialization: mean | range | trained: mean "
-             "| range |", "|---|---:|---:|---:|---:|"]
-    for (residual, b), s in sorted(stats.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        cells = []
-        for when in ("init", "trained"):
-            ratios = s[f"{when}_ratios"]
-            cells += [f"{sum(ratios) / len(ratios):.2f}", f"{min(ratios):.2f}-{max(ratios):.2f}"]
-        lines.append(f"| {cnn_name(residual, b)} | " + " | ".join(cells) + " |")
-    lines += ["", "The norm of the gradient of the stem's conv weights over that of the deepest conv "
-                  f"layer's, on each of {GRADIENT_BATCHES} training batches of {GRADIENT_BATCH} (the first "
-                  f"{GRADIENT_BATCHES * GRADIENT_BATCH} training images): the mean over the batches and "
-                  f"their range. {made_by}"]
-    return "\n".join(lines) + "\n"
-
-
-def lesion_table(result, n_images, made_by):
-    ks = sorted(next(iter(result.values()))["random"])
-    lines = ["| network | intact | one block deleted: mean | worst (block) | k random blocks deleted: "
-             + " | ".join(f"k={k}" for k in ks) + " |", "|---|---:|---:|---:|" + "---:|" * len(ks)]
-    for (residual, b), r in sorted(result.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        worst = min(range(len(r["single"])), key=lambda j: r["single"][j])
-        randoms = [sum(v) / len(v) for _, v in sorted(r["random"].items())]
-        lines.append(f"| {cnn_name(residual, b)} | {r['intact']:.3f} | "
-                     f"{sum(r['single']) / len(r['single']):.3f} | {r['single'][worst]:.3f} ({worst + 1}) | "
-                     + " | ".join(f"{v:.3f}" for v in randoms) + " |")
-    lines += ["", f"Test accuracy on {n_images} test images (a seeded sample); k random blocks: mean "
-                  "over the draws. Blocks are numbered from the input, 1 to 3n (15 at depth 32, 27 at "
-                  "depth 56). "
-                  + made_by]
-    return "\n".join(lines + [""] + per_block_table(result)) + "\n"
-
-
-def per_block_table(result):
-    """Lines of a table of the accuracy with each single block deleted: a row per block, a
-    column per network, downsampling blocks marked."""
-    keys = sorted(result, key=lambda k: (k[1], k[0]))
-    n_blocks = max(len(result[k]["single"]) for k in keys)
-    lines = ["| deleted block | " + " | ".join(cnn_name(*k) for k in keys) + " |",
-             "|---|" + "---:|" * len(keys)]
-    for j in range(n_blocks):
-        cells = [f"{result[k]['single'][j]:.3f}{' (down)' if j in result[k]['downsampling'] else ''}"
-                 if j < len(result[k]["single"]) else "" for k in keys]
-        lines.append(f"| {j + 1} | " + " | ".join(cells) + " |")
-    return lines + ["", "Test accuracy with that one block deleted; (down): a downsampling block, replaced "
-                        "by the strided, zero-padded shortcut."]
-
-
-def landscape_table(coords, surfaces, made_by):
-    lines = ["| network | lowest loss | share of the slice below 2 x lowest | below ln 10 (chance) |",
-             "|---|---:|---:|---:|"]
-    for (residual, b), s in sorted(surfaces.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        low = float(s.min())
-        near, below_chance = (float(share.float().mean()) for share in (s < 2 * low, s < math.log(10)))
-        lines.append(f"| {cnn_name(residual, b)} | {low:.3f} | {near:.2f} | {below_chance:.2f} |")
-    lines += ["", f"Over the {len(coords)}x{len(coords)} grid of the slice, ±{coords[-1]:g} along each "
-                  f"direction: the wider the basin, the larger the shares. " + made_by]
-    return "\n".join(lines) + "\n"
-
-
-def block_outputs(stds):
-    """The responses of each block's last layer (its branch output, added to the shortcut in
-    a residual network): the stem's BN is first, then two per block."""
-    return stds[2::2]
-
-
-def response_table(stds, n_images, made_by):
-    """Mean std of the 3x3 layers' responses per network: do residual functions respond less?"""
-    lines = ["| depth | all 3x3 layers: plain | residual | residual / plain | block outputs: plain "
-             "| residual | residual / plain |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    for b in BLOCKS:
-        if (False, b) in stds and (True, b) in stds:
-            cells = []
-            for pick in (list, block_outputs):
-                p, r = (sum(pick(stds[(res, b)])) / len(pick(stds[(res, b)])) for res in (False, True))
-                cells += [f"{p:.3f}", f"{r:.3f}", f"{r / p:.2f}"]
-            lines.append(f"| {CifarResNet.depth_of(b)} | " + " | ".join(cells) + " |")
-    lines += ["", "Std of each 3x3 layer's response (after BN, before the addition and the ReLU), per "
-                  f"channel over {n_images} validation images, averaged over channels, then "
-                  "over the layers: all of them, or only the last of each block (the residual function "
-                  "in a residual network). " + made_by]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -80,17 +80,26 @@ def sweep_results(configs, roots, name_fn, fig_dir, command, published=None, fie
 
 def write_table(text, name, fig_dir, publish):
     """Write `name`.md to `fig_dir`; into the README too when `publish` and `fig_dir` is the
-    README's figures/ folder. Returns the path written."""
+    README's figures/ folder, both under the README's lock: two commands writing one table at
+    once leave the README and figures/ agreeing (the last one's). Returns the path written."""
     path = os.path.join(fig_dir, f"{name}.md")
     text = as_data(text)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            change = changed_cells(f.read(), text)
-        if change:
-            print(f"{path}: {change}")
-    write_text_atomic(text, path)
-    if publish and os.path.abspath(fig_dir) == FIGURES_DIR:
-        update_readme(name, text)
+    readme = publish and os.path.abspath(fig_dir) == FIGURES_DIR
+    lock = FolderLock(os.path.dirname(README)) if readme else None
+    if lock:
+        lock.wait()
+    try:
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                change = changed_cells(f.read(), text)
+            if change:
+                print(f"{path}: {change}")
+        write_text_atomic(text, path)
+        if readme:
+            _put_in_readme(name, text, README)
+    finally:
+        if lock:
+            lock.release()
     return path
 
 
@@ -133,9 +142,17 @@ def changed_cells(old, new):
 def update_readme(name, text, readme=README):
     """Put `text` between `<!-- name -->` and `<!-- /name -->` in the README, holding a lock on
     its folder for the read-modify-write, so two scripts updating it at once lose neither table."""
-    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     lock = FolderLock(os.path.dirname(os.path.abspath(readme)))
     lock.wait()
+    try:
+        _put_in_readme(name, text, readme)
+    finally:
+        lock.release()
+
+
+def _put_in_readme(name, text, readme):
+    """The read-modify-write of update_readme; its caller holds the README folder's lock."""
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     try:
         with open(readme, encoding="utf-8") as f:
             content = f.read()
@@ -144,8 +161,6 @@ def update_readme(name, text, readme=README):
             write_text_atomic(head + begin + "\n" + text + rest[rest.index(end):], readme)
     except OSError:
         return
-    finally:
-        lock.release()
 
 
 

@@ -87,6 +87,30 @@ def test_text_from_a_file_cannot_open_or_close_a_readme_block(tmp_path):
     assert "&lt;!-- /t --&gt;" in content
 
 
+def test_two_commands_writing_one_table_leave_the_readme_and_figures_agreeing(tmp_path, monkeypatch):
+    """The table's file and the README's block are written under one lock: a second writer waits
+    before writing either (before, it wrote figures/ at once and the README after the first)."""
+    import threading
+    import time
+    from lab import outputs
+    from lab.files import FolderLock
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    monkeypatch.setattr(outputs, "FIGURES_DIR", str(figures))
+    monkeypatch.setattr(outputs, "README", str(tmp_path / "README.md"))
+    (tmp_path / "README.md").write_text("<!-- t -->\nold\n<!-- /t -->\n")
+    holder = FolderLock(str(tmp_path))  # the first command, inside its README update
+    assert holder.acquire()
+    second = threading.Thread(target=outputs.write_table, args=("second\n", "t", str(figures), True))
+    second.start()
+    time.sleep(0.5)
+    assert not (figures / "t.md").exists()  # waiting for the lock, it has written nothing yet
+    holder.release()
+    second.join(10)
+    assert (figures / "t.md").read_text() == "second\n" and "<!-- t -->\nsecond\n<!-- /t -->" in \
+        (tmp_path / "README.md").read_text()
+
+
 def test_a_readme_command_with_its_own_fig_dir_saves_beside_it_not_over_the_committed_result(tmp_path):
     from lab.outputs import FIGURES_DIR, REPO_DIR, analysis_path
     beside = str(tmp_path / "ex2_why_gradients.json")

@@ -361,11 +361,13 @@ def cost(config):
 # ----------------------------------------------------------------------------- tables
 
 def cpu_minutes(record):
-    """A run's CPU time in minutes, on measures other work on the machine does not inflate: a
-    baseline's feature extraction and fit in process CPU time; a training's fastest epoch times
-    its epochs."""
+    """A run's CPU time in minutes: a baseline's feature extraction and fit, a training's epochs,
+    in process CPU time (which other work on the machine does not inflate); a training recorded
+    before its epochs carried it, its fastest epoch's wall time times its epochs."""
     if isinstance(record.get("seconds"), dict):
         return sum(record["seconds"].values()) / 60
+    if all("cpu_seconds" in e for e in record["epochs"]):
+        return sum(e["cpu_seconds"] for e in record["epochs"]) / 60
     return fastest_epoch_seconds(record) * len(record["epochs"]) / 60
 
 
@@ -455,7 +457,13 @@ def main_table(probes, grid, seeds, controls, n_classes, missing=()):
                  f"{scratch[0]['config']['epochs']} epochs) | 32 | 0.85M | {format_result(scratch, _val)} | "
                  f"{format_result(scratch)} | {format_result(scratch, cpu_minutes, digits=1)} | "
                  f"{seeds_of(scratch)} |")
-    record = probes[0][1]
+    return "\n".join(lines) + "\n\n" + main_caption(probes, grid, seeds, controls, n_classes, missing) + "\n"
+
+
+def main_caption(probes, grid, seeds, controls, n_classes, missing):
+    """What main_table's numbers were measured on and how: data and test set, hardware, the
+    recipe, what its CPU times are, what is missing."""
+    record, scratch = probes[0][1], scratch_runs()
     cfg = (seeds or grid)[0][0] if (seeds or grid) else None
     sgd, adamw = OPTIMIZERS["sgd"], OPTIMIZERS["adamw"]
     recipe = (f" Fine-tuning: {count(cfg['epochs'], 'epoch')}, batch {cfg['batch_size']}, warm-up "
@@ -464,7 +472,7 @@ def main_table(probes, grid, seeds, controls, n_classes, missing=()):
               f"(weight decay {adamw['weight_decay']:g}); the candidates train on seed 0 and read the "
               "validation split only, the one chosen on it then trains on new seeds, which read the test "
               "set once each." if cfg else "")
-    tests = f"{probes[0][1]['images']['test']:,} test images"
+    tests = f"{record['images']['test']:,} test images"
     signature = record["meta"].get("data_signature")
     others = [name for name, *_, records in summary_rows(probes, grid, seeds, controls, n_classes)
               if any(r["meta"].get("data_signature") != signature for r in records)]
@@ -473,13 +481,13 @@ def main_table(probes, grid, seeds, controls, n_classes, missing=()):
                   "signature differs), whose test set may be another**")
     scratch_hardware = ("" if scratch[0]["meta"]["hardware"] == record["meta"]["hardware"] else
                         f" (residual-56: {scratch[0]['meta']['hardware']})")
-    lines += ["", f"{record['meta']['data']}, {tests}; {record['meta']['hardware']}"
-                  f"{scratch_hardware}. Mean ± std over seeds.{recipe} CPU time: a baseline's feature "
-                  "extraction and fit in process CPU time; a training's fastest epoch (with its validation) "
-                  "times its epochs, so that other work on the machine does not inflate it."
-                  + (f" **Not finished: {', '.join(missing)}.**" if missing else "")
-                  + f" Made by `python {PROG}`."]
-    return "\n".join(lines) + "\n"
+    wall = any("cpu_seconds" not in e for _, r, _ in grid + seeds + controls for e in r["epochs"])
+    trainings = ("its epochs' process CPU time" if not wall else "its fastest epoch (with its validation) "
+                 "times its epochs, in wall time (other work on the machine during every epoch inflates it)")
+    return (f"{record['meta']['data']}, {tests}; {record['meta']['hardware']}{scratch_hardware}. Mean ± std "
+            f"over seeds.{recipe} CPU time: a baseline's feature extraction and fit in process CPU time; a "
+            f"training's, {trainings}." + (f" **Not finished: {', '.join(missing)}.**" if missing else "")
+            + f" Made by `python {PROG}`.")
 
 
 def scratch_runs():

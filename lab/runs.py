@@ -33,7 +33,7 @@ LOSS, SECONDS = Number(float, 0, float("inf")), Number(float, 0, 10 ** 7)
 # what each per-epoch field can be: an accuracy is a fraction, a loss and a time not negative
 # (those training.fit writes; a script's own measures, e.g. a criterion's, are numbers)
 EPOCH_FIELDS = {"train_acc": FRACTION, "val_acc": FRACTION, "train_loss": LOSS, "val_loss": LOSS,
-                "seconds": SECONDS, "lr": LOSS}
+                "seconds": SECONDS, "cpu_seconds": SECONDS, "lr": LOSS}
 # --tensorboard: the tag each per-epoch field is logged under (the others under their own names)
 TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train",
                     "val_acc": "accuracy/val", "lr": "learning rate (end of epoch)"}

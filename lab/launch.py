@@ -53,9 +53,9 @@ def starting_run(out_dir, device, threads=None, tensorboard=None):
     checked writable, the process takes `threads` CPU threads (None: every core); if the data
     cannot be loaded, the folders made for it go again, so a run that could not start leaves no
     empty folder behind."""
+    check_tensorboard(tensorboard)
     new_folders = missing_folders(out_dir)
     check_writable(out_dir)
-    check_tensorboard(tensorboard)
     set_threads(device, threads)
     try:
         yield

@@ -16,7 +16,7 @@ import shutil
 from lab.cli import FRACTION, Number, check_writable, count
 from lab.errors import UserError
 from lab.files import (FolderLock, all_finite, fields_problem, load_checkpoint, read_json, remove_debris,
-                       save_atomic, write_json_atomic)
+                       save_atomic, write_json_atomic, write_text_atomic)
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "best.pt"
@@ -420,6 +420,12 @@ def check_tensorboard(folder):
             raise UserError(f"--tensorboard {name!r}: TensorBoard needs a folder whose name is UTF-8 text; "
                             "pass another")
         check_writable(folder)
+        probe = os.path.join(folder, f"{EVENTS_PREFIX}probe")
+        try:  # a full disk says so now, not from TensorBoard's writer thread after the first epoch
+            write_text_atomic("x" * 4096, probe)
+        finally:
+            if os.path.exists(probe):
+                os.remove(probe)
 
 
 def tensorboard_writer(folder):

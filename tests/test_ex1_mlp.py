@@ -299,3 +299,18 @@ def test_a_tensorboard_folder_whose_name_is_not_utf8_is_one_line(mnist_dir, tmp_
                    "--tensorboard", folder]
     assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "needs a folder whose name is UTF-8")
     assert not list(tmp_path.glob("runs/*/metrics.json"))
+
+
+def test_a_full_disk_under_the_tensorboard_folder_is_one_line_before_any_epoch(mnist_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    from lab import runs
+    from lab.files import WriteError
+
+    def full(text, path):
+        raise WriteError(f"cannot write {path}: No space left on device (free some space or raise the limit, "
+                         "then rerun)")
+    monkeypatch.setattr(runs, "write_text_atomic", full)
+    argv = TINY + ["--depth", "2", "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
+                   "--tensorboard", str(tmp_path / "tb")]
+    assert_one_line_error(*cli_in_process(ex1_mlp, argv, capsys), "tb/events.out.tfevents.probe: No space")
+    assert not (tmp_path / "runs").exists()  # no run folder, no epoch

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from data import CIFAR10_VAL_SIZE, batches, cifar_transforms, load_cifar10, load_cifar100
 from models import LITE0_FEATURES, PartlyFrozenLite0
-from pretrained import LITE_MEAN, LITE_STD, PADDING, WEIGHTS_PACKAGE, load_efficientnet_lite0
+from pretrained import LITE_MEAN, LITE_STD, PADDING, WEIGHTS_PACKAGE, WEIGHTS_SHA256, load_efficientnet_lite0
 from report import cnn_name, fastest_epoch_seconds, format_result, published_cnn_run, run_result, save_figure
 from training import Recipe, fit, warmup_cosine
 from utils import get_device, run_meta, seed_everything
@@ -75,7 +75,11 @@ def extract_features(model, split, transform, progress=None):
 
 
 def feature_config(config):
-    return {k: config[k] for k in ("dataset", "size", "val_size", "weights")}
+    """What the saved features are derived from: the data and input size, and the network's
+    identity (its weights' package and SHA-256, its padding), so features of another port or
+    weights are never reused."""
+    return {**{k: config[k] for k in ("dataset", "size", "val_size", "weights", "padding")},
+            "weights_sha256": WEIGHTS_SHA256}
 
 
 def features_folder(out_dir, config):

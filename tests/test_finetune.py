@@ -107,6 +107,16 @@ def test_features_of_other_images_are_refused_in_one_line(tmp_path):
         ex2_finetune.frozen_features(config, shuffled, CPU, str(tmp_path), False)
 
 
+def test_features_of_another_port_or_other_weights_are_never_reused(tmp_path):
+    """Features extracted by the symmetric-padding port (before the fix) sat where the corrected
+    network's would go, under the same settings: the padding and the weights' SHA-256 now name them."""
+    config = probe_config(tmp_path, "knn")
+    old_port = {**config, "padding": "symmetric"}
+    assert ex2_finetune.features_folder(str(tmp_path), config) != \
+        ex2_finetune.features_folder(str(tmp_path), old_port)
+    assert ex2_finetune.feature_config(config)["weights_sha256"] == ex2_finetune.WEIGHTS_SHA256
+
+
 def test_a_feature_file_cut_short_or_with_an_odd_time_is_refused_in_one_line(tmp_path):
     data = tiny_data()
     config = probe_config(tmp_path, "knn")

@@ -207,3 +207,16 @@ def test_a_closed_stderr_or_an_ascii_locale_fails_no_command(mnist_dir, tmp_path
     drawn = subprocess.run(plot, capture_output=True, env=ascii_env, timeout=120)
     assert drawn.returncode == 0, drawn.stderr.decode(errors="replace")[-300:]
     assert "±".encode() in (tmp_path / "fig" / "ex1_mlp_table.md").read_bytes()  # files stay UTF-8
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("ex2_cam.py", ["cifar10", "--plot-only", "--checkpoint", b"/nonexistent/\xff.pt"]),
+    ("ex2_why.py", ["--plot-only", "--runs-dir", b"/nonexistent/\xffruns"]),
+])
+def test_a_file_name_that_is_not_utf8_is_named_in_one_line(script, argv):
+    """A name the shell passes as bytes (here 0xff) is printed escaped in one line, never a
+    UnicodeEncodeError (issue 39; on our machine the older code printed it too)."""
+    from conftest import cli_subprocess
+    code, out = cli_subprocess(script, [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv])
+    errors = [line for line in out.splitlines() if ": error: " in line]
+    assert code == 2 and len(errors) == 1 and "\\udcff" in errors[0] and "Traceback" not in out

@@ -294,14 +294,12 @@ def gradient_stats(args, device, found):
         path = os.path.join(folder, STATS_FILE)
         remedy = f"delete {path} and rerun with MNIST unpacked to recompute it"
         stats = read_json(path, remedy)
+        if isinstance(stats, dict) and isinstance(stats.get("config"), dict) and stats["config"] != c:
+            raise UserError(f"{path} holds the statistics of another run, not of the run in its folder; "
+                            f"{remedy}")  # the file names its run: a swap is refused
         problem = stats is not None and fields_problem(stats, stats_schema(c))
-        if problem and not fields_problem(stats, {"config": dict}) and stats["config"] != c:
-            problem = None  # a file swapped in from another run says so, not what its lengths are
         if problem:
             raise UserError(f"{path} is not a layer-statistics file of this code ({problem}); {remedy}")
-        if stats is not None and stats["config"] != c:  # the file names its run: a swap is refused
-            raise UserError(f"{path} holds the statistics of another run, not of the run in its folder; "
-                            f"{remedy}")
         if stats is None:
             if data is None:
                 data = load_mnist(args.data_dir, device, args.val_size)

@@ -111,9 +111,7 @@ def frozen_features(config, data, device, out_dir, progress=True):
     extraction took: extracted once, each split saved as it finishes (an interrupted extraction resumes at
     the split it was in), and read back checked."""
     folder, fconfig = features_folder(out_dir, config), feature_config(config)
-    lock = FolderLock(folder)
-    lock.wait()  # another worker extracting the same features: wait for them
-    try:
+    with FolderLock(folder).waiting():  # another worker extracting the same features: wait for them
         feats, seconds, model = {}, 0.0, None
         _, transform = cifar_transforms(None, torch.channels_last, config["size"], LITE_MEAN, LITE_STD)
         for name in ("train", "val", "test"):
@@ -128,8 +126,6 @@ def frozen_features(config, data, device, out_dir, progress=True):
                              "seconds": time.process_time() - started}, path)
             feats[name], took = cached_split(path, fconfig, split)
             seconds += took
-    finally:
-        lock.release()
     return feats, seconds
 
 
@@ -451,7 +447,8 @@ def main_table(probes, grid, seeds, controls, n_classes, missing=()):
     setting on its seeds, its random-initialization control and Exercise 1.3's residual-56."""
     lines = ["| method | input (px) | trained parameters | best val. accuracy | test accuracy "
              "| CPU time (min) | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, size, params, records in summary_rows(probes, grid, seeds, controls, n_classes):
+    rows = summary_rows(probes, grid, seeds, controls, n_classes)
+    for name, size, params, records in rows:
         cells = [format_result(records, _val), format_result(records, run_result) if "test_acc" in records[0]
                  else "not read", format_result(records, cpu_minutes, digits=1)]
         lines.append(f"| {name} | {size} | {format_count(params)} | " + " | ".join(cells)
@@ -461,14 +458,14 @@ def main_table(probes, grid, seeds, controls, n_classes, missing=()):
                  f"{scratch[0]['config']['epochs']} epochs) | 32 | 0.85M | {format_result(scratch, _val)} | "
                  f"{format_result(scratch)} | {format_result(scratch, cpu_minutes, digits=1)} | "
                  f"{seeds_of(scratch)} |")
-    return "\n".join(lines) + "\n\n" + main_caption(probes, grid, seeds, controls, n_classes, missing) + "\n"
-
-
-def main_caption(probes, grid, seeds, controls, n_classes, missing):
-    """What main_table's numbers were measured on and how: data and test set, hardware, the
-    recipe, what its CPU times are, what is missing."""
-    record, scratch = probes[0][1], scratch_runs()
     cfg = (seeds or grid)[0][0] if (seeds or grid) else None
+    return "\n".join(lines) + "\n\n" + main_caption(probes[0][1], cfg, rows, scratch, missing) + "\n"
+
+
+def main_caption(record, cfg, rows, scratch, missing):
+    """What main_table's `rows` were measured on and how (`record`: a baseline's, `cfg`: a
+    fine-tuning's config, `scratch`: residual-56's records): data and test set, hardware, the
+    recipe, what its CPU times are, what is missing."""
     sgd, adamw = OPTIMIZERS["sgd"], OPTIMIZERS["adamw"]
     recipe = (f" Fine-tuning: {count(cfg['epochs'], 'epoch')}, batch {cfg['batch_size']}, warm-up "
               f"{cfg['warmup_epochs']:g} epoch then cosine; SGD lr {sgd['lr']:g} (Nesterov momentum "
@@ -478,14 +475,14 @@ def main_caption(probes, grid, seeds, controls, n_classes, missing):
               "set once each." if cfg else "")
     tests = f"{record['images']['test']:,} test images"
     signature = record["meta"].get("data_signature")
-    others = [name for name, *_, records in summary_rows(probes, grid, seeds, controls, n_classes)
-              if any(r["meta"].get("data_signature") != signature for r in records)]
+    others = [name for name, *_, records in rows if any(r["meta"].get("data_signature") != signature
+                                                         for r in records)]
     if others:  # rows of another data copy: their test set is not said to be the baselines'
         tests += (f" for the baselines; **{', '.join(others)}: read from another copy of the data (its "
                   "signature differs), whose test set may be another**")
     scratch_hardware = ("" if scratch[0]["meta"]["hardware"] == record["meta"]["hardware"] else
                         f" (residual-56: {scratch[0]['meta']['hardware']})")
-    wall = any("cpu_seconds" not in e for _, r, _ in grid + seeds + controls for e in r["epochs"])
+    wall = any("cpu_seconds" not in e for *_, records in rows for r in records for e in r["epochs"])
     trainings = ("its epochs' process CPU time" if not wall else "its fastest epoch (with its validation) "
                  "times its epochs, in wall time (other work on the machine during every epoch inflates it)")
     return (f"{record['meta']['data']}, {tests}; {record['meta']['hardware']}{scratch_hardware}. Mean ± std "

@@ -5,6 +5,7 @@ another machine or person may have made check it and name it, in one line, when 
 what it should be. Checkpoints hold only tensors, numbers, strings, lists and dicts, so
 `torch.load(..., weights_only=True)` reads them and no pickle can run code.
 """
+import contextlib
 import errno
 import hashlib
 import io
@@ -304,6 +305,15 @@ class FolderLock:
                       flush=True)
                 announced = True
             time.sleep(poll)
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """`with lock.waiting():` holds the lock for the block, waiting for it first (wait)."""
+        self.wait()
+        try:
+            yield
+        finally:
+            self.release()
 
     def holder(self):
         """'process 1234 (state T: stopped)', from /proc/locks, or 'another process' elsewhere."""

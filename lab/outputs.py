@@ -1,6 +1,7 @@
 """Where tables and figures may go: the README's figures/ and README.md only for the README's
 exact commands on the published results; anything else beside its runs or to --fig-dir."""
 import base64
+import contextlib
 import json
 import math
 import os
@@ -85,10 +86,7 @@ def write_table(text, name, fig_dir, publish):
     path = os.path.join(fig_dir, f"{name}.md")
     text = as_data(text)
     readme = publish and os.path.abspath(fig_dir) == FIGURES_DIR
-    lock = FolderLock(os.path.dirname(README)) if readme else None
-    if lock:
-        lock.wait()
-    try:
+    with FolderLock(os.path.dirname(README)).waiting() if readme else contextlib.nullcontext():
         if os.path.isfile(path):
             with open(path, encoding="utf-8", errors="replace") as f:
                 change = changed_cells(f.read(), text)
@@ -97,9 +95,6 @@ def write_table(text, name, fig_dir, publish):
         write_text_atomic(text, path)
         if readme:
             _put_in_readme(name, text, README)
-    finally:
-        if lock:
-            lock.release()
     return path
 
 
@@ -142,12 +137,8 @@ def changed_cells(old, new):
 def update_readme(name, text, readme=README):
     """Put `text` between `<!-- name -->` and `<!-- /name -->` in the README, holding a lock on
     its folder for the read-modify-write, so two scripts updating it at once lose neither table."""
-    lock = FolderLock(os.path.dirname(os.path.abspath(readme)))
-    lock.wait()
-    try:
+    with FolderLock(os.path.dirname(os.path.abspath(readme))).waiting():
         _put_in_readme(name, text, readme)
-    finally:
-        lock.release()
 
 
 def _put_in_readme(name, text, readme):

@@ -218,8 +218,8 @@ def resume_problem(then, now):
         return (f"its {name} is not the file it started with (SHA-256 {str(then.get(files[0]))[:12]}, now "
                 f"{str(now.get(files[0]))[:12]}): restore that file")
     if "threads" in then and "threads" in now and then["threads"] != now["threads"]:  # CPU sums' order
-        return (f"it was trained with {count(then.get('threads'), 'thread')} per process, this process "
-                f"has {now.get('threads')}: resume it with the command it started from, its --workers too")
+        return (f"it was trained with {count(then['threads'], 'thread')} per process, this process "
+                f"has {now['threads']}: resume it with the command it started from, its --workers too")
     differ = ", ".join(sorted(k for k in then if then[k] != now.get(k)))
     return (f"it was trained on {then.get('hardware')} ({differ} differ), this process is "
             f"{now.get('hardware')}: resume it on that machine")
@@ -420,12 +420,10 @@ def check_tensorboard(folder):
             raise UserError(f"--tensorboard {name!r}: TensorBoard needs a folder whose name is UTF-8 text; "
                             "pass another")
         check_writable(folder)
+        # a full disk says so now, not from TensorBoard's writer thread after the first epoch
         probe = os.path.join(folder, f"{EVENTS_PREFIX}probe")
-        try:  # a full disk says so now, not from TensorBoard's writer thread after the first epoch
-            write_text_atomic("x" * 4096, probe)
-        finally:
-            if os.path.exists(probe):
-                os.remove(probe)
+        write_text_atomic("x" * 4096, probe)
+        os.remove(probe)
 
 
 def tensorboard_writer(folder):

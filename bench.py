@@ -16,9 +16,7 @@ import torch.nn.functional as F
 from data import (CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, MNIST_MEAN, MNIST_STD, batches,
                   epoch_order, load_cifar10, load_mnist, normalize_images, random_crop_flip)
 from models import MLP, CifarResNet
-from lab.outputs import destination, write_table
-from lab.cli import MAX_BATCH, MAX_IMAGES, add_device_flag, ArgumentParser, command_line, count_flag, run_cli
-from lab.errors import UserError
+from lab import ArgumentParser, UserError, kinds, outputs, run_cli
 from utils import get_device, machine
 
 PROG = "bench.py"
@@ -39,10 +37,10 @@ SAME_SPEED = (0.95, 1.05)  # ratios within this band are measurement noise on a 
 def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("what", choices=["mlp", "cnn"], help="which training to time")
-    add_device_flag(p)
+    p.add_device_flag()
     p.add_argument("--data-dir", default="data", help="where MNIST / CIFAR-10 are")
-    p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="training batch size")
-    p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=5000,
+    p.add_argument("--batch-size", type=kinds.BATCH, default=128, help="training batch size")
+    p.add_argument("--val-size", type=kinds.IMAGES, default=5000,
                    help="held out as in training, so the epoch is the same")
     p.add_argument("--fig-dir", default=None,
                    help=f"where the printed results are also written (default: {SCRATCH_DIR}, or "
@@ -50,7 +48,7 @@ def make_parser():
     p.add_argument("--publish", action="store_true",
                    help="replace the committed figures/bench_*.md (run it on an idle machine: the "
                         "README quotes them as idle measurements)")
-    p.add_argument("--max-steps", type=count_flag(MAX_IMAGES), default=None,
+    p.add_argument("--max-steps", type=kinds.IMAGES, default=None,
                    help="time at most this many steps per measurement (default: a whole epoch for mlp, "
                         f"{CNN_STEPS} for cnn)")
     return p
@@ -260,7 +258,7 @@ def output_place(args):
     """((folder, publish), the defaults): only the README's command with --publish replaces the
     committed measurements in figures/; every other run writes to SCRATCH_DIR or --fig-dir."""
     defaults = get_args([args.what, "--publish"])
-    return destination(args, defaults, SCRATCH_DIR), defaults
+    return outputs.destination(args, defaults, SCRATCH_DIR), defaults
 
 
 def main(args):
@@ -271,8 +269,8 @@ def main(args):
     print(text)
     # the README shows the last measurement of its command, as printed, never numbers typed by hand
     shown = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "publish"})
-    command = command_line(PROG, {"what": args.what}, shown, defaults)
-    path = write_table(f"```\n$ {command}\n{text}\n```\n", f"bench_{args.what}", fig_dir, publish)
+    command = outputs.command_line(PROG, {"what": args.what}, shown, defaults)
+    path = outputs.write_table(f"```\n$ {command}\n{text}\n```\n", f"bench_{args.what}", fig_dir, publish)
     print(f"written to {path}")
 
 

@@ -36,6 +36,13 @@ CROP_PADDING = 4
 SPLIT_SEED = 0  # one validation set shared by every run, whatever its own seed
 
 
+def image_tensor(path, mode="RGB"):
+    """An image file as a uint8 tensor, (H, W, 3) in RGB, (H, W) in "L" (grey), through the one
+    image reader of every script (lab.datafiles.read_image: a file that is no image, or an image
+    too large, is a one-line DataError naming it)."""
+    return torch.from_numpy(datafiles.read_image(path, mode)[0])
+
+
 @dataclass
 class Split:
     x: torch.Tensor  # (N, ...) inputs: normalized float (MNIST) or uint8 images (CIFAR-10)

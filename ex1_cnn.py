@@ -23,13 +23,7 @@ from report import (cnn_name, cnn_style, depth_gap, epoch_times, fastest_epoch_s
                     print_result, run_result, save_figure)
 from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
 from utils import get_device, run_meta, seed_everything
-from lab.cli import (LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED, add_device_flag,
-                     add_run_flags, ArgumentParser, count, count_flag, Number, run_cli)
-from lab.errors import UserError
-from lab.launch import Sweep, finished_run, starting_run, sweep
-from lab.outputs import sweep_destination, sweep_results, write_table
-from lab.runs import RunFolder, folder_name, lookup_roots
-from lab.sweeps import default_workers, parse_shard, unique
+from lab import ArgumentParser, Sweep, UserError, count, kinds, outputs, prepared_run, run_cli, runs
 
 PROG = "ex1_cnn.py"
 EXERCISE = "ex1_cnn"
@@ -49,43 +43,43 @@ README_SWEEP = ["--sweep", "--cpu"]  # the command whose results the README show
 
 def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("--blocks", type=count_flag(MAX_BLOCKS), default=3,
+    p.add_argument("--blocks", type=kinds.count_flag(MAX_BLOCKS), default=3,
                    help="blocks per stage n; depth is 6n+2")
-    p.add_argument("--width", type=count_flag(MAX_WIDTH), default=16,
+    p.add_argument("--width", type=kinds.count_flag(MAX_WIDTH), default=16,
                    help="channels of the first stage w (then 2w, 4w)")
     p.add_argument("--residual", action="store_true", help="add the identity shortcuts")
-    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=None,
+    p.add_argument("--epochs", type=kinds.EPOCHS, default=None,
                    help=f"training epochs (default: {DEFAULTS['epochs']}, {CPU_PRESET['epochs']} with --cpu)")
-    p.add_argument("--lr", type=LR, default=0.1, help="peak SGD learning rate")
-    p.add_argument("--warmup-epochs", type=Number(float, 0, MAX_EPOCHS), default=1.0,
+    p.add_argument("--lr", type=kinds.LR, default=0.1, help="peak SGD learning rate")
+    p.add_argument("--warmup-epochs", type=kinds.Number(float, 0, kinds.MAX_EPOCHS), default=1.0,
                    help="linear warm-up to --lr, then cosine decay to 0")
-    p.add_argument("--momentum", type=Number(float, 0, 1, open_low=True, open_high=True,
-                                             why="Nesterov momentum: above 0, below 1"),
+    p.add_argument("--momentum", type=kinds.Number(float, 0, 1, open_low=True, open_high=True,
+                                                   why="Nesterov momentum: above 0, below 1"),
                    default=0.9, help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=Number(float, 0, 1), default=5e-4, help="L2 penalty of SGD")
-    p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="training images per step")
-    p.add_argument("--train-subset", type=count_flag(MAX_IMAGES, low=0), default=0,
+    p.add_argument("--weight-decay", type=kinds.Number(float, 0, 1), default=5e-4, help="L2 penalty of SGD")
+    p.add_argument("--batch-size", type=kinds.BATCH, default=128, help="training images per step")
+    p.add_argument("--train-subset", type=kinds.count_flag(kinds.MAX_IMAGES, low=0), default=0,
                    help="train on the first N images of the (shuffled) training split; 0: all")
-    p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=CIFAR10_VAL_SIZE,
+    p.add_argument("--val-size", type=kinds.IMAGES, default=CIFAR10_VAL_SIZE,
                    help="validation images held out of the training set (seeded split)")
-    p.add_argument("--seed", type=SEED, default=0,
+    p.add_argument("--seed", type=kinds.SEED, default=0,
                    help="seed of initialization, batch order and augmentation")
     p.add_argument("--cpu", action="store_true",
                    help="the CPU preset: fewer epochs, unless --epochs is given (the device is --device's)")
-    add_device_flag(p)
+    p.add_device_flag()
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
-    add_run_flags(p, EXERCISE)
+    p.add_run_flags(EXERCISE)
     p.add_argument("--sweep", action="store_true",
                    help="plain vs residual at each --blocks-list, --seeds seeds; skips finished runs")
     p.add_argument("--blocks-list", default=",".join(map(str, SWEEP_BLOCKS)),
                    help="sweep blocks per stage (depth 6n+2)")
-    p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=None,
+    p.add_argument("--seeds", type=kinds.SEEDS, default=None,
                    help=f"sweep seeds 0..N-1 (default: {DEFAULTS['seeds']})")
     p.add_argument("--checkpoints", action="store_true",
                    help="with --sweep: also train again, into --out-dir, the finished runs whose best.pt "
                         "is not at hand (the published seeds 1 and 2: their checkpoints are not in git)")
-    p.add_argument("--workers", type=count_flag(MAX_WORKERS, low=0), default=0,
+    p.add_argument("--workers", type=kinds.count_flag(kinds.MAX_WORKERS, low=0), default=0,
                    help="sweep processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
     return p
 
@@ -98,10 +92,8 @@ def get_args(argv=None):
             setattr(args, key, CPU_PRESET.get(key, value) if args.cpu else value)
     try:
         args.blocks_list = list(dict.fromkeys(int(b) for b in args.blocks_list.split(",")))
-        args.shard = parse_shard(args.shard) if args.shard else None
-    except ValueError as e:
-        p.error(str(e) if "shard" in str(e) else f"--blocks-list takes comma-separated integers, "
-                                                  f"got {args.blocks_list!r}")
+    except ValueError:
+        p.error(f"--blocks-list takes comma-separated integers, got {args.blocks_list!r}")
     if any(not 1 <= b <= MAX_BLOCKS for b in args.blocks_list):
         p.error(f"--blocks-list must be from 1 to {MAX_BLOCKS}")
     return args
@@ -116,7 +108,7 @@ def run_config(args, blocks, residual, seed):
 
 
 def run_name(config):
-    return folder_name(f"{'res' if config['residual'] else 'plain'}_n{config['blocks']}", config)
+    return runs.folder_name(f"{'res' if config['residual'] else 'plain'}_n{config['blocks']}", config)
 
 
 def arch_of(config, num_classes=10):
@@ -141,18 +133,18 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
                     train_transform=train_transform, eval_transform=eval_transform)
     meta = run_meta(data, device, memory_format="channels_last")
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
+    with runs.RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
 
 def sweep_configs(args):
-    return unique([run_config(args, b, residual, s) for b in args.blocks_list for residual in (False, True)
-                   for s in range(args.seeds)])
+    return runs.unique([run_config(args, b, residual, s) for b in args.blocks_list
+                        for residual in (False, True) for s in range(args.seeds)])
 
 
 def roots(args):
     """Where finished runs are looked up: the committed results, then the run folder."""
-    return lookup_roots(args.out_dir, EXERCISE)
+    return runs.lookup_roots(args.out_dir, EXERCISE)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -269,12 +261,12 @@ def plot_curves(found, args, path):
 
 
 def make_figures(args, configs):
-    fig_dir, publish = sweep_destination(args, get_args(README_SWEEP))
+    fig_dir, publish = outputs.destination(args, get_args(README_SWEEP))
     readme = None if is_readme_sweep(args) else " ".join(["python", PROG, *README_SWEEP, "--plot-only"])
-    found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...",
-                                   readme)
+    found, missing = outputs.sweep_results(configs, roots(args), run_name, fig_dir,
+                                           f"python {PROG} --sweep ...", readme)
     table = make_table(found, args, missing)
-    table_path = write_table(table, "ex1_cnn_table", fig_dir, publish)
+    table_path = outputs.write_table(table, "ex1_cnn_table", fig_dir, publish)
     plot_curves(found, args, os.path.join(fig_dir, "ex1_cnn_curves.png"))
     print(table)
     print(f"table {table_path} and figure written to {fig_dir}/")
@@ -295,26 +287,18 @@ def main(args):
             raise UserError("--plot-only and --shard go with --sweep")
         warn_long_cpu_run(args, device)
         config = run_config(args, args.blocks, args.residual, args.seed)
-        record, folder = finished_run(EXERCISE, args.out_dir, run_name(config), config, args.force,
-                                      args.tensorboard)
+        # a single CNN run takes every core (threads None)
+        name = run_name(config)
+        record, folder, data = prepared_run(EXERCISE, name, config, args, device, None, load_data)
         if record is None:
-            # a single CNN run takes every core (threads None)
-            with starting_run(args.out_dir, device, None, args.tensorboard):
-                data = load_data(args, device)
-            print(f"{run_name(config)}: {data.source}, {count(len(data.train), 'training image')}")
+            print(f"{name}: {data.source}, {count(len(data.train), 'training image')}")
             _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)
-        print_result(record, folder)
-        return record
+        return print_result(record, folder)
     configs = sweep_configs(args)
     if not args.plot_only:
-        sweep_destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
-        workers = default_workers(device, args.workers)
-        runs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, workers,
-                     args.tensorboard)
-        done = sweep(runs, device, configs, [c["blocks"] for c in configs],
-                     threads=max(1, (os.cpu_count() or 1) // workers), need_checkpoints=args.checkpoints)
-        if done:
-            print(done)
+        outputs.destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
+        Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, args.workers,
+              args.tensorboard).run(device, configs, lambda c: c["blocks"], need_checkpoints=args.checkpoints)
     return make_figures(args, configs)
 
 

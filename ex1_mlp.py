@@ -18,15 +18,8 @@ from models import MLP
 from report import finished_results, format_result, mean_std, print_result, save_figure
 from training import Recipe, fit
 from utils import get_device, run_meta, seed_everything
-from lab.checkpoints import load_model
-from lab.cli import (LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, SEED, add_device_flag,
-                     add_run_flags, ArgumentParser, count, count_flag, Number, run_cli)
-from lab.errors import DataError, UserError
-from lab.launch import Sweep, finished_run, starting_run, sweep
-from lab.files import ListOf, fields_problem, read_json, write_json_atomic
-from lab.outputs import remove_stale, sweep_destination, sweep_results, write_table
-from lab.runs import CHECKPOINT_FILE, RunFolder, folder_name, lookup_roots
-from lab.sweeps import parse_shard, unique
+from lab import (ArgumentParser, DataError, Sweep, UserError, count, kinds, load_model, outputs,
+                 prepared_run, run_cli, runs)
 
 PROG = "ex1_mlp.py"
 EXERCISE = "ex1_mlp"
@@ -57,29 +50,29 @@ STATS_FILE = "layer_stats.json"  # gradient norms and forward RMS, beside the ru
 
 def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("--width", type=count_flag(MAX_WIDTH), default=16, help="units per hidden layer")
-    p.add_argument("--depth", type=count_flag(MAX_DEPTH), default=8,
+    p.add_argument("--width", type=kinds.count_flag(MAX_WIDTH), default=16, help="units per hidden layer")
+    p.add_argument("--depth", type=kinds.count_flag(MAX_DEPTH), default=8,
                    help="hidden width x width layers (stem not counted)")
     p.add_argument("--residual", action="store_true", help="add identity skips around each block")
-    p.add_argument("--layers-per-block", type=count_flag(MAX_DEPTH), default=1,
+    p.add_argument("--layers-per-block", type=kinds.count_flag(MAX_DEPTH), default=1,
                    help="Linear+ReLU layers per residual block")
     p.add_argument("--rezero", action="store_true",
                    help="scale each residual branch by a learnable scalar initialized to 0 (ReZero)")
-    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=21, help="training epochs")
-    p.add_argument("--lr", type=LR, default=1e-4, help="Adam learning rate")
-    p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="training images per step")
-    p.add_argument("--seed", type=SEED, default=0, help="seed of initialization and batch order")
-    add_device_flag(p)
+    p.add_argument("--epochs", type=kinds.EPOCHS, default=21, help="training epochs")
+    p.add_argument("--lr", type=kinds.LR, default=1e-4, help="Adam learning rate")
+    p.add_argument("--batch-size", type=kinds.BATCH, default=128, help="training images per step")
+    p.add_argument("--seed", type=kinds.SEED, default=0, help="seed of initialization and batch order")
+    p.add_device_flag()
     p.add_argument("--data-dir", default="data", help="where MNIST is (or is downloaded to)")
-    p.add_argument("--val-size", type=count_flag(MAX_IMAGES), default=MNIST_VAL_SIZE,
+    p.add_argument("--val-size", type=kinds.IMAGES, default=MNIST_VAL_SIZE,
                    help="validation images held out of the training set (seeded split)")
-    add_run_flags(p, EXERCISE)
+    p.add_run_flags(EXERCISE)
     p.add_argument("--sweep", action="store_true",
                    help="all depths x variants x seeds; resumes, skipping finished runs")
     p.add_argument("--depths", default=",".join(map(str, SWEEP_DEPTHS)), help="sweep depths")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"sweep variants, of {', '.join(VARIANTS)}")
-    p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=3, help="sweep seeds: 0..N-1")
-    p.add_argument("--workers", type=count_flag(MAX_WORKERS), default=os.cpu_count() or 1,
+    p.add_argument("--seeds", type=kinds.SEEDS, default=3, help="sweep seeds: 0..N-1")
+    p.add_argument("--workers", type=kinds.WORKERS, default=os.cpu_count() or 1,
                    help="sweep processes, of one thread each (one per core is fastest)")
     return p
 
@@ -91,10 +84,6 @@ def get_args(argv=None):
         args.depths = list(dict.fromkeys(int(d) for d in args.depths.split(",")))
     except ValueError:
         p.error(f"--depths takes comma-separated integers, got {args.depths!r}")
-    try:
-        args.shard = parse_shard(args.shard) if args.shard else None
-    except ValueError as e:
-        p.error(str(e))
     args.variants = list(dict.fromkeys(args.variants.split(",")))
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -130,7 +119,7 @@ def variant_of(residual, layers_per_block, rezero):
 
 def run_name(config):
     variant = variant_of(config["residual"], config["layers_per_block"], config["rezero"])
-    return folder_name(f"{variant}_d{config['depth']}", config)
+    return runs.folder_name(f"{variant}_d{config['depth']}", config)
 
 
 def arch_of(config, in_features, num_classes):
@@ -154,18 +143,23 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator)
     meta = run_meta(data, device)
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
+    with runs.RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
 
 def sweep_configs(args):
-    return unique([run_config(args, d, s, *VARIANTS[v]) for v in args.variants for d in args.depths
-                   for s in range(args.seeds)])
+    return runs.unique([run_config(args, d, s, *VARIANTS[v]) for v in args.variants for d in args.depths
+                        for s in range(args.seeds)])
+
+
+def cost(config):
+    """A run's relative time: its per-step time grows with the number of layers."""
+    return config["depth"] + 2
 
 
 def roots(args):
     """Where finished runs are looked up: the committed results, then the run folder."""
-    return lookup_roots(args.out_dir, EXERCISE)
+    return runs.lookup_roots(args.out_dir, EXERCISE)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -272,39 +266,33 @@ def layer_stats(model, x, y):
 
 
 def stats_schema(config):
-    """The whole layer_stats.json of the run of `config`: per Linear layer (stem, hidden, classifier)
-    a gradient norm of weight and bias, per block and the stem an RMS; NaN and inf allowed (an
+    """The layer statistics of the run of `config`: per Linear layer (stem, hidden, classifier) a
+    gradient norm of weight and bias, per block and the stem an RMS; NaN and inf allowed (an
     underflowed or exploded gradient is a result)."""
-    norm = Number(float, 0, float("inf"), finite=False)
+    norm = kinds.Number(float, 0, float("inf"), finite=False)
     linears, states = config["depth"] + 2, config["depth"] // config["layers_per_block"] + 1
-    moment = {"weight": ListOf(norm, linears), "bias": ListOf(norm, linears),
-              "activation_rms": ListOf(norm, states)}
-    return {"config": dict, "init": moment, "trained": moment}
+    moment = {"weight": kinds.ListOf(norm, linears), "bias": kinds.ListOf(norm, linears),
+              "activation_rms": kinds.ListOf(norm, states)}
+    return {"init": moment, "trained": moment}
 
 
 def gradient_stats(args, device, found):
-    """{(variant, depth): {'config': its run's, 'init': stats, 'trained': stats}} for the seed-0 runs at the
-    gradient depths. The stats are saved beside each run (layer_stats.json), so they are computed once,
-    with MNIST, and redrawn without it."""
+    """{(variant, depth): {'init': stats, 'trained': stats}} for the seed-0 runs at the gradient depths.
+    The stats are saved beside each run (layer_stats.json, with its config and its checkpoint's
+    SHA-256), so they are computed once, with MNIST, and redrawn without it."""
     wanted = [d for d in args.depths if d in GRADIENT_DEPTHS] or [max(args.depths)]
-    out, data = {}, None
+    out, data = {}, []
     for c, _, folder in found:
         if c["seed"] != 0 or c["depth"] not in wanted:
             continue
-        path = os.path.join(folder, STATS_FILE)
-        remedy = f"delete {path} and rerun with MNIST unpacked to recompute it"
-        stats = read_json(path, remedy)
-        if isinstance(stats, dict) and isinstance(stats.get("config"), dict) and stats["config"] != c:
-            raise UserError(f"{path} holds the statistics of another run, not of the run in its folder; "
-                            f"{remedy}")  # the file names its run: a swap is refused
-        problem = stats is not None and fields_problem(stats, stats_schema(c))
-        if problem:
-            raise UserError(f"{path} is not a layer-statistics file of this code ({problem}); {remedy}")
-        if stats is None:
-            if data is None:
-                data = load_mnist(args.data_dir, device, args.val_size)
-            stats = layer_stats_of_run(c, folder, data, device)
-            write_json_atomic(stats, path)
+
+        def compute(config=c, folder=folder):
+            data[:] = data or [load_mnist(args.data_dir, device, args.val_size)]  # loaded once, if needed
+            return layer_stats_of_run(config, folder, data[0], device)
+
+        inputs = outputs.inputs_of({runs.CHECKPOINT_FILE: os.path.join(folder, runs.CHECKPOINT_FILE)})
+        stats = outputs.computed_once(os.path.join(folder, STATS_FILE), "layer statistics", c, inputs,
+                                      stats_schema(c), compute, f"python {PROG} --sweep (with MNIST)")
         out[(variant_of(c["residual"], c["layers_per_block"], c["rezero"]), c["depth"])] = stats
     return out
 
@@ -312,14 +300,14 @@ def gradient_stats(args, device, found):
 def layer_stats_of_run(config, folder, data, device):
     """layer_stats at the run's initialization and of its best checkpoint, on one training batch."""
     x, y = data.train.x[:GRADIENT_BATCH], data.train.y[:GRADIENT_BATCH]
-    path = os.path.join(folder, CHECKPOINT_FILE)
+    path = os.path.join(folder, runs.CHECKPOINT_FILE)
     remedy = f"delete the run folder {folder} and rerun the sweep"
     trained, ckpt = load_model(path, device, MLP, remedy)
     if ckpt["config"] != config:
         raise UserError(f"{path} is the checkpoint of another run; {remedy}")
     seed_everything(config["seed"])  # the same initialization the run started from
     model = MLP(**ckpt["arch"]["kwargs"]).to(device)
-    return {"config": config, "init": layer_stats(model, x, y), "trained": layer_stats(trained, x, y)}
+    return {"init": layer_stats(model, x, y), "trained": layer_stats(trained, x, y)}
 
 
 def plot_gradients(stats, caption, path):
@@ -385,12 +373,12 @@ def plot_activations(stats, caption, path):
 
 
 def make_figures(args, configs, device):
-    fig_dir, publish = sweep_destination(args, get_args(README_SWEEP))
+    fig_dir, publish = outputs.destination(args, get_args(README_SWEEP))
     readme = None if is_readme_sweep(args) else " ".join(["python", PROG, *README_SWEEP, "--plot-only"])
-    found, missing = sweep_results(configs, roots(args), run_name, fig_dir, f"python {PROG} --sweep ...",
-                                   readme)
+    found, missing = outputs.sweep_results(configs, roots(args), run_name, fig_dir,
+                                           f"python {PROG} --sweep ...", readme)
     groups = _group(found)
-    table_path = write_table(make_table(groups, args, missing), "ex1_mlp_table", fig_dir, publish)
+    table_path = outputs.write_table(make_table(groups, args, missing), "ex1_mlp_table", fig_dir, publish)
     plot_depth(groups, args, os.path.join(fig_dir, "ex1_mlp_depth.png"))
     plot_curves(groups, args, os.path.join(fig_dir, "ex1_mlp_curves.png"))
     inside = [os.path.join(fig_dir, f) for f in ("ex1_mlp_gradients.png", "ex1_mlp_activations.png")]
@@ -404,7 +392,7 @@ def make_figures(args, configs, device):
         plot_gradients(stats, _caption(groups, args), inside[0])
         plot_activations(stats, _caption(groups, args), inside[1])
     else:
-        remove_stale(inside)
+        outputs.remove_stale(inside)
         print(f"gradient and activation figures skipped: {skipped}")
     with open(table_path, encoding="utf-8") as f:
         print(f.read())
@@ -417,24 +405,17 @@ def main(args):
         if args.plot_only or args.shard:
             raise UserError("--plot-only and --shard go with --sweep")
         config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
-        record, folder = finished_run(EXERCISE, args.out_dir, run_name(config), config, args.force,
-                                      args.tensorboard)
+        name = run_name(config)
+        record, folder, data = prepared_run(EXERCISE, name, config, args, device, THREADS, load_data)
         if record is None:
-            with starting_run(args.out_dir, device, THREADS, args.tensorboard):
-                data = load_data(args, device)
-            print(f"{run_name(config)}: {data.source}, {count(len(data.train), 'training image')}")
+            print(f"{name}: {data.source}, {count(len(data.train), 'training image')}")
             _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)
-        print_result(record, folder)
-        return record
+        return print_result(record, folder)
     configs = sweep_configs(args)
     if not args.plot_only:
-        sweep_destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
-        costs = [c["depth"] + 2 for c in configs]  # per-step time grows with the number of layers
-        runs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, args.workers,
-                     args.tensorboard)
-        done = sweep(runs, device, configs, costs, THREADS)
-        if done:
-            print(f"{done} on {count(os.cpu_count(), 'core')}")
+        outputs.destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
+        Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, args.workers,
+              args.tensorboard).run(device, configs, cost, THREADS)
     return make_figures(args, configs, device)
 
 

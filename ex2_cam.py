@@ -21,20 +21,14 @@ import torch
 from tqdm import tqdm
 
 from cam import CAM, GradCAM, auc, deletion_insertion, drop_and_increase, random_maps, upsample_and_scale
-from data import load_cifar10, normalize_images
+from data import image_tensor, load_cifar10, normalize_images
 from models import CifarResNet
-from pretrained import LITE_MEAN, LITE_STD, WEIGHTS_PACKAGE, WEIGHTS_SHA256, load_efficientnet_lite0
+from pretrained import (LITE_MEAN, LITE_STD, WEIGHTS_PACKAGE, WEIGHTS_SHA256, load_efficientnet_lite0,
+                        load_resnet18)
 from report import cnn_name, format_mean_std, save_figure
 from training import CNN_CPU_EPOCHS
 from utils import get_device, hardware
-from lab.checkpoints import load_model, load_state_dict_file
-from lab.files import ListOf, file_sha256
-from lab.cli import FRACTION, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, count_flag, Number, run_cli
-from lab.datafiles import read_image
-from lab.errors import DataError, UserError
-from lab.outputs import (Packed, analysis_path, destination, packed, read_analysis, save_analysis, unpacked,
-                         write_table)
-from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
+from lab import ArgumentParser, DataError, UserError, kinds, load_model, outputs, run_cli, runs
 
 PROG = "ex2_cam.py"
 CNN_RUNS = os.path.join("runs", "ex1_cnn")
@@ -47,7 +41,7 @@ MAX_FIGURE_IMAGES = 32  # a column per image: more would make a figure no screen
 MAX_CLASSES = 1000      # ImageNet's; a CIFAR-10 network checks --class-index against its 10
 MAX_STEPS = 1024        # deletion/insertion steps: one pixel each on CIFAR-10
 # what the figure reads of the run a checkpoint comes from
-CONFIG_FIELDS = {"val_size": count_flag(MAX_IMAGES), "residual": bool, "blocks": count_flag(MAX_IMAGES)}
+CONFIG_FIELDS = {"val_size": kinds.IMAGES, "residual": bool, "blocks": kinds.IMAGES}
 # the network explained by default (ex1_cnn.py --blocks 5 --residual --cpu): residual-56 is a
 # little better on validation, but its maps have the same 8x8 resolution and the README's
 # figure and faithfulness table were measured on this one (see the README, Exercise 2.3)
@@ -96,16 +90,16 @@ def make_parser():
     sub = p.add_subparsers(dest="dataset", metavar="{cifar10,photos,imagenette}", required=True,
                            parser_class=ArgumentParser)
     common = ArgumentParser(add_help=False)
-    common.add_argument("--class-index", type=count_flag(MAX_CLASSES - 1, low=0), default=None,
+    common.add_argument("--class-index", type=kinds.count_flag(MAX_CLASSES - 1, low=0), default=None,
                         help="explain this class for every image (default: the predicted class)")
-    add_device_flag(common)
+    common.add_device_flag()
     common.add_argument("--fig-dir", default=None,
                         help=f"where figures and tables go (default: figures/ for the README's settings, "
                              f"else {SCRATCH_DIR})")
     sample = ArgumentParser(add_help=False)   # the modes that draw images from a dataset
-    sample.add_argument("--num-images", type=count_flag(MAX_FIGURE_IMAGES), default=8,
+    sample.add_argument("--num-images", type=kinds.count_flag(MAX_FIGURE_IMAGES), default=8,
                         help=f"images in the figure (at most {MAX_FIGURE_IMAGES})")
-    sample.add_argument("--seed", type=SEED, default=0, help="picks the images")
+    sample.add_argument("--seed", type=kinds.SEED, default=0, help="picks the images")
     sample.add_argument("--data-dir", default="data", help="where the dataset is")
     c = sub.add_parser("cifar10", parents=[common, sample], help="the CNN trained by ex1_cnn.py on CIFAR-10")
     c.add_argument("--checkpoint", default=None,
@@ -116,9 +110,9 @@ def make_parser():
                         f"folders instead (e.g. {CNN_RUNS})")
     c.add_argument("--evaluate", action="store_true",
                    help="deletion/insertion AUC, Average Drop, Increase in Confidence")
-    c.add_argument("--eval-images", type=count_flag(MAX_IMAGES), default=1000,
+    c.add_argument("--eval-images", type=kinds.IMAGES, default=1000,
                    help="test images for --evaluate")
-    c.add_argument("--steps", type=count_flag(MAX_STEPS), default=8,
+    c.add_argument("--steps", type=kinds.count_flag(MAX_STEPS), default=8,
                    help="deletion/insertion steps (1024 pixels / 8 = 128 per step on CIFAR-10)")
     c.add_argument("--plot-only", action="store_true",
                    help="redraw the figure (with --evaluate: the table and curves) from the saved maps and "
@@ -128,7 +122,7 @@ def make_parser():
     i = sub.add_parser("imagenette", parents=[common, sample], help="torchvision's ImageNet ResNet-18")
     i.add_argument("--weights", default=None,
                    help="a local ResNet-18 state dict (default: torchvision's IMAGENET1K_V1, hub cache)")
-    i.add_argument("--max-eval", type=count_flag(MAX_IMAGES, low=0), default=0,
+    i.add_argument("--max-eval", type=kinds.count_flag(kinds.MAX_IMAGES, low=0), default=0,
                    help="images for the top-1 accuracy (0: all of Imagenette val)")
     return p
 
@@ -138,11 +132,11 @@ def add_photos_parser(ph):
     ph.add_argument("paths", nargs="*", metavar="PATH",
                     help="your own JPEG or PNG files, any size (default: the shipped photos); their "
                          f"figure and table go to {SCRATCH_DIR}/ or --fig-dir, never figures/")
-    ph.add_argument("--steps", type=count_flag(MAX_STEPS), default=PHOTO_STEPS,
+    ph.add_argument("--steps", type=kinds.count_flag(MAX_STEPS), default=PHOTO_STEPS,
                     help="deletion/insertion steps over the 224x224 pixels")
-    ph.add_argument("--draws", type=count_flag(MAX_DRAWS), default=PHOTO_DRAWS,
+    ph.add_argument("--draws", type=kinds.count_flag(MAX_DRAWS), default=PHOTO_DRAWS,
                     help="random maps per photo, the baseline CAM's deletion AUC is placed in")
-    ph.add_argument("--seed", type=SEED, default=0, help="seeds the random maps")
+    ph.add_argument("--seed", type=kinds.SEED, default=0, help="seeds the random maps")
     ph.add_argument("--plot-only", action="store_true",
                     help="redraw the table and figure from the saved result (results/ex2_cam/photos.json "
                          "for the shipped photos): no network is run")
@@ -159,15 +153,15 @@ def find_checkpoint(runs_dir=None):
     (the README's figure and table, the same on every clone); with `runs_dir`, the residual run
     with the best validation accuracy there. The checkpoint is checked when it is loaded."""
     if runs_dir:
-        residual = [(r["best_val_acc"], path) for r, path in checkpointed_runs(runs_dir)
+        residual = [(r["best_val_acc"], path) for r, path in runs.checkpointed_runs(runs_dir)
                     if r["config"].get("residual")]
         if not residual:
             raise UserError(f"no finished residual ex1_cnn.py run with a checkpoint in {runs_dir}; make one "
                             f"with `{MAKE_CHECKPOINT} --out-dir {runs_dir}` or pass --checkpoint")
         val, path = max(residual)
         return path, f"the residual run with the best validation accuracy ({val:.4f}) in {runs_dir}"
-    root = published_dir("ex1_cnn")
-    for record, path in checkpointed_runs(root):
+    root = runs.published_dir("ex1_cnn")
+    for record, path in runs.checkpointed_runs(root):
         if all(record["config"].get(k) == v for k, v in DEFAULT_RUN.items()):
             return path, "the published residual-32, seed 0: the network of the README's figure and table"
     raise UserError(f"no published run with the settings {DEFAULT_RUN} in {root} (is the checkout "
@@ -178,8 +172,7 @@ def load_cnn(path, device):
     """The network of an ex1_cnn.py checkpoint, rebuilt from the description it carries."""
     remedy = f"pass a best.pt of ex1_cnn.py, or make one with `{MAKE_CHECKPOINT}`"
     model, ckpt = load_model(path, device, CifarResNet, remedy, config_fields=CONFIG_FIELDS,
-                             fields={"val_acc": FRACTION})
-    check_checkpoint_of_run(path, ckpt, remedy)
+                             fields={"val_acc": kinds.FRACTION})
     return model, ckpt
 
 
@@ -251,9 +244,9 @@ def relative(path):
 def figure_dir(args, checkpoint):
     """figures/ (and the README) only for the README's settings: the default choice among
     the published checkpoints and default flags; else SCRATCH_DIR or --fig-dir."""
-    published = is_published(checkpoint, "ex1_cnn")
+    published = runs.is_published(checkpoint, "ex1_cnn")
     readme = get_args([args.dataset] + (["--evaluate"] if args.evaluate else []))
-    return destination(args, readme, SCRATCH_DIR, inputs_published=published)
+    return outputs.destination(args, readme, SCRATCH_DIR, inputs_published=published)
 
 
 def check_class_index(args, num_classes):
@@ -291,42 +284,42 @@ def cifar_job(args, device, name, flags):
     model, ckpt = load_cnn(path, device)
     fig_dir, publish = figure_dir(args, path)  # checked before the work, which may take minutes
     return CifarJob(path, model, ckpt, fig_dir, publish,
-                    analysis_path(name, fig_dir, publish, "ex2_cam", args.plot_only),
+                    outputs.analysis_path(name, fig_dir, publish, "ex2_cam", args.plot_only),
                     {k: getattr(args, k) for k in ("seed", "class_index") + flags},
-                    {relative(path): file_sha256(path)})
+                    outputs.inputs_of({relative(path): path}))
 
 
 def cam_schema(settings, classes):
     """The whole saved CAM figure of `settings["num_images"]` images of `classes` classes."""
-    n, label = settings["num_images"], Number(int, 0, classes - 1)
-    maps = Packed("uint8", (n, None, None))
-    return {"title": str, "caption": str, "images": Packed("uint8", (n, None, None, 3)), "maps": maps,
-            "true_maps": maps, "true": ListOf(label, n), "pred": ListOf(label, n),
-            "explained": ListOf(label, n), "names": ListOf(str, classes)}
+    n, label = settings["num_images"], kinds.Number(int, 0, classes - 1)
+    maps = kinds.Packed("uint8", (n, None, None))
+    return {"title": str, "caption": str, "images": kinds.Packed("uint8", (n, None, None, 3)), "maps": maps,
+            "true_maps": maps, "true": kinds.ListOf(label, n), "pred": kinds.ListOf(label, n),
+            "explained": kinds.ListOf(label, n), "names": kinds.ListOf(str, classes)}
 
 
 def faithfulness_schema(settings):
     """The whole saved faithfulness evaluation: per image and method, AUCs and Average Drop
     fractions, Increase 0 or 1; the mean curves of `steps` + 1 points; at most --eval-images."""
-    fraction = Packed("float32", (None,), 0, 1)
-    curve = Packed("float32", (settings["steps"] + 1,), 0, 1)
+    fraction = kinds.Packed("float32", (None,), 0, 1)
+    curve = kinds.Packed("float32", (settings["steps"] + 1,), 0, 1)
     measures = {k: fraction for k in ("deletion", "insertion", "drop", "increase")}
-    return {"images": Number(int, 1, settings["eval_images"]), "caption": str,
+    return {"images": kinds.Number(int, 1, settings["eval_images"]), "caption": str,
             "stats": {m: measures for m in METHODS}, "curves": {m: {"deletion": curve, "insertion": curve}
                                                                 for m in METHODS}}
 
 
 def saved_panel(c):
     """(CamPanel, title, caption) of a saved CAM figure."""
-    maps, true_maps = (unpacked(c[k]).numpy() / MAP_LEVELS for k in ("maps", "true_maps"))
-    panel = CamPanel(unpacked(c["images"]).numpy(), maps, list(c["true"]), list(c["pred"]),
+    maps, true_maps = (kinds.unpacked(c[k]).numpy() / MAP_LEVELS for k in ("maps", "true_maps"))
+    panel = CamPanel(kinds.unpacked(c["images"]).numpy(), maps, list(c["true"]), list(c["pred"]),
                      list(c["explained"]), list(c["names"]), true_maps)
     return panel, str(c["title"]), str(c["caption"])
 
 
 def saved_faithfulness(c):
     """(images, stats, curves, caption) of a saved faithfulness evaluation."""
-    stats, curves = ({m: {k: unpacked(v) for k, v in d.items()} for m, d in c[part].items()}
+    stats, curves = ({m: {k: kinds.unpacked(v) for k, v in d.items()} for m, d in c[part].items()}
                      for part in ("stats", "curves"))
     if any(len(v) != c["images"] for d in stats.values() for v in d.values()):
         raise ValueError(f"its measures are not one per image of its {c['images']}")
@@ -348,19 +341,19 @@ def cifar_figure(args, device):
         images, y = data.test.x[idx.to(device)], data.test.y[idx.to(device)]
         maps, pred, classes, true_maps = explain(model, normalize_images(images), y, args.class_index)
         config = ckpt["config"]
-        scaled = [packed((m * MAP_LEVELS).round().to(torch.uint8)) for m in (maps, true_maps)]
-        save_analysis(saved, "cifar10", job.settings, job.inputs, {
+        scaled = [kinds.packed((m * MAP_LEVELS).round().to(torch.uint8)) for m in (maps, true_maps)]
+        outputs.save_analysis(saved, "cifar10", job.settings, job.inputs, {
             "title": f"CAM of {cnn_name(config['residual'], config['blocks'])} (validation acc. "
                      f"{ckpt['val_acc']:.3f}) on CIFAR-10 test images",
             "caption": f"{data.source} test images (seed {args.seed}); checkpoint {relative(path)}; "
                        f"{hardware(device)}",
-            "images": packed(images.permute(0, 2, 3, 1)), "maps": scaled[0], "true_maps": scaled[1],
+            "images": kinds.packed(images.permute(0, 2, 3, 1)), "maps": scaled[0], "true_maps": scaled[1],
             "true": y.cpu().tolist(), "pred": pred.tolist(), "explained": classes.tolist(),
             "names": list(data.classes)})
     command = f"python {PROG} cifar10"
     schema = cam_schema(job.settings, job.ckpt["arch"]["kwargs"]["num_classes"])
-    panel, title, caption = read_analysis(saved, "cifar10", job.settings, job.inputs, command, saved_panel,
-                                          schema)
+    panel, title, caption = outputs.read_analysis(saved, "cifar10", job.settings, job.inputs, command,
+                                                  saved_panel, schema)
     out = os.path.join(job.fig_dir, "ex2_cam_cifar10.png")
     plot_cams(panel, title, caption, out)
     correct = sum(t == p for t, p in zip(panel.true, panel.pred))
@@ -448,17 +441,18 @@ def cifar_evaluate(args, device):
         data = load_cifar10(args.data_dir, device, ckpt["config"]["val_size"])  # the split it trained with
         check_class_index(args, len(data.classes))
         n, stats, curves = faithfulness(model, data, args, device)
-        save_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs, {
+        outputs.save_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs, {
             "images": n, "caption": f"{data.source}, checkpoint {relative(path)}, {args.steps} steps; "
                                     f"{hardware(device)}",
-            "stats": {m: {k: packed(v) for k, v in d.items()} for m, d in stats.items()},
-            "curves": {m: {k: packed(v) for k, v in d.items()} for m, d in curves.items()}})
+            "stats": {m: {k: kinds.packed(v) for k, v in d.items()} for m, d in stats.items()},
+            "curves": {m: {k: kinds.packed(v) for k, v in d.items()} for m, d in curves.items()}})
     command = f"python {PROG} cifar10 --evaluate"
-    n, stats, curves, caption = read_analysis(saved, "cifar10_faithfulness", job.settings, job.inputs,
-                                              command, saved_faithfulness, faithfulness_schema(job.settings))
+    n, stats, curves, caption = outputs.read_analysis(
+        saved, "cifar10_faithfulness", job.settings, job.inputs, command, saved_faithfulness,
+        faithfulness_schema(job.settings))
     target = "the predicted class" if args.class_index is None else f"class {args.class_index}"
     table = faithfulness_table(n, stats, caption, target)
-    table_path = write_table(table, "ex2_cam_faithfulness", fig_dir, job.publish)
+    table_path = outputs.write_table(table, "ex2_cam_faithfulness", fig_dir, job.publish)
     plot_faithfulness(curves, caption, os.path.join(fig_dir, "ex2_cam_faithfulness.png"))
     print(table)
     done = "redrawn from the saved measures of" if args.plot_only else "evaluated:"
@@ -484,7 +478,7 @@ def load_photo(name):
     if name == "grace_hopper":
         from matplotlib.cbook import get_sample_data
         try:
-            array, _ = read_image(str(get_sample_data("grace_hopper.jpg", asfileobj=False)), "RGB")
+            array = image_tensor(str(get_sample_data("grace_hopper.jpg", asfileobj=False))).numpy()
         except DataError as e:
             raise UserError(f"{e}; {remedy}")
     else:
@@ -505,10 +499,10 @@ def load_photo(name):
 def load_photo_file(path):
     """A user's JPEG or PNG of any size as a uint8 (3, H, W) tensor, through the one image reader."""
     try:
-        array, _ = read_image(path, "RGB")
+        image = image_tensor(path)
     except DataError as e:
         raise UserError(str(e))
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return image.permute(2, 0, 1).contiguous()
 
 
 def photo_input(image, size=PHOTO_SIZE):
@@ -581,8 +575,8 @@ def compute_photos(model, images, names, args, device):
             "tops": [[[categories[int(i)], float(p)] for p, i in zip(ps, ids)]
                      for ps, ids in zip(top.values, top.indices)],
             "shows": [[[categories[c], float(probs[j, c])] for c in cs] for j, cs in enumerate(shows)],
-            "aucs": aucs, "random_deletion": packed(random.float().cpu()),
-            "maps": {k: packed(v.float().cpu()) for k, v in raw.items()}}
+            "aucs": aucs, "random_deletion": kinds.packed(random.float().cpu()),
+            "maps": {k: kinds.packed(v.float().cpu()) for k, v in raw.items()}}
 
 
 @dataclass
@@ -601,19 +595,21 @@ class PhotoResult:
 def photos_schema(settings):
     """The whole saved photos analysis: its top-5 and shown classes with probabilities, AUCs in
     [0, 1], `draws` random deletions per photo; that each has one entry per photo, saved_photos."""
-    ranked = ListOf(ListOf((str, float), 2), min_length=0)  # [(class, probability)], maybe none
-    aucs = {"deletion": ListOf(FRACTION), "insertion": ListOf(FRACTION)}
-    return {"names": ListOf(str), "sources": ListOf(str), "explained": ListOf(str), "tops": ListOf(ranked),
-            "shows": ListOf(ranked), "aucs": {"CAM": aucs, "Grad-CAM": aucs},
-            "random_deletion": Packed("float32", (None, settings["draws"]), 0, 1),
-            "maps": {m: Packed("float32", (None, None, None)) for m in ("CAM", "Grad-CAM")}, "caption": str}
+    ranked = kinds.ListOf(kinds.ListOf((str, float), 2), min_length=0)  # [(class, probability)], maybe none
+    aucs = {"deletion": kinds.ListOf(kinds.FRACTION), "insertion": kinds.ListOf(kinds.FRACTION)}
+    return {"names": kinds.ListOf(str), "sources": kinds.ListOf(str), "explained": kinds.ListOf(str),
+            "tops": kinds.ListOf(ranked),
+            "shows": kinds.ListOf(ranked), "aucs": {"CAM": aucs, "Grad-CAM": aucs},
+            "random_deletion": kinds.Packed("float32", (None, settings["draws"]), 0, 1),
+            "maps": {m: kinds.Packed("float32", (None, None, None)) for m in ("CAM", "Grad-CAM")},
+            "caption": str}
 
 
 def saved_photos(c):
     """The PhotoResult of a saved photos analysis; ValueError unless its parts agree."""
     n = len(c["names"])
-    raw = {k: unpacked(v) for k, v in c["maps"].items()}
-    random = unpacked(c["random_deletion"])
+    raw = {k: kinds.unpacked(v) for k, v in c["maps"].items()}
+    random = kinds.unpacked(c["random_deletion"])
     tops = [[(str(label), float(p)) for label, p in t] for t in c["tops"]]
     shows = [[(str(label), float(p)) for label, p in s] for s in c["shows"]]
     aucs = {m: {k: [float(v) for v in c["aucs"][m][k]] for k in ("deletion", "insertion")} for m in raw}
@@ -685,7 +681,7 @@ def photos(args, device):
     check_class_index(args, MAX_CLASSES)
     own = bool(args.paths)
     readme = get_args(["photos"])
-    fig_dir, publish = destination(args, readme, SCRATCH_DIR, inputs_published=not own)
+    fig_dir, publish = outputs.destination(args, readme, SCRATCH_DIR, inputs_published=not own)
     if own:
         images = [load_photo_file(p) for p in args.paths]  # every file checked before the network runs
         names = [os.path.basename(p) for p in args.paths]
@@ -693,7 +689,7 @@ def photos(args, device):
         images, names = [load_photo(n) for n in PHOTOS], list(PHOTOS)
     inputs = {"weights": WEIGHTS_SHA256, **{n: array_sha256(i) for n, i in zip(names, images)}}
     settings = {k: getattr(args, k) for k in ("steps", "class_index", "draws", "seed")}
-    saved = analysis_path("photos", fig_dir, publish, "ex2_cam", args.plot_only)
+    saved = outputs.analysis_path("photos", fig_dir, publish, "ex2_cam", args.plot_only)
     command = f"python {PROG} photos" + (" " + " ".join(args.paths) if own else "")
     caption = (f"Photos {'given on the command line' if own else 'of matplotlib and scikit-image'}, "
                f"{PHOTO_SIZE}x{PHOTO_SIZE}; EfficientNet-Lite0 ImageNet weights of the package "
@@ -701,13 +697,14 @@ def photos(args, device):
     if not args.plot_only:
         model = load_efficientnet_lite0(device)
         content = compute_photos(model, images, names, args, device)
-        save_analysis(saved, "photos", settings, inputs, {**content, "caption": caption})
-    r, caption = read_analysis(saved, "photos", settings, inputs, command,
-                               lambda c: (saved_photos(c), str(c["caption"])), photos_schema(settings))
+        outputs.save_analysis(saved, "photos", settings, inputs, {**content, "caption": caption})
+    r, caption = outputs.read_analysis(saved, "photos", settings, inputs, command,
+                                       lambda c: (saved_photos(c), str(c["caption"])),
+                                       photos_schema(settings))
     for name, t in zip(r.names, r.tops):
         print(f"{name}: {t[0][0]} ({t[0][1]:.3f}); top-5 " + ", ".join(f"{label} {p:.3f}" for label, p in t))
     table = photos_table(r, args.steps, caption, command)
-    table_path = write_table(table, "ex2_cam_photos", fig_dir, publish)
+    table_path = outputs.write_table(table, "ex2_cam_photos", fig_dir, publish)
     out = os.path.join(fig_dir, "ex2_cam_photos.png")
     shown = denormalize(torch.stack([photo_input(image) for image in images]), LITE_MEAN, LITE_STD)
     plot_photos(r, shown, caption, out)
@@ -718,23 +715,6 @@ def photos(args, device):
 
 # ----------------------------------------------------------------------------- Imagenette
 
-def load_resnet18(weights_path, device):
-    """torchvision's ResNet-18: from a local state dict, or the IMAGENET1K_V1 weights (hub cache first)."""
-    from torchvision.models import ResNet18_Weights, resnet18
-    if weights_path:
-        if not os.path.exists(weights_path):
-            raise UserError(f"--weights {weights_path} not found")
-        model = load_state_dict_file(weights_path, resnet18(weights=None),
-                                     "pass torchvision's resnet18 weights file")
-    else:
-        try:
-            model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)  # uses the torch hub cache if present
-        except Exception:
-            raise UserError("the ImageNet weights of ResNet-18 are not in the torch hub cache and cannot be "
-                            "downloaded; pass a local state dict with --weights PATH")
-    return model.to(device).eval()
-
-
 def imagenet_transform():
     """The preprocessing the weights were trained with: resize 256, center crop 224, normalize."""
     from torchvision.models import ResNet18_Weights
@@ -744,7 +724,7 @@ def imagenet_transform():
 def read_pil(path):
     """An image file as a PIL RGB image, through the one image reader of every script."""
     from PIL import Image
-    return Image.fromarray(read_image(path, "RGB")[0])
+    return Image.fromarray(image_tensor(path).numpy())
 
 
 def load_imagenette(data_dir):
@@ -773,7 +753,8 @@ def imagenette(args, device):
     check_class_index(args, model.fc.out_features)
     if args.num_images > len(ds):
         raise UserError(f"--num-images {args.num_images} exceeds the {len(ds)} images")
-    fig_dir, publish = destination(args, get_args(["imagenette"]), SCRATCH_DIR)  # before the evaluation
+    # before the evaluation
+    fig_dir, publish = outputs.destination(args, get_args(["imagenette"]), SCRATCH_DIR)
     out = os.path.join(fig_dir, "ex2_cam_imagenette.png")
     to_imagenet = torch.tensor([IMAGENETTE_TO_IMAGENET[w][1] for w in ds.wnids], device=device)
     names = {i: name for name, i in IMAGENETTE_TO_IMAGENET.values()}

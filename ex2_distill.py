@@ -27,16 +27,7 @@ from report import (cnn_name, fastest_epoch_seconds, format_interval, format_res
                     published_cnn_run, run_result, save_figure)
 from training import Recipe, fit, sgd_warmup_cosine
 from utils import get_device, run_meta, seed_everything
-from lab.checkpoints import load_model
-from lab.cli import (MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, MAX_WORKERS, add_device_flag, add_tensorboard_flag,
-                     ArgumentParser, count, count_flag, Number, run_cli)
-from lab.errors import UserError
-from lab.files import file_sha256
-from lab.launch import Sweep, sweep
-from lab.outputs import destination, write_table
-from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, collect, find_finished,
-                      folder_name, lookup_roots, unfinished)
-from lab.sweeps import default_workers, parse_shard
+from lab import ArgumentParser, Sweep, UserError, count, kinds, load_model, outputs, run_cli, runs
 
 PROG = "ex2_distill.py"
 EXERCISE = "ex2_distill"
@@ -109,7 +100,7 @@ def run_config(student_config, teacher_folder, temperature, alpha):
 
 def run_name(config):
     student = f"{'res' if config['residual'] else 'plain'}_n{config['blocks']}"
-    return folder_name(f"kd-{student}_T{config['temperature']:g}_a{config['alpha']:g}", config)
+    return runs.folder_name(f"kd-{student}_T{config['temperature']:g}_a{config['alpha']:g}", config)
 
 
 def configs_of(student, seeds, candidates, schedule, blocks=STUDENT_BLOCKS):
@@ -155,11 +146,10 @@ def wanted_configs(args):
 
 def load_teacher(device, memory_format=torch.channels_last):
     _, folder = published_cnn_run(**TEACHER_RUN)
-    path = os.path.join(folder, CHECKPOINT_FILE)
+    path = os.path.join(folder, runs.CHECKPOINT_FILE)
     remedy = "restore it with `git checkout -- " + os.path.relpath(path) + "`"
-    teacher, ckpt = load_model(path, device, CifarResNet, remedy)
-    check_checkpoint_of_run(path, ckpt, remedy)
-    return teacher.to(memory_format=memory_format), file_sha256(path)
+    teacher, _ = load_model(path, device, CifarResNet, remedy)
+    return teacher.to(memory_format=memory_format), outputs.inputs_of({"teacher": path})["teacher"]
 
 
 def load_data(args, device):
@@ -184,8 +174,8 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
                     train_transform, eval_transform, read_test=not config.get("selection", False))
     # the teacher's identity: a resume with another teacher (its file re-saved) is refused
     meta = run_meta(data, device, memory_format="channels_last", teacher_sha256=teacher_sha256)
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard,
-                   measures=criterion.epoch_metrics) as run:  # its teacher time and CE, in each epoch
+    with runs.RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard,
+                        measures=criterion.epoch_metrics) as run:  # its teacher time and CE, in each epoch
         return fit(model, data, recipe, run, progress)
 
 
@@ -229,7 +219,7 @@ def teacher_seconds(records):
 
 
 def not_finished(configs, found):
-    names = unfinished(configs, found, run_name)
+    names = runs.unfinished(configs, found, run_name)
     return f" **Not finished: {', '.join(names)}.**" if names else ""
 
 
@@ -250,7 +240,7 @@ def alone_runs(distilled, roots):
             out.append(published)
             continue
         config = {**r["config"], "alpha": 0.0}
-        record, _ = find_finished(roots, run_name(config), config)
+        record, _ = runs.find_finished(roots, run_name(config), config)
         if record is not None:
             out.append(record)
     return out
@@ -350,16 +340,16 @@ def select_table(found, wanted):
 
 def make_tables(args):
     readme = get_args(["--student", args.student])  # either student's runs go to the README's table
-    fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"), where=WHERE_FLAGS)
-    roots, command = lookup_roots(args.out_dir, EXERCISE), f"python {PROG}"
+    fig_dir, publish = outputs.destination(args, readme, where=WHERE_FLAGS)
+    roots, command = runs.lookup_roots(args.out_dir, EXERCISE), f"python {PROG}"
     tables, panels = [], []
-    select = collect(select_configs(args), roots, run_name)
+    select = runs.collect(select_configs(args), roots, run_name)
     if select:
         tables.append(("ex2_distill_select", select_table(select, select_configs(args))))
     students, wanted = {}, []
     for kind in ("residual", "plain"):
         configs = main_configs(args, kind)
-        found = collect(configs, roots, run_name)
+        found = runs.collect(configs, roots, run_name)
         if found:
             students[kind] = found
             wanted += configs
@@ -368,7 +358,7 @@ def make_tables(args):
         found = students["residual"] if "residual" in students else next(iter(students.values()))
         distilled = [r for _, r, _ in found]
         panels.append((f"{student_name(found[0][0])}, all images", alone_runs(distilled, roots), distilled))
-    short = collect(short_configs(args), roots, run_name)
+    short = runs.collect(short_configs(args), roots, run_name)
     if short:
         tables.append(("ex2_distill_short", short_table(short, short_configs(args))))
         panels += [(f"{name}, short budget", alone, distilled)
@@ -377,7 +367,7 @@ def make_tables(args):
         raise UserError(f"no finished distillation runs in {' or '.join(roots)}; run `{command}` first")
     for name, text in tables:
         print(text)
-        print(f"table {write_table(text, name, fig_dir, publish)} written")
+        print(f"table {outputs.write_table(text, name, fig_dir, publish)} written")
     meta = (short or next(iter(students.values())))[0][1]["meta"]
     caption = (f"{meta['data']}; {meta['hardware']}. Teacher: the published "
                f"{cnn_name(True, TEACHER_RUN['blocks'])}. Short budget: "
@@ -392,16 +382,16 @@ def make_tables(args):
 
 def make_parser():
     p = ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("--temperature", type=Number(float, 0, MAX_TEMPERATURE, open_low=True),
+    p.add_argument("--temperature", type=kinds.Number(float, 0, MAX_TEMPERATURE, open_low=True),
                    default=DEFAULT_TEMPERATURE, help="T, the softening of both networks' outputs")
-    p.add_argument("--alpha", type=Number(float, 0, 1), default=DEFAULT_ALPHA,
+    p.add_argument("--alpha", type=kinds.Number(float, 0, 1), default=DEFAULT_ALPHA,
                    help="weight of the soft (teacher) term; 0 is cross-entropy alone")
     p.add_argument("--student", choices=("residual", "plain"), default="residual",
                    help=f"the depth-{CifarResNet.depth_of(STUDENT_BLOCKS)} student")
-    p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=3, help="seeds 0..N-1")
-    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=None,
+    p.add_argument("--seeds", type=kinds.SEEDS, default=3, help="seeds 0..N-1")
+    p.add_argument("--epochs", type=kinds.EPOCHS, default=None,
                    help="training epochs (default: those of the published baseline, 8)")
-    p.add_argument("--train-subset", type=count_flag(MAX_IMAGES, low=0), default=None,
+    p.add_argument("--train-subset", type=kinds.count_flag(kinds.MAX_IMAGES, low=0), default=None,
                    help="train on the first N training images (default: the baseline's, all)")
     p.add_argument("--select", action="store_true",
                    help=f"train the check of T and alpha: {SELECT_CANDIDATES} on a short schedule")
@@ -409,42 +399,32 @@ def make_parser():
                    help=f"train the paired study: residual-32 and residual-8 students, distilled and alone, "
                         f"{SHORT_SEEDS} seeds, {SHORT_SCHEDULE['epochs']} epochs on "
                         f"{SHORT_SCHEDULE['train_subset']:,} images")
-    add_device_flag(p)
-    add_tensorboard_flag(p)
+    p.add_device_flag()
+    p.add_tensorboard_flag()
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
     p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
     p.add_argument("--fig-dir", default=None,
                    help="where tables go (default: figures/ for the README's settings, else "
                         "<out-dir>/figures)")
-    p.add_argument("--workers", type=count_flag(MAX_WORKERS, low=0), default=0,
+    p.add_argument("--workers", type=kinds.count_flag(kinds.MAX_WORKERS, low=0), default=0,
                    help="processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
-    p.add_argument("--shard", default=None, metavar="K/N", help="train only the K-th of N parts of the runs")
+    p.add_argument("--shard", type=kinds.SHARD, default=None, metavar="K/N",
+                   help="train only the K-th of N parts of the runs")
     p.add_argument("--plot-only", action="store_true", help="redraw the tables from saved runs")
     return p
 
 
 def get_args(argv=None):
-    p = make_parser()
-    args = p.parse_args(argv)
-    try:
-        args.shard = parse_shard(args.shard) if args.shard else None
-    except ValueError as e:
-        p.error(str(e))
-    return args
+    return make_parser().parse_args(argv)
 
 
 def main(args):
     if not args.plot_only:
         device = get_device(args.device)
         configs = wanted_configs(args)
-        workers = default_workers(device, args.workers)
-        runs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, workers,
-                     args.tensorboard)
-        done = sweep(runs, device, configs, [c["epochs"] for c in configs],
-                     threads=max(1, (os.cpu_count() or 1) // workers))
-        if done:
-            print(done)
+        Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, args.workers,
+              args.tensorboard).run(device, configs, cost=lambda c: c["epochs"])
     return make_tables(args)
 
 

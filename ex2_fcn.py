@@ -18,25 +18,14 @@ import time
 
 import torch
 
-from data import MNIST_IMAGE_SHAPE, Dataset, Split, load_mnist, mnist_images, normalize_mnist
+from data import MNIST_IMAGE_SHAPE, Dataset, Split, image_tensor, load_mnist, mnist_images, normalize_mnist
 from detection import (Canvases, capacity, detect, make_canvases, match, summarize, training_windows)
 from models import MLP, ConvMLP
 from report import format_mean_std, save_figure
 from training import Recipe, fit
 from utils import get_device, hardware, run_meta, seed_everything
-from lab.checkpoints import load_model
-from lab.cli import (FRACTION, LR, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SEEDS, add_device_flag,
-                     add_tensorboard_flag, ArgumentParser, check_writable, command_line, count, count_flag,
-                     Number, run_cli)
-from lab.datafiles import arrays_signature, read_image
-from lab.errors import DataError, UserError
-from lab.launch import finished_run, starting_run
-from lab.files import ListOf, fields_problem, read_json, save_image_atomic, write_json_atomic
-from lab.outputs import destination, write_table
-from lab.runs import (CHECKPOINT_FILE, RunFolder, check_checkpoint_of_run, checkpointed_runs, find_finished,
-                      folder_name, is_published, lookup_roots,
-                      published_dir)
-from lab.sweeps import set_threads
+from lab import (ArgumentParser, DataError, UserError, count, kinds, load_model, outputs, prepared_run,
+                 run_cli, runs, set_threads)
 
 PROG = "ex2_fcn.py"
 EXERCISE = "ex2_fcn"
@@ -53,7 +42,6 @@ MAX_DETECTIONS = 100    # per canvas, as COCO's maxDets
 CANVAS_BATCH = 50       # canvases per forward pass of the benchmark
 MAX_CANVAS = 1024       # the largest canvas side a flag may ask for
 N_EXAMPLES = 3          # canvases in the figure
-EXAMPLES_FILE = "examples.png"   # the figure's canvases, so --plot-only needs no MNIST
 BENCHMARK_FILE = "benchmark.json"
 # width-16 layers are too small to share between threads: the fine-tuning trains fastest on one
 # (`python bench.py mlp` measures one against two). The detector's maps could use more, but a
@@ -67,30 +55,30 @@ def make_parser():
     p.add_argument("--classifier", default=None,
                    help="a best.pt of ex1_mlp.py to start from (default: the published MNIST MLP with "
                         "the best validation accuracy, in results/ex1_mlp)")
-    p.add_argument("--canvas-size", type=count_flag(MAX_CANVAS), default=96, help="canvas side, pixels")
-    p.add_argument("--max-digits", type=count_flag(MAX_CANVAS ** 2), default=5,
+    p.add_argument("--canvas-size", type=kinds.count_flag(MAX_CANVAS), default=96, help="canvas side, pixels")
+    p.add_argument("--max-digits", type=kinds.count_flag(MAX_CANVAS ** 2), default=5,
                    help="digits per canvas: 0 to this many, uniformly")
-    p.add_argument("--canvases", type=count_flag(MAX_IMAGES), default=1000,
+    p.add_argument("--canvases", type=kinds.IMAGES, default=1000,
                    help="benchmark canvases (MNIST test digits)")
-    p.add_argument("--train-canvases", type=count_flag(MAX_IMAGES), default=2000,
+    p.add_argument("--train-canvases", type=kinds.IMAGES, default=2000,
                    help="canvases of MNIST training digits the fine-tuning windows are cut from")
-    p.add_argument("--val-canvases", type=count_flag(MAX_IMAGES), default=500,
+    p.add_argument("--val-canvases", type=kinds.IMAGES, default=500,
                    help="canvases of the classifier's validation digits (held out of its training): "
                         "they pick the fine-tuning epoch")
-    p.add_argument("--windows-per-canvas", type=count_flag(MAX_IMAGES), default=8,
+    p.add_argument("--windows-per-canvas", type=kinds.IMAGES, default=8,
                    help="random windows per canvas, besides one on each digit")
-    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=8, help="fine-tuning epochs")
-    p.add_argument("--lr", type=LR, default=1e-3, help="Adam learning rate of the fine-tuning")
-    p.add_argument("--batch-size", type=count_flag(MAX_BATCH), default=128, help="windows per step")
-    p.add_argument("--threshold", type=FRACTION, default=0.5,
+    p.add_argument("--epochs", type=kinds.EPOCHS, default=8, help="fine-tuning epochs")
+    p.add_argument("--lr", type=kinds.LR, default=1e-3, help="Adam learning rate of the fine-tuning")
+    p.add_argument("--batch-size", type=kinds.BATCH, default=128, help="windows per step")
+    p.add_argument("--threshold", type=kinds.FRACTION, default=0.5,
                    help="operating score: the precision and recall reported are of detections above it")
-    p.add_argument("--nms-iou", type=Number(float, 0, 1, open_low=True), default=0.3,
+    p.add_argument("--nms-iou", type=kinds.Number(float, 0, 1, open_low=True), default=0.3,
                    help="non-maximum suppression: a detection overlapping a better one by more is dropped")
-    p.add_argument("--seeds", type=count_flag(MAX_SEEDS), default=3,
+    p.add_argument("--seeds", type=kinds.SEEDS, default=3,
                    help="runs 0..N-1, each with its own canvases and fine-tuning; the table shows their "
                         "mean ± std")
-    add_device_flag(p)
-    add_tensorboard_flag(p)
+    p.add_device_flag()
+    p.add_tensorboard_flag()
     p.add_argument("--data-dir", default="data", help="where MNIST is")
     p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
     p.add_argument("--fig-dir", default=None,
@@ -123,8 +111,8 @@ def get_args(argv=None):
 
 def published_classifiers():
     """The published ex1_mlp.py runs with a checkpoint: [(best validation accuracy, path)]."""
-    published = published_dir("ex1_mlp")
-    return [(record["best_val_acc"], path) for record, path in checkpointed_runs(published)]
+    published = runs.published_dir("ex1_mlp")
+    return [(record["best_val_acc"], path) for record, path in runs.checkpointed_runs(published)]
 
 
 def classifier_path(args):
@@ -133,7 +121,7 @@ def classifier_path(args):
         return args.classifier
     found = published_classifiers()
     if not found:
-        raise UserError(f"no published MLP checkpoint in {published_dir('ex1_mlp')}; train one with "
+        raise UserError(f"no published MLP checkpoint in {runs.published_dir('ex1_mlp')}; train one with "
                         "`python ex1_mlp.py --depth 32 --residual` and pass its best.pt with --classifier")
     return max(found)[1]
 
@@ -144,20 +132,19 @@ def load_classifier(path, device, classes=DIGITS):
     Anything else is refused in one line."""
     remedy = ("pass a best.pt of ex1_mlp.py with --classifier" if classes == DIGITS else
               f"delete {os.path.dirname(path)} and rerun `python {PROG}` to fine-tune it again")
-    config_fields = {"val_size": count_flag(MAX_IMAGES)} if classes == DIGITS else {}
+    config_fields = {"val_size": kinds.IMAGES} if classes == DIGITS else {}
     model, ckpt = load_model(path, device, MLP, remedy, config_fields=config_fields)
     kwargs = ckpt["arch"]["kwargs"]
     if kwargs.get("in_features") != math.prod(MNIST_IMAGE_SHAPE) or kwargs.get("num_classes") != classes:
         raise UserError(f"{path} is not an MNIST classifier of {classes} classes "
                         f"({kwargs.get('in_features')} inputs, {kwargs.get('num_classes')} classes); "
                         f"{remedy}")
-    check_checkpoint_of_run(path, ckpt, remedy)
     return model, ckpt
 
 
 def load_detector(folder, device):
     """The fine-tuned MLP (digits and background) of a run folder."""
-    return load_classifier(os.path.join(folder, CHECKPOINT_FILE), device, DIGITS + 1)[0]
+    return load_classifier(os.path.join(folder, runs.CHECKPOINT_FILE), device, DIGITS + 1)[0]
 
 
 def classifier_id(path):
@@ -174,7 +161,7 @@ def run_config(args, classifier, seed):
 
 
 def run_name(config):
-    return folder_name("detector", config)
+    return runs.folder_name("detector", config)
 
 
 def benchmark_canvases(data, config, generator):
@@ -198,7 +185,7 @@ def detector_arch(source_arch):
 
 
 def fine_tune(source, config, splits, run, generator, device):
-    """The classifier with an 11th output, background, trained on windows in the RunFolder `run`
+    """The classifier with an 11th output, background, trained on windows in the runs.RunFolder `run`
     (not yet entered): (outcome, record)."""
     model = MLP(**run.arch["kwargs"]).to(device)
     state = source.state_dict()
@@ -248,56 +235,54 @@ def benchmark(detectors, canvases, config, device):
 
 
 def read_grey(path, what, remedy):
-    """An image file as a (H, W) uint8 tensor (lab.datafiles.read_image), or a one-line error naming it."""
+    """An image file as a (H, W) uint8 tensor (data.image_tensor), or a one-line error naming it."""
     try:
-        return torch.from_numpy(read_image(path, "L")[0])
+        return image_tensor(path, "L")
     except DataError as e:
         raise UserError(f"{what}: {e}; {remedy}")
 
 
-def save_examples(canvases, folder):
-    """The figure's first canvases as one grey PNG strip (written atomically), and for the
-    benchmark's JSON their true boxes and digits and the strip's signature (so a strip of
-    another run's canvases is refused)."""
-    from PIL import Image
-    strip = torch.cat(list(canvases.images[:N_EXAMPLES]), dim=1)  # (H, k*W)
-    save_image_atomic(Image.fromarray(strip.numpy()), os.path.join(folder, EXAMPLES_FILE))
-    return {"boxes": [b.tolist() for b in canvases.boxes[:N_EXAMPLES]],
-            "labels": [lab.tolist() for lab in canvases.labels[:N_EXAMPLES]],
-            "signature": arrays_signature(strip)}
+def examples_of(canvases):
+    """The figure's first canvases, their true boxes and digits, saved in the benchmark: the
+    figure is redrawn from them without MNIST."""
+    return {"canvases": kinds.packed(canvases.images[:N_EXAMPLES]),
+            "boxes": [b.tolist() for b in canvases.boxes[:N_EXAMPLES]],
+            "labels": [lab.tolist() for lab in canvases.labels[:N_EXAMPLES]]}
 
 
-MS = Number(float, 0, float("inf"), open_low=True)
+MS = kinds.Number(float, 0, float("inf"), open_low=True)
 
 
 def benchmark_schema(config):
-    """The whole benchmark.json of a run of `config`: each detector's scores are fractions (or NaN), one AP
-    per digit, a true box count no larger than the canvases can hold; the figure's examples."""
-    boxes = Number(int, 0, config["canvases"] * config["max_digits"])
-    score = Number(float, 0, 1, finite=False)  # NaN: nothing to score (detection.summarize)
+    """The benchmark of a run of `config`: each detector's scores are fractions (or NaN), one AP per
+    digit, a true box count no larger than the canvases can hold; the figure's example canvases."""
+    boxes = kinds.Number(int, 0, config["canvases"] * config["max_digits"])
+    score = kinds.Number(float, 0, 1, finite=False)  # NaN: nothing to score (detection.summarize)
+    detections = kinds.count_flag(kinds.MAX_IMAGES * MAX_DETECTIONS, low=0)
     summary = {"map": score, "precision": score, "recall": score, "ms_per_canvas": MS,
-               "ap": ListOf(score, DIGITS), "detections": count_flag(MAX_IMAGES * MAX_DETECTIONS, low=0),
-               "true_boxes": boxes}
-    examples = min(N_EXAMPLES, config["canvases"])
-    return {"config": dict, "hardware": str, "detectors": {name: summary for name in DETECTORS},
-            "examples": {"boxes": ListOf(list, examples), "labels": ListOf(list, examples), "signature": str}}
+               "ap": kinds.ListOf(score, DIGITS), "detections": detections, "true_boxes": boxes}
+    k, side = min(N_EXAMPLES, config["canvases"]), config["canvas_size"]
+    return {"hardware": str, "detectors": {name: summary for name in DETECTORS},
+            "examples": {"canvases": kinds.Packed("uint8", (k, side, side)), "boxes": kinds.ListOf(list, k),
+                         "labels": kinds.ListOf(list, k)}}
 
 
-def read_benchmark(path, config):
-    """The saved benchmark of a run folder (None if there is none yet), checked for what the table
-    and figure read."""
-    remedy = f"delete {path} and rerun `python {PROG}` with MNIST unpacked to measure it again"
-    saved = read_json(path, remedy)
-    if saved is None:
+def _decoded_benchmark(content, config):
+    if len({d["true_boxes"] for d in content["detectors"].values()}) > 1:
+        raise ValueError("its detectors were measured on different canvases")
+    examples = {**content["examples"], "canvases": kinds.unpacked(content["examples"]["canvases"])}
+    return {**content, "config": config, "examples": examples}
+
+
+def benchmark_of(folder, config, compute=None):
+    """The benchmark saved in a run folder, checked whole (lab.outputs.computed_once), measured by
+    compute() first if there is none yet; None if there is none and no `compute`."""
+    path = os.path.join(folder, BENCHMARK_FILE)
+    if compute is None and not os.path.exists(path):
         return None
-    other = isinstance(saved, dict) and saved.get("config") != config
-    problem = ("it was measured with other settings" if other
-               else fields_problem(saved, benchmark_schema(config)))
-    if not problem and len({d["true_boxes"] for d in saved["detectors"].values()}) > 1:
-        problem = "its detectors were measured on different canvases"
-    if problem:
-        raise UserError(f"{path} is not a benchmark of this code ({problem}); {remedy}")
-    return saved
+    return outputs.computed_once(path, "detector benchmark", config, {}, benchmark_schema(config), compute,
+                                 f"python {PROG} (with MNIST unpacked)",
+                                 decode=lambda content: _decoded_benchmark(content, config))
 
 
 def canvases_of(args, device, ckpt, config):
@@ -316,21 +301,17 @@ def train(config, source, source_arch, inputs, device, out_dir, tensorboard=None
     splits = [windows(c, config, generator, device) for c in canvases]
     name = run_name(config)
     print(f"{name}: {len(splits[0])} training windows from {len(canvases[0])} canvases, {hardware(device)}")
-    run = RunFolder(os.path.join(out_dir, name), config, meta, detector_arch(source_arch), tensorboard)
+    run = runs.RunFolder(os.path.join(out_dir, name), config, meta, detector_arch(source_arch), tensorboard)
     return fine_tune(source, config, splits, run, generator, device)
 
 
-def measure_benchmark(source, folder, config, test_canvases, device):
-    """Both detectors measured on the test canvases, saved beside the run (a fresh run, or one
-    interrupted between its fine-tuning and its benchmark)."""
+def measure_benchmark(source, folder, test_canvases, config, device):
+    """Both detectors measured on the test canvases of a run (a fresh run, or one interrupted
+    between its fine-tuning and its benchmark), with the figure's examples."""
     set_threads(device, THREADS)  # its times are those of one thread, as the training's
-    check_writable(folder)
     tuned = load_detector(folder, device)
-    results = benchmark({"surgery": source, "finetuned": tuned}, test_canvases, config, device)
-    saved = {"config": config, "hardware": hardware(device), "detectors": results,
-             "examples": save_examples(test_canvases, folder)}
-    write_json_atomic(saved, os.path.join(folder, BENCHMARK_FILE))  # last: it means its examples are there
-    return saved
+    return {"hardware": hardware(device), "examples": examples_of(test_canvases),
+            "detectors": benchmark({"surgery": source, "finetuned": tuned}, test_canvases, config, device)}
 
 
 # ----------------------------------------------------------------------------- table and figure
@@ -366,21 +347,6 @@ def make_table(saved, made_by):
                   f"{config['train_canvases']:,} canvases of training digits. Time: maps, scores and NMS, "
                   f"batches of {CANVAS_BATCH}; {saved[0]['hardware']}. Made by `{made_by}`."]
     return "\n".join(lines) + "\n"
-
-
-def read_examples(folder, saved):
-    """The figure's canvases (k, H, W) uint8, as saved beside the benchmark."""
-    path = os.path.join(folder, EXAMPLES_FILE)
-    remedy = f"delete {os.path.join(folder, BENCHMARK_FILE)} and rerun `python {PROG}` with MNIST unpacked"
-    strip = read_grey(path, "the example canvases", remedy)
-    size, k = saved["config"]["canvas_size"], len(saved["examples"].get("boxes", []))
-    if tuple(strip.shape) != (size, k * size):
-        raise UserError(f"{path} holds a {tuple(strip.shape)} image, not {k} canvases of {size}x{size}; "
-                        f"{remedy}")
-    if arrays_signature(strip) != saved["examples"].get("signature"):
-        raise UserError(f"{path} is not the strip of canvases its benchmark was measured on (another run's, "
-                        f"or changed); {remedy}")
-    return torch.stack(strip.split(size, dim=1))
 
 
 def _draw_boxes(ax, canvas, truth, found, threshold):
@@ -464,12 +430,12 @@ def finished_runs(args, device):
     """([(folder, benchmark)] of seeds 0..N-1, classifier path): the runs of these settings,
     published or in --out-dir; an error naming the first one missing."""
     path = classifier_path(args)
-    roots = lookup_roots(args.out_dir, EXERCISE)
+    roots = runs.lookup_roots(args.out_dir, EXERCISE)
     out = []
     for seed in range(args.seeds):
         config = run_config(args, classifier_id(path), seed)
-        record, folder = find_finished(roots, run_name(config), config)
-        saved = read_benchmark(os.path.join(folder, BENCHMARK_FILE), config) if record else None
+        record, folder = runs.find_finished(roots, run_name(config), config)
+        saved = benchmark_of(folder, config) if record else None
         if saved is None:
             raise UserError(f"no finished run of these settings with seed {seed} in {' or '.join(roots)}; "
                             f"run `python {PROG}` with the same flags first")
@@ -484,20 +450,20 @@ def results_command(args):
     """The command whose settings made a table: every flag that changes the numbers, none of where
     files go or how they were redrawn (e.g. `python ex2_fcn.py --seeds 5`)."""
     settings = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in WHERE_FLAGS})
-    return command_line(PROG, {}, settings, get_args([]))
+    return outputs.command_line(PROG, {}, settings, get_args([]))
 
 
 def make_outputs(args, device, found, classifier):
     """The table (all runs) and the figure (the first), from finished run folders."""
-    published = all(is_published(f, EXERCISE) for f, _ in found)
-    fig_dir, publish = destination(args, get_args([]), os.path.join(args.out_dir, "figures"),
-                                   inputs_published=published)
+    published = all(runs.is_published(f, EXERCISE) for f, _ in found)
+    fig_dir, publish = outputs.destination(args, get_args([]), os.path.join(args.out_dir, "figures"),
+                                           inputs_published=published)
     folder, saved = found[0]
     models = {"surgery": load_classifier(classifier, device)[0].cpu(),
               "finetuned": load_detector(folder, device).cpu()}
     table = make_table([b for _, b in found], results_command(args))
-    path = write_table(table, "ex2_fcn_table", fig_dir, publish)
-    plot(models, read_examples(folder, saved), saved, os.path.join(fig_dir, "ex2_fcn_detections.png"))
+    path = outputs.write_table(table, "ex2_fcn_table", fig_dir, publish)
+    plot(models, saved["examples"]["canvases"], saved, os.path.join(fig_dir, "ex2_fcn_detections.png"))
     print(table)
     print(f"table and figure written to {fig_dir}/ (from {', '.join(f for f, _ in found)})")
     return path
@@ -533,19 +499,14 @@ def main(args):
     found = []
     for seed in range(args.seeds):
         config = run_config(args, classifier_id(classifier), seed)
-        record, folder = finished_run(EXERCISE, args.out_dir, run_name(config), config, args.force,
-                                      args.tensorboard)
-        inputs = None
+        record, folder, inputs = prepared_run(EXERCISE, run_name(config), config, args, device, THREADS,
+                                              lambda a, d: canvases_of(a, d, ckpt, config))
         if record is None:
-            with starting_run(args.out_dir, device, THREADS, args.tensorboard):
-                inputs = canvases_of(args, device, ckpt, config)
             _, record = train(config, source, ckpt["arch"], inputs, device, args.out_dir, args.tensorboard)
         if record["status"] != "complete":
             raise UserError(f"the fine-tuning in {folder} diverged; try a smaller --lr")
-        saved = read_benchmark(os.path.join(folder, BENCHMARK_FILE), config)
-        if saved is None:
-            test_canvases = (inputs or canvases_of(args, device, ckpt, config))[0][2]
-            saved = measure_benchmark(source, folder, config, test_canvases, device)
+        saved = benchmark_of(folder, config, lambda: measure_benchmark(
+            source, folder, (inputs or canvases_of(args, device, ckpt, config))[0][2], config, device))
         found.append((folder, saved))
     return make_outputs(args, device, found, classifier)
 

@@ -26,14 +26,7 @@ from pretrained import LITE_MEAN, LITE_STD, PADDING, WEIGHTS_PACKAGE, WEIGHTS_SH
 from report import cnn_name, fastest_epoch_seconds, format_result, published_cnn_run, run_result, save_figure
 from training import Recipe, fit, warmup_cosine
 from utils import get_device, run_meta, seed_everything
-from lab.cli import (FRACTION, MAX_IMAGES, MAX_WORKERS, add_device_flag, add_tensorboard_flag, ArgumentParser,
-                     count, count_flag, Number, run_cli)
-from lab.errors import UserError
-from lab.launch import Sweep, sweep
-from lab.files import FolderLock, fields_problem, load_checkpoint, save_atomic
-from lab.outputs import destination, sweep_results, write_table
-from lab.runs import RunFolder, collect, config_digest, folder_name, lookup_roots, unfinished
-from lab.sweeps import default_workers
+from lab import ArgumentParser, Sweep, UserError, count, kinds, outputs, run_cli, runs
 
 PROG = "ex2_finetune.py"
 EXERCISE = "ex2_finetune"
@@ -83,49 +76,48 @@ def feature_config(config):
 
 
 def features_folder(out_dir, config):
-    name = f"features_{config['dataset']}_{config['size']}px_{config_digest(feature_config(config))}"
+    name = f"features_{config['dataset']}_{config['size']}px_{runs.config_digest(feature_config(config))}"
     return os.path.join(out_dir, name)
 
 
-def cached_split(path, fconfig, split):
-    """The features saved in `path` for `split`, refused in one line unless they are this
-    extraction's (same settings, the split's labels, finite, one row per image)."""
-    remedy = "delete it to extract the features again"
-    saved = load_checkpoint(path, remedy, keys=("features", "labels", "config", "seconds"))
-    feats, labels = saved["features"], saved["labels"]
-    if saved["config"] != fconfig:
-        raise UserError(f"{path} holds features of other settings; {remedy}")
-    if not (isinstance(feats, torch.Tensor) and isinstance(labels, torch.Tensor) and feats.dim() == 2
-            and feats.shape[0] == len(split) and torch.equal(labels, split.y.cpu())):
-        raise UserError(f"{path} holds features of other images (another --data-dir?); {remedy}")
-    problem = fields_problem(saved, {"seconds": Number(float, 0, 10 ** 7, open_low=True)})
-    if feats.shape[1] != LITE0_FEATURES or feats.dtype != torch.float32:
-        problem = f"{feats.shape[1]} {feats.dtype} features per image, not {LITE0_FEATURES} float32"
-    if problem or not bool(torch.isfinite(feats).all()):
-        raise UserError(f"{path} does not hold this network's features ({problem or 'not finite'}); {remedy}")
-    return feats, float(saved["seconds"])
+def features_schema(split):
+    """The saved features of a data split: a row of LITE0_FEATURES finite floats per image, its
+    labels, and the process CPU seconds their extraction took."""
+    return {"features": kinds.Packed("float32", (len(split), LITE0_FEATURES)),
+            "labels": kinds.Packed("int64", (len(split),)),
+            "seconds": kinds.Number(float, 0, 10 ** 7, open_low=True)}
+
+
+def _split_features(saved, split):
+    if not torch.equal(saved["labels"], split.y.cpu()):
+        raise ValueError("features of other images (another --data-dir?)")
+    return saved["features"], float(saved["seconds"])
 
 
 def frozen_features(config, data, device, out_dir, progress=True):
     """{'train', 'val', 'test'} features at config['size'] and the process CPU seconds their
-    extraction took: extracted once, each split saved as it finishes (an interrupted extraction resumes at
-    the split it was in), and read back checked."""
-    folder, fconfig = features_folder(out_dir, config), feature_config(config)
-    with FolderLock(folder).waiting():  # another worker extracting the same features: wait for them
-        feats, seconds, model = {}, 0.0, None
-        _, transform = cifar_transforms(None, torch.channels_last, config["size"], LITE_MEAN, LITE_STD)
-        for name in ("train", "val", "test"):
-            path, split = os.path.join(folder, f"{name}.pt"), getattr(data, name)
-            if not os.path.exists(path):
-                model = model or load_efficientnet_lite0(device).to(memory_format=torch.channels_last)
-                started = time.process_time()  # this process's CPU time: not inflated by other load
-                with tqdm(total=len(split), desc=f"features {name} {config['size']}px", unit="img",
-                          disable=not progress, dynamic_ncols=True) as bar:
-                    out = extract_features(model, split, transform, bar).cpu()
-                save_atomic({"features": out, "labels": split.y.cpu(), "config": fconfig,
-                             "seconds": time.process_time() - started}, path)
-            feats[name], took = cached_split(path, fconfig, split)
-            seconds += took
+    extraction took: each split extracted once (lab.outputs.computed_once: an interrupted extraction
+    resumes at the split it was in, a worker asking for features another is extracting waits for
+    them), saved with the network's identity and read back checked."""
+    folder, fconfig, model = features_folder(out_dir, config), feature_config(config), []
+    _, transform = cifar_transforms(None, torch.channels_last, config["size"], LITE_MEAN, LITE_STD)
+
+    def extract(name, split):
+        model[:] = model or [load_efficientnet_lite0(device).to(memory_format=torch.channels_last)]
+        started = time.process_time()  # this process's CPU time: not inflated by other load
+        with tqdm(total=len(split), desc=f"features {name} {config['size']}px", unit="img",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            out = extract_features(model[0], split, transform, bar).cpu()
+        return {"features": out, "labels": split.y.cpu(), "seconds": time.process_time() - started}
+
+    feats, seconds = {}, 0.0
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        feats[name], took = outputs.computed_once(
+            os.path.join(folder, f"{name}.pt"), f"{name} features", fconfig, {}, features_schema(split),
+            lambda: extract(name, split), f"python {PROG} --part probe",
+            lambda saved: _split_features(saved, split))
+        seconds += took
     return feats, seconds
 
 
@@ -199,7 +191,7 @@ def knn(feats, labels, n_classes, config):
     chosen = max(config["grid"], key=lambda k: val_acc[k])
     test_idx, test_sims = nearest_neighbours(feats["train"], feats["test"], min(chosen, k_max))
     return chosen, val_acc, {"acc": accuracy(knn_predict(labels["train"][test_idx], test_sims, chosen,
-                                                          n_classes), labels["test"])}
+                                                         n_classes), labels["test"])}
 
 
 def accuracy(predictions, labels):
@@ -208,16 +200,17 @@ def accuracy(predictions, labels):
 
 CLASSIFIERS = {"linear": linear_probe, "knn": knn}
 # what a baseline's record adds to a run record, checked as a whole before a table reads it
-IMAGES = count_flag(MAX_IMAGES)
-PROBE_FIELDS = {"images": {"train": IMAGES, "val": IMAGES, "test": IMAGES}, "chosen": Number(float, 0, 1e6),
-                "selection": dict, "best_val_acc": FRACTION,
-                "seconds": {"features": Number(float, 0, 1e7), "fit": Number(float, 0, 1e7)}}
+IMAGES = kinds.IMAGES
+PROBE_FIELDS = {"images": {"train": IMAGES, "val": IMAGES, "test": IMAGES},
+                "chosen": kinds.Number(float, 0, 1e6),
+                "selection": dict, "best_val_acc": kinds.FRACTION,
+                "seconds": {"features": kinds.Number(float, 0, 1e7), "fit": kinds.Number(float, 0, 1e7)}}
 
 
 def probe(config, data, device, out_dir, progress=True, tensorboard=None):
     """One classical baseline on the frozen features; returns (outcome, record) as training.fit does."""
     meta = run_meta(data, device)
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch=None) as run:
+    with runs.RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch=None) as run:
         if run.finished is not None:
             return "finished", run.finished
         feats, feature_seconds = frozen_features(config, data, device, out_dir, progress)
@@ -276,7 +269,7 @@ def finetune(config, data, device, out_dir, progress=True, tensorboard=None):
     arch = {"name": "PartlyFrozenLite0", "kwargs": {"num_classes": len(data.classes),
                                                     "trainable": list(PARTS[config["part"]])}}
     meta = run_meta(data, device, memory_format="channels_last")
-    with RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
+    with runs.RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
 
@@ -312,7 +305,7 @@ def grid_configs(args):
 
 def chosen_setting(args):
     """(part, optimizer) of the grid's best validation accuracy, or None until the grid has finished."""
-    found = collect(grid_configs(args), lookup_roots(args.out_dir, EXERCISE), run_name)
+    found = runs.collect(grid_configs(args), runs.lookup_roots(args.out_dir, EXERCISE), run_name)
     if len(found) < len(grid_configs(args)):
         return None
     config, _, _ = max(found, key=lambda f: f[1].get("best_val_acc", -1.0))
@@ -338,8 +331,8 @@ def run_name(config):
     if config["method"] == "finetune":
         kind = "scratch" if config.get("init") == "random" else "ft"
         setting = f"{config['part']}-{config['optimizer']}"
-        return folder_name(f"{config['dataset']}_{kind}-{setting}_{config['size']}px", config)
-    return f"{config['dataset']}_{config['method']}_{config['size']}px_{config_digest(config)}"
+        return runs.folder_name(f"{config['dataset']}_{kind}-{setting}_{config['size']}px", config)
+    return f"{config['dataset']}_{config['method']}_{config['size']}px_{runs.config_digest(config)}"
 
 
 def load_data(args, device):
@@ -393,10 +386,10 @@ def probe_table(found, missing=0):
         by_size.setdefault(config["size"], {})[config["method"]] = record
     lines = ["| input (px) | features: CPU time (s) | linear probe: best val. accuracy (weight decay) | test "
              "| k-NN: best val. accuracy (k) | test |", "|---:|---:|---:|---:|---:|---:|"]
-    for size, runs in sorted(by_size.items()):
-        cells = [f"{next(iter(runs.values()))['seconds']['features']:.0f}"]
+    for size, by_method in sorted(by_size.items()):
+        cells = [f"{next(iter(by_method.values()))['seconds']['features']:.0f}"]
         for method in CLASSIFIERS:
-            r = runs.get(method)
+            r = by_method.get(method)
             cells += ([f"{r['best_val_acc']:.4f} ({r['chosen']:g})", f"{r['test_acc']:.4f}"] if r
                       else ["-", "-"])
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
@@ -419,9 +412,9 @@ def summary_rows(probes, grid, seeds, controls, n_classes):
     """(name, input, trained parameters, records, reads the test set) of the summary table."""
     rows = []
     for method, label in (("linear", "linear probe (logistic regression)"), ("knn", "k-NN (cosine)")):
-        runs = [(c, r) for c, r, _ in probes if c["method"] == method]
-        if runs:  # the input size with the best validation accuracy
-            config, record = max(runs, key=lambda cr: cr[1]["best_val_acc"])
+        of_method = [(c, r) for c, r, _ in probes if c["method"] == method]
+        if of_method:  # the input size with the best validation accuracy
+            config, record = max(of_method, key=lambda cr: cr[1]["best_val_acc"])
             rows.append((f"{label}, frozen features", config["size"], trained_parameters(config, n_classes),
                          [record]))
     for config, record, _ in grid:
@@ -476,7 +469,7 @@ def main_caption(record, cfg, rows, scratch, missing):
     tests = f"{record['images']['test']:,} test images"
     signature = record["meta"].get("data_signature")
     others = [name for name, *_, records in rows if any(r["meta"].get("data_signature") != signature
-                                                         for r in records)]
+                                                        for r in records)]
     if others:  # rows of another data copy: their test set is not said to be the baselines'
         tests += (f" for the baselines; **{', '.join(others)}: read from another copy of the data (its "
                   "signature differs), whose test set may be another**")
@@ -503,9 +496,9 @@ def plot_transfer(probes, grid, seeds, controls, caption, path):
     import matplotlib.pyplot as plt
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
     for method, label in (("linear", "linear probe"), ("knn", "k-NN")):
-        runs = sorted((c["size"], r["test_acc"]) for c, r, _ in probes if c["method"] == method)
-        if runs:
-            left.plot(*zip(*runs), "o-", label=label)
+        points = sorted((c["size"], r["test_acc"]) for c, r, _ in probes if c["method"] == method)
+        if points:
+            left.plot(*zip(*points), "o-", label=label)
     left.set(xlabel="input size (px), upsampled from 32", ylabel="test accuracy", ylim=(0, 1),
              title="frozen ImageNet features")
     left.legend()
@@ -529,24 +522,25 @@ def plot_transfer(probes, grid, seeds, controls, caption, path):
 
 def make_tables(args):
     readme = get_args(["--data-dir", args.data_dir])  # the README's tables: CIFAR-10, the default settings
-    fig_dir, publish = destination(args, readme, os.path.join(args.out_dir, "figures"))
-    roots, command = lookup_roots(args.out_dir, EXERCISE), f"python {PROG}"
-    if not collect(probe_configs(args), roots, run_name, PROBE_FIELDS):
+    fig_dir, publish = outputs.destination(args, readme, os.path.join(args.out_dir, "figures"))
+    roots, command = runs.lookup_roots(args.out_dir, EXERCISE), f"python {PROG}"
+    if not runs.collect(probe_configs(args), roots, run_name, PROBE_FIELDS):
         raise UserError(f"no finished runs of these settings in {' or '.join(roots)}; run `{command}` first")
-    probes, _ = sweep_results(probe_configs(args), roots, run_name, fig_dir, command, fields=PROBE_FIELDS)
-    text = probe_table(probes, unfinished(probe_configs(args), probes, run_name))
+    probes, _ = outputs.sweep_results(probe_configs(args), roots, run_name, fig_dir, command,
+                                      fields=PROBE_FIELDS)
+    text = probe_table(probes, runs.unfinished(probe_configs(args), probes, run_name))
     print(text)
-    print(f"table {write_table(text, 'ex2_finetune_probe', fig_dir, publish)} written")
+    print(f"table {outputs.write_table(text, 'ex2_finetune_probe', fig_dir, publish)} written")
     parts = (("grid", grid_configs), ("seeds", seed_configs), ("controls", control_configs))
-    found = {part: collect(configs(args), roots, run_name) for part, configs in parts}
+    found = {part: runs.collect(configs(args), roots, run_name) for part, configs in parts}
     wanted = grid_configs(args) + seed_configs(args) + control_configs(args)
-    missing = unfinished(wanted, [f for part in found.values() for f in part], run_name)
+    missing = runs.unfinished(wanted, [f for part in found.values() for f in part], run_name)
     if chosen_setting(args) is None:
         missing.append("the chosen setting's seeds and its control (the grid is not finished)")
     n_classes = 10 if args.dataset == "cifar10" else 100
     text = main_table(probes, found["grid"], found["seeds"], found["controls"], n_classes, missing)
     print(text)
-    print(f"table {write_table(text, 'ex2_finetune_table', fig_dir, publish)} written")
+    print(f"table {outputs.write_table(text, 'ex2_finetune_table', fig_dir, publish)} written")
     record = probes[0][1]
     caption = (f"{record['meta']['data']}; ImageNet EfficientNet-Lite0 ({WEIGHTS_PACKAGE}); "
                f"{record['meta']['hardware']}. Right: each line one seed; fine-tuning and its control at "
@@ -565,8 +559,8 @@ def make_parser():
                         "then the chosen setting's seeds), its random-initialization control, or all")
     p.add_argument("--dataset", choices=tuple(DATASETS), default="cifar10",
                    help="cifar100 needs torchvision's cifar-100-python/ in --data-dir (or its download)")
-    add_device_flag(p)
-    add_tensorboard_flag(p)
+    p.add_device_flag()
+    p.add_tensorboard_flag()
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR files, or an ImageFolder copy of CIFAR-10 here or in "
                         "data/cifar10-jpeg")
@@ -575,7 +569,7 @@ def make_parser():
     p.add_argument("--fig-dir", default=None,
                    help="where tables go (default: figures/ for the README's settings, else "
                         "<out-dir>/figures)")
-    p.add_argument("--workers", type=count_flag(MAX_WORKERS, low=0), default=0,
+    p.add_argument("--workers", type=kinds.count_flag(kinds.MAX_WORKERS, low=0), default=0,
                    help="processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
     p.add_argument("--plot-only", action="store_true", help="redraw the tables from saved runs")
     return p
@@ -585,33 +579,24 @@ def get_args(argv=None):
     return make_parser().parse_args(argv)
 
 
-def train_runs(runs, device, configs):
-    """Train the pending runs of `configs` (a lab.launch.Sweep of this script's `train`)."""
-    workers = default_workers(device, runs.workers)
-    done = sweep(runs, device, configs, [cost(c) for c in configs],
-                 threads=max(1, (os.cpu_count() or 1) // workers))
-    if done:
-        print(done)
-
-
 def main(args):
     if not args.plot_only:
         device = get_device(args.device)
-        runs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, workers=args.workers,
+        jobs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, workers=args.workers,
                      tensorboard=args.tensorboard)
         if args.part in ("probe", "all"):
-            train_runs(runs, device, probe_configs(args))
+            jobs.run(device, probe_configs(args), cost)
         if args.part in ("finetune", "all"):
-            train_runs(runs, device, grid_configs(args))
+            jobs.run(device, grid_configs(args), cost)
             if chosen_setting(args) is None:
                 raise UserError("the fine-tuning grid has not finished: rerun to finish it")
             print("chosen on validation: fine-tuning {} with {}".format(*chosen_setting(args)))
-            train_runs(runs, device, seed_configs(args))
+            jobs.run(device, seed_configs(args), cost)
         if args.part in ("control", "all"):
             if chosen_setting(args) is None:
                 raise UserError("the control trains the chosen fine-tuning setting from random "
                                 "initialization: finish the grid first (--part finetune)")
-            train_runs(runs, device, control_configs(args))
+            jobs.run(device, control_configs(args), cost)
     return make_tables(args)
 
 

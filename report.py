@@ -17,17 +17,18 @@ from lab.runs import CHECKPOINT_FILE, METRICS_FILE, config_digest, published_dir
 CAPTION_FONTSIZE = 8
 
 
-def save_figure(fig, caption, path, caption_lines=1, top_inches=0.0, layout=True):
+def save_figure(fig, caption, path, caption_lines=1, top_inches=0.0, layout=True, tight_box=False):
     """Every figure says what made it: the caption goes at the bottom, then the file is written.
     `top_inches` keeps room above the axes (for a figure-wide legend); `layout=False` keeps the
-    layout the caller made (e.g. around a colour bar of its own)."""
+    layout the caller made (e.g. around a colour bar of its own), which `tight_box` crops to what
+    is drawn."""
     import matplotlib.pyplot as plt
     fig.text(0.01, 0.005, caption, fontsize=CAPTION_FONTSIZE, wrap=True, va="bottom")
     height = fig.get_size_inches()[1]
     if layout:
         fig.tight_layout(rect=(0, (0.03 + 0.16 * caption_lines) / height, 1, 1 - top_inches / height))
     try:
-        savefig_atomic(fig, path, dpi=110)
+        savefig_atomic(fig, path, dpi=110, **({"bbox_inches": "tight"} if tight_box else {}))
     finally:
         plt.close(fig)
 
@@ -141,7 +142,7 @@ def format_gap(gap, digits=3):
 
 
 def print_result(record, run_dir):
-    """The end of a single run: what it reached and where its checkpoint is."""
+    """The end of a single run: what it reached and where its checkpoint is; returns `record`."""
     if record["status"] == "diverged":
         print(f"diverged (non-finite loss) at epoch {len(record['epochs'])}")
     if record.get("test_acc") is not None:
@@ -153,6 +154,7 @@ def print_result(record, run_dir):
     seconds = epoch_seconds(record)
     if seconds is not None:
         print(f"{seconds:.3g} s per epoch (training and validation)")
+    return record
 
 
 def t_quantile(p, df):

@@ -6,7 +6,9 @@ script's `build_model`; the description, the weights and the fields a caller rea
 import torch
 
 from lab.errors import UserError
-from lab.files import all_finite, fields_problem, load_checkpoint
+from lab.files import all_finite, load_checkpoint
+from lab.kinds import fields_problem
+from lab.runs import check_checkpoint_of_run
 from models import build_model
 
 ARCH_FIELDS = {"name": str, "kwargs": dict}  # what models.build_model reads
@@ -38,7 +40,8 @@ def load_model(path, device, expected, remedy, keys=("model", "arch", "config"),
     """(model in eval mode, checkpoint): the network a checkpoint describes, rebuilt and
     loaded. Refused in one line: a checkpoint of anything but an `expected` network, one whose
     `config` lacks `config_fields` or whose top level lacks `fields` (each {key: Number or
-    type}, as lab.files.fields_problem checks them), and weights that are not all finite."""
+    type}, as lab.kinds.fields_problem checks them), weights that are not all finite, and one
+    whose config is not that of the run record beside it (lab.runs.check_checkpoint_of_run)."""
     ckpt = load_checkpoint(path, remedy, device, keys=keys)
 
     def refuse(problem):
@@ -67,6 +70,7 @@ def load_model(path, device, expected, remedy, keys=("model", "arch", "config"),
         raise refuse(str(e).splitlines()[0][:80] or type(e).__name__)
     if not all_finite(model.state_dict()):
         raise refuse("non-finite weights, NaN or inf: a diverged or damaged network")
+    check_checkpoint_of_run(path, ckpt, remedy)  # a best.pt swapped between run folders is refused
     return model.to(device).eval(), ckpt
 
 

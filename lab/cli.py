@@ -1,12 +1,15 @@
 """Command-line plumbing of every script: argparse with one-line errors, checked numeric flags, run_cli."""
 import argparse
 import errno
-import math
 import os
 import signal
 import sys
 
 from lab.errors import DataError, UserError
+from lab.kinds import SHARD
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -28,85 +31,32 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    # the flags every script shares, declared once (SHARED_FLAGS below names them)
+    def add_device_flag(self):
+        """--device (utils.get_device reads it)."""
+        self.add_argument("--device", default="auto", choices=DEVICES,
+                          help="auto: CUDA if available, else Apple MPS, else the CPU")
 
-# The limits of numeric flags: beyond them a run cannot be what the user meant (or fit in memory)
-SEED_MAX = 2 ** 32 - 1   # the seed range every library here accepts (numpy's is the smallest)
+    def add_tensorboard_flag(self):
+        """--tensorboard (lab.runs.RunFolder logs to it)."""
+        self.add_argument("--tensorboard", default=None, metavar="DIR",
+                          help="also log each run's per-epoch losses, accuracies and learning rate for "
+                               "TensorBoard, in DIR/<run folder name>/ (watch: tensorboard --logdir DIR)")
 
-
-MAX_IMAGES = 10 ** 7     # more than any dataset these scripts read
-
-
-MAX_EPOCHS = 10 ** 4
-
-
-MAX_BATCH = 2 ** 16
-
-
-MAX_SEEDS = 100
-
-
-MAX_WORKERS = 256
-
-
-MAX_LR = 1e30            # far past divergence, which a run records (status "diverged")
-
-
-class Number:
-    """An argparse `type`: the one place a numeric flag is checked. `kind` (int or float),
-    finite, in [low, high] (an end excluded if `open_low` / `open_high`); `why` says why, in
-    the one-line error a flag out of range gives (exit code 2)."""
-
-    def __init__(self, kind, low, high, open_low=False, open_high=False, why="", finite=True):
-        self.kind, self.low, self.high, self.open_low, self.open_high = kind, low, high, open_low, open_high
-        self.why = why
-        # False: NaN and an infinite end of the range are values too (read from a file: a precision
-        # with nothing detected, an exploded gradient)
-        self.finite = finite
-        self.__name__ = "integer" if kind is int else "number"  # argparse names the type in errors
-
-    def describe(self):
-        if self.kind is int and not self.open_low and not self.open_high:
-            return f"an integer from {self.low} to {self.high}"
-        return (f"{'an integer' if self.kind is int else 'a number'} in {'(' if self.open_low else '['}"
-                f"{self.low:g}, {self.high:g}{')' if self.open_high else ']'}")
-
-    def problem(self, value):
-        """Why `value` (already a number, e.g. read from a file) is not one of these, or None."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                self.kind is int and not isinstance(value, int)):
-            return f"{value!r} is not {self.describe()}"
-        if not self.finite and (math.isnan(value) or value in (self.low, self.high)):
-            return None
-        if not math.isfinite(value) or value < self.low or value > self.high \
-                or (self.open_low and value == self.low) or (self.open_high and value == self.high):
-            why = f" ({self.why})" if self.why else ""
-            return f"must be {self.describe()}{why}, got {value}"
-        return None
-
-    def __call__(self, text):
-        try:
-            value = self.kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"takes {self.describe()}, got {text!r}")
-        problem = self.problem(value)
-        if problem:
-            raise argparse.ArgumentTypeError(problem if problem.startswith("must") else f"must be "
-                                             f"{self.describe()}, got {text}")
-        return value
-
-
-def count_flag(high, low=1):
-    """An integer flag from `low` (1: a positive count) to `high`."""
-    return Number(int, low, high)
-
-
-SEED = Number(int, 0, SEED_MAX)
-
-
-LR = Number(float, 0, MAX_LR, open_low=True)
-
-
-FRACTION = Number(float, 0, 1)  # an accuracy
+    def add_run_flags(self, exercise):
+        """Where a sweep's runs, tables and figures go, and which part of it to run."""
+        self.add_argument("--out-dir", default=os.path.join("runs", exercise),
+                          help="one folder per run below this")
+        self.add_argument("--fig-dir", default=None,
+                          help="where tables and figures go (default: figures/ for the README's sweep, "
+                               "else <out-dir>/figures)")
+        self.add_argument("--force", action="store_true",
+                          help="retrain a finished single run (its result is deleted)")
+        self.add_argument("--shard", type=SHARD, default=None, metavar="K/N",
+                          help="train only the K-th (0-based) of N disjoint parts of the sweep")
+        self.add_argument("--plot-only", action="store_true",
+                          help="redraw a sweep's tables and figures from saved runs")
+        self.add_tensorboard_flag()
 
 
 def _terminate(signum, frame):
@@ -190,22 +140,6 @@ def run_cli(main, args, prog, interrupted="every finished epoch is saved; rerun 
         sys.exit(130)
 
 
-def add_run_flags(parser, exercise):
-    """The flags of where a script's runs, tables and figures go, the same in every script."""
-    parser.add_argument("--out-dir", default=os.path.join("runs", exercise),
-                        help="one folder per run below this")
-    parser.add_argument("--fig-dir", default=None,
-                        help="where tables and figures go (default: figures/ for the README's sweep, "
-                             "else <out-dir>/figures)")
-    parser.add_argument("--force", action="store_true",
-                        help="retrain a finished single run (its result is deleted)")
-    parser.add_argument("--shard", default=None, metavar="K/N",
-                        help="train only the K-th (0-based) of N disjoint parts of the sweep")
-    parser.add_argument("--plot-only", action="store_true",
-                        help="redraw a sweep's tables and figures from saved runs")
-    add_tensorboard_flag(parser)
-
-
 # The flags the scripts share, declared once: lab reads no other flag of a script (each script
 # passes what else it needs). Those that say where files are, not what a result is (a caption that
 # named them would put one machine's paths into the committed tables and the README):
@@ -213,15 +147,6 @@ LOCATION_FLAGS = ("data_dir", "out_dir", "fig_dir")
 # those that say where things are or how much of a command to run, not what it computes:
 WHERE_FLAGS = LOCATION_FLAGS + ("workers", "force", "plot_only")
 SHARED_FLAGS = WHERE_FLAGS + ("device", "shard", "tensorboard")
-
-
-def command_line(prog, positionals, args, defaults):
-    """The command that reproduces an output: `python prog`, the positional arguments (their
-    names in `args` -> the words to show), and every flag of `args` not at its default, but
-    those of LOCATION_FLAGS."""
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-             if k not in positionals and k not in LOCATION_FLAGS and getattr(defaults, k, None) != v]
-    return " ".join([f"python {prog}", *positionals.values(), *flags])
 
 
 def check_writable(*folders):
@@ -239,18 +164,3 @@ def count(n, noun, plural=None):
     """'1 run', '2 runs': numbers the user reads, in words that agree with them."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def add_tensorboard_flag(parser):
-    """--tensorboard, the same in every training script (lab.runs.RunFolder logs to it)."""
-    parser.add_argument("--tensorboard", default=None, metavar="DIR",
-                        help="also log each run's per-epoch losses, accuracies and learning rate for "
-                             "TensorBoard, in DIR/<run folder name>/ (watch: tensorboard --logdir DIR)")
-
-
-def add_device_flag(parser):
-    """--device, the same in every script (utils.get_device reads it)."""
-    parser.add_argument("--device", default="auto", choices=DEVICES,
-                        help="auto: CUDA if available, else Apple MPS, else the CPU")

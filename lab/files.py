@@ -27,59 +27,6 @@ except ImportError:  # Windows: no advisory locks; two processes must not share 
     fcntl = None
 
 
-class ListOf:
-    """A schema for a JSON list: each item `item` (a schema itself); `length` items if given
-    (else at least `min_length`)."""
-
-    def __init__(self, item, length=None, min_length=1):
-        self.item, self.length, self.min_length = item, length, min_length
-
-    def problem(self, value):
-        if not isinstance(value, list):
-            return f"a {type(value).__name__} where a list belongs"
-        if self.length is not None and len(value) != self.length:
-            return f"{len(value)} items, not {self.length}"
-        if len(value) < self.min_length:
-            return f"{len(value)} items, fewer than {self.min_length}"
-        for i, item in enumerate(value):
-            problem = value_problem(item, self.item)
-            if problem:
-                return f"item {i}{problem}"
-        return None
-
-
-def value_problem(value, schema):
-    """What is wrong with `value` against `schema`, None if nothing, said to follow the value's
-    name (" is 'fast', not of type float", ": must be ..."). A schema is a Number (checked by
-    value: finite, in range), a type or tuple of types, a dict (the required keys of a nested
-    dict, see fields_problem), a ListOf, or another schema with a `problem(value)` method."""
-    if isinstance(schema, dict):
-        problem = fields_problem(value, schema)
-    elif hasattr(schema, "problem"):  # a Number, a ListOf, a lab.outputs.Packed
-        problem = schema.problem(value)
-    else:
-        types = schema if isinstance(schema, tuple) else (schema,)
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            return f" is {value!r}, not of type {'/'.join(t.__name__ for t in types)}"
-        return None
-    return problem and f": {problem}"
-
-
-def fields_problem(mapping, fields):
-    """What is wrong with the fields of a dict read from a file, None if nothing: `fields` maps
-    each required key to its schema (value_problem): the whole content is checked, nested
-    dicts and lists included, before anything uses it."""
-    if not isinstance(mapping, dict):
-        return f"a {type(mapping).__name__} where a dict belongs"
-    for key, schema in fields.items():
-        if key not in mapping:
-            return f"no {key!r}"
-        problem = value_problem(mapping[key], schema)
-        if problem:
-            return f"{key!r}{problem}"
-    return None
-
-
 TMP_PREFIX = ".tmp-"  # then the writer's machine and process id (.gitignore: .tmp-*)
 # a temporary file of another machine (or pid namespace) sharing the folder: its writer cannot be
 # asked whether it lives, so it is removed only once no write could still be going on

@@ -3,11 +3,9 @@ with; and sweeps, which hand a script's own `train` to worker processes.
 
 A script's `main` reads as the experiment:
 
-    record, folder = finished_run(EXERCISE, out_dir, name, config, force, tensorboard)
+    record, folder, data = prepared_run(EXERCISE, name, config, args, device, threads, load_data)
     if record is None:
-        with starting_run(out_dir, device, threads, tensorboard):
-            data = load_data(args, device)
-        _, record = train(config, data, device, out_dir, tensorboard=tensorboard)
+        _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)
 """
 import contextlib
 import os
@@ -64,6 +62,17 @@ def starting_run(out_dir, device, threads=None, tensorboard=None):
         raise
 
 
+def prepared_run(exercise, name, config, args, device, threads, load_data):
+    """(record, folder, None) of the run `name` if it is finished (finished_run), else (None, its
+    folder, load_data(args, device)): the data it trains on, loaded inside starting_run. `args`
+    are the script's: lab reads its shared flags out_dir, force and tensorboard."""
+    record, folder = finished_run(exercise, args.out_dir, name, config, args.force, args.tensorboard)
+    if record is not None:
+        return record, folder, None
+    with starting_run(args.out_dir, device, threads, args.tensorboard):
+        return None, folder, load_data(args, device)
+
+
 def missing_folders(folder):
     """The folders that creating `folder` would make, deepest first."""
     out, folder = [], os.path.abspath(folder)
@@ -96,6 +105,27 @@ class Sweep:
     workers: int = 0                # processes (0: lab.sweeps.default_workers)
     tensorboard: Optional[str] = None
 
+    def run(self, device, configs, cost, threads=None, need_checkpoints=False):
+        """Train the pending runs of `configs` (of the sweep's shard) on worker processes of
+        `threads` threads each (None: the cores shared among them); print what was done, and
+        return that line (None if nothing was left). cost(config), a run's relative time,
+        balances shards and puts the longest runs of a seed first."""
+        costs = [cost(c) for c in configs]
+        roots = lookup_roots(self.out_dir, self.exercise)
+        todo = plan(configs, costs, self.run_name, roots, self.out_dir, self.shard, need_checkpoints)
+        if not todo:
+            return None
+        check_writable(self.out_dir)
+        check_tensorboard(self.tensorboard)
+        self.load_data(self.data_args, device)  # a data error: one line here, not one per worker
+        workers = default_workers(device, self.workers)
+        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        results, wall, used = run_jobs(_job, todo, workers, device, threads, "sweep", _setup, (self, device))
+        done = (f"sweep: {summarize_jobs(results)} in {wall / 60:.1f} min wall time "
+                f"({count(used, 'process', 'processes')} of {count(threads, 'thread')})")
+        print(done)
+        return done
+
 
 def _setup(setup_args):
     spec, device = setup_args
@@ -108,20 +138,3 @@ def _job(config, context):
         return spec.train(config, data, device, spec.out_dir, False, spec.tensorboard)[0]
     except RunHeld:
         return "held"
-
-
-def sweep(spec, device, configs, costs, threads, need_checkpoints=False):
-    """Train the pending runs of `configs` (of the sweep's shard) on its worker processes of
-    `threads` threads each; returns the line saying what was done, or None if nothing was left.
-    `costs` (one per config) balance shards and put the longest runs of a seed first."""
-    roots = lookup_roots(spec.out_dir, spec.exercise)
-    todo = plan(configs, costs, spec.run_name, roots, spec.out_dir, spec.shard, need_checkpoints)
-    if not todo:
-        return None
-    check_writable(spec.out_dir)
-    check_tensorboard(spec.tensorboard)
-    spec.load_data(spec.data_args, device)  # a data error: one line here, not one per worker
-    workers = default_workers(device, spec.workers)
-    results, wall, used = run_jobs(_job, todo, workers, device, threads, "sweep", _setup, (spec, device))
-    return (f"sweep: {summarize_jobs(results)} in {wall / 60:.1f} min wall time "
-            f"({count(used, 'process', 'processes')} of {count(threads, 'thread')})")

@@ -1,16 +1,15 @@
 """Where tables and figures may go: the README's figures/ and README.md only for the README's
 exact commands on the published results; anything else beside its runs or to --fig-dir."""
-import base64
 import contextlib
 import json
-import math
 import os
 
-import torch
 
-from lab.cli import WHERE_FLAGS, check_writable, count
+from lab.cli import LOCATION_FLAGS, WHERE_FLAGS, check_writable, count
 from lab.errors import UserError
-from lab.files import FolderLock, fields_problem, read_json, write_json_atomic, write_text_atomic
+from lab.files import (FolderLock, file_sha256, load_checkpoint, read_json, save_atomic, write_json_atomic,
+                       write_text_atomic)
+from lab.kinds import fields_problem
 from lab.runs import METRICS_FILE, collect
 
 
@@ -31,24 +30,28 @@ def output_dir(fig_dir, publish, scratch_dir):
     return FIGURES_DIR if publish else scratch_dir
 
 
-def destination(args, readme_args, scratch_dir, inputs_published=True, where=()):
+def destination(args, readme_args, scratch_dir=None, inputs_published=True, where=()):
     """(folder, publish) for a command's tables and figures, the one rule of every script: the
     README's figures/ (and the README) when the command is the README's (every flag outside
     lab.cli.WHERE_FLAGS and the script's own `where` flags as in `readme_args`, a whole sweep,
     not a shard) and its inputs are the published results; else `--fig-dir` if given, else
-    `scratch_dir`. The folder is checked writable here, before any work, so a long computation
-    never ends unable to write."""
+    `scratch_dir` (None: a sweep's, figures/ beside its runs). The folder is checked writable
+    here, before any work, so a long computation never ends unable to write."""
     ignored = WHERE_FLAGS + tuple(where)
     same = all(getattr(args, k) == getattr(readme_args, k, None) for k in vars(args) if k not in ignored)
     publish = same and inputs_published and not getattr(args, "shard", None)
-    folder = output_dir(args.fig_dir, publish, scratch_dir)
+    folder = output_dir(args.fig_dir, publish, scratch_dir or os.path.join(args.out_dir, "figures"))
     check_writable(folder)
     return folder, publish
 
 
-def sweep_destination(args, readme_args):
-    """destination() of a sweep: its scratch folder is figures/ beside its runs."""
-    return destination(args, readme_args, os.path.join(args.out_dir, "figures"))
+def command_line(prog, positionals, args, defaults):
+    """The command that reproduces an output: `python prog`, the positional arguments (their
+    names in `args` -> the words to show), and every flag of `args` not at its default, but
+    those of LOCATION_FLAGS."""
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+             if k not in positionals and k not in LOCATION_FLAGS and getattr(defaults, k, None) != v]
+    return " ".join([f"python {prog}", *positionals.values(), *flags])
 
 
 def sweep_results(configs, roots, name_fn, fig_dir, command, published=None, fields=None):
@@ -163,10 +166,13 @@ def remove_stale(paths):
             os.remove(path)
 
 
-# ----------------------------------------------------------------------------- saved analyses
-# A table or figure computed from data (ex2_why's analyses, ex2_cam's maps) is drawn from a saved
-# file of what was computed, never from memory: --plot-only then redraws it byte for byte, on a
-# clone without the data. The file names what it was computed from, and is refused otherwise.
+# ----------------------------------------------------------------------------- saved results
+# The one idiom of a result computed from data (ex2_why's analyses, ex2_cam's maps, ex2_fcn's
+# benchmark, ex1_mlp's layer statistics, ex2_finetune's frozen features): computed once, saved with
+# what it was computed from (its settings, the SHA-256 of the files it read), read back checked
+# whole against the schema its script declares, and drawn from the saved file, never from memory:
+# --plot-only then redraws it byte for byte, on a clone without the data. JSON, or a .pt file for
+# tensors too large for one (read with weights_only=True).
 
 def analysis_path(name, fig_dir, publish, exercise, reading=False):
     """Where the result `name` is saved: results/<exercise>/ for the README's command writing to
@@ -178,14 +184,27 @@ def analysis_path(name, fig_dir, publish, exercise, reading=False):
     return os.path.join(fig_dir, f"{exercise}_{name}.json")
 
 
+def inputs_of(paths):
+    """{what: SHA-256} of the files {what: path} a result is computed from."""
+    return {what: file_sha256(path) for what, path in paths.items()}
+
+
 ANALYSIS_FIELDS = {"name": str, "settings": dict, "inputs": dict, "content": dict}
 
 
+def _is_torch(path):
+    return path.endswith(".pt")
+
+
 def save_analysis(path, name, settings, inputs, content):
-    """Save `content` (JSON) computed by `name` with `settings` from `inputs` ({what: SHA-256}).
-    A saved result it replaces with other numbers (computed from another copy of the data, on
-    another machine) is named in a line: a committed one changes only in plain sight."""
+    """Save `content` computed by `name` with `settings` from `inputs` ({what: SHA-256}): JSON, or
+    tensors in a .pt `path`. A saved JSON result it replaces with other numbers (computed from
+    another copy of the data, on another machine) is named in a line: a committed one changes
+    only in plain sight."""
     saved = {"name": name, "settings": settings, "inputs": inputs, "content": content}
+    if _is_torch(path):
+        save_atomic(saved, path)
+        return
     try:
         with open(path, encoding="utf-8") as f:
             before = json.load(f)
@@ -198,14 +217,17 @@ def save_analysis(path, name, settings, inputs, content):
               "<file>` restores it")
 
 
-def read_analysis(path, name, settings, inputs, compute, decode, schema=None):
-    """decode(the content saved by save_analysis), refused in one line unless it was computed by
-    `name` with these `settings` from these very `inputs`, its whole content fits `schema` (the
-    fields the script declares, lab.files.fields_problem) and `decode` finds in it what it
-    reads (a KeyError, TypeError or ValueError of decode's is that line); `compute` is the
-    command that makes it."""
-    remedy = f"rerun `{compute}` (without --plot-only, with the data) to compute it again"
-    saved = read_json(path, remedy)
+def read_analysis(path, name, settings, inputs, compute, decode=None, schema=None, remedy=None):
+    """decode(the content saved by save_analysis) (the content itself if no `decode`), refused in
+    one line unless it was computed by `name` with these `settings` from these very `inputs`,
+    its whole content fits `schema` (the fields the script declares, lab.kinds.fields_problem)
+    and `decode` finds in it what it reads (a KeyError, TypeError or ValueError of decode's is
+    that line); `compute` is the command that makes it, `remedy` what the line says to do."""
+    remedy = remedy or f"rerun `{compute}` (without --plot-only, with the data) to compute it again"
+    if not _is_torch(path):
+        saved = read_json(path, remedy)
+    else:
+        saved = load_checkpoint(path, remedy, keys=tuple(ANALYSIS_FIELDS)) if os.path.lexists(path) else None
     if saved is None:
         raise UserError(f"no saved results at {path}; compute them with `{compute}` (with the data), then "
                         "--plot-only redraws them")
@@ -216,63 +238,25 @@ def read_analysis(path, name, settings, inputs, compute, decode, schema=None):
         raise UserError(f"{path} holds {saved['name']} results of other settings ({saved['settings']}); "
                         f"{remedy}")
     if saved["inputs"] != inputs:
-        raise UserError(f"{path} was computed from other inputs than {', '.join(inputs)} (others, or their "
-                        f"SHA-256 differ); {remedy}")
+        raise UserError(f"{path} was computed from other inputs than {', '.join(inputs) or 'none'} (others, "
+                        f"or their SHA-256 differ); {remedy}")
     problem = schema and fields_problem(saved["content"], schema)
     if problem:
         raise UserError(f"{path} is not a saved {name} result of this code ({problem}); {remedy}")
     try:
-        return decode(saved["content"])
+        return decode(saved["content"]) if decode else saved["content"]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{path} is not a saved {name} result of this code ({type(e).__name__}: "
                         f"{str(e)[:60]}); {remedy}")
 
 
-PACKED_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
-
-
-def packed(tensor):
-    """A uint8 or float32 tensor as JSON, exactly and compactly: its dtype, shape and base64 bytes
-    (a saved figure's images and maps would be a number per line)."""
-    t = tensor.detach().cpu().contiguous()
-    dtype = next(name for name, d in PACKED_DTYPES.items() if d == t.dtype)
-    return {"dtype": dtype, "shape": list(t.shape), "base64": base64.b64encode(t.numpy().tobytes()).decode()}
-
-
-class Packed:
-    """A schema (lab.files.fields_problem) for a tensor saved by `packed`: its dtype, its shape
-    (an int per dimension, None for any length) and the range of its values (finite unless
-    `finite` is False)."""
-
-    def __init__(self, dtype, shape, low=-math.inf, high=math.inf, finite=True):
-        self.dtype, self.shape, self.low, self.high, self.finite = dtype, shape, low, high, finite
-
-    def problem(self, value):
-        try:
-            t = unpacked(value)
-        except (ValueError, TypeError) as e:
-            return str(e)
-        if value["dtype"] != self.dtype or t.dim() != len(self.shape) or any(
-                n is not None and n != m for n, m in zip(self.shape, t.shape)):
-            want = "x".join("N" if n is None else str(n) for n in self.shape)
-            return f"a {value['dtype']} tensor of shape {list(t.shape)}, not {self.dtype} {want}"
-        values = t.double()
-        if self.finite and not torch.isfinite(values).all():
-            return "a tensor with values that are not finite"
-        finite = values[torch.isfinite(values)]
-        if finite.numel() and (finite.min() < self.low or finite.max() > self.high):
-            return f"a tensor with values outside [{self.low:g}, {self.high:g}]"
-        return None
-
-
-def unpacked(value):
-    """The tensor `packed` saved; ValueError unless its bytes are the dtype and shape it claims."""
-    if not isinstance(value, dict) or value.get("dtype") not in PACKED_DTYPES:
-        raise ValueError("not a packed tensor")
-    shape, dtype = value.get("shape"), PACKED_DTYPES[value["dtype"]]
-    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise ValueError("a packed tensor without a shape")
-    data = bytearray(base64.b64decode(str(value.get("base64")), validate=True))
-    if len(data) != math.prod(shape) * dtype.itemsize:
-        raise ValueError("a packed tensor whose bytes are not its shape")
-    return torch.frombuffer(data, dtype=dtype).reshape(shape) if data else torch.zeros(shape, dtype=dtype)
+def computed_once(path, name, settings, inputs, schema, compute, command, decode=None):
+    """The result saved at `path` (read_analysis), computed by compute() and saved first if there is
+    none yet: computed once, also when processes ask for it together (the second waits on its
+    folder's lock, then reads it). `command` recomputes it once the bad file is deleted."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with FolderLock(folder).waiting():
+        if not os.path.exists(path):
+            save_analysis(path, name, settings, inputs, compute())
+        return read_analysis(path, name, settings, inputs, command, decode, schema,
+                             remedy=f"delete {path} and rerun `{command}` to compute it again")

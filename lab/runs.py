@@ -13,10 +13,11 @@ import math
 import os
 import shutil
 
-from lab.cli import FRACTION, Number, check_writable, count
+from lab.cli import check_writable, count
 from lab.errors import UserError
-from lab.files import (FolderLock, all_finite, fields_problem, load_checkpoint, read_json, remove_debris,
+from lab.files import (FolderLock, all_finite, load_checkpoint, read_json, remove_debris,
                        save_atomic, write_json_atomic, write_text_atomic)
+from lab.kinds import FRACTION, Number, fields_problem
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "best.pt"
@@ -453,6 +454,15 @@ def lookup_roots(out_dir, exercise):
     or sweep trains it again, and a user's run of the same settings never stands in for it in a
     table or figure. (Runs of other settings are the user's, found in the run folder.)"""
     return [published_dir(exercise), out_dir]
+
+
+def unique(configs):
+    """`configs` without repeats (e.g. a depth given twice), in order."""
+    out = []
+    for c in configs:
+        if c not in out:
+            out.append(c)
+    return out
 
 
 def collect(configs, roots, name_fn, fields=None):

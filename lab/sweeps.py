@@ -14,29 +14,6 @@ from lab.errors import DataError, UserError
 from lab.runs import LAST_FILE, find_finished, has_checkpoint
 
 
-MAX_SHARDS = 10_000  # more parts than any sweep has runs
-
-
-def unique(configs):
-    """`configs` without repeats (e.g. a depth given twice), in order."""
-    out = []
-    for c in configs:
-        if c not in out:
-            out.append(c)
-    return out
-
-
-def parse_shard(text):
-    """'K/N' -> (K, N) with 0 <= K < N, for `--shard` (e.g. $SLURM_ARRAY_TASK_ID/4)."""
-    try:
-        k, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard takes K/N, e.g. 0/4, got {text!r}")
-    if not 0 <= k < n <= MAX_SHARDS:
-        raise ValueError(f"--shard K/N needs 0 <= K < N <= {MAX_SHARDS}, got {text!r}")
-    return k, n
-
-
 def shard(configs, costs, k, n):
     """The K-th of N disjoint parts of `configs`, together all of them, of about equal cost.
 

@@ -218,7 +218,7 @@ def test_imagenette_class_order_matches_torchvision(tmp_path):
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tmp_path, cifar_folder, capsys, monkeypatch):
     monkeypatch.setattr(ex2_cam, "CNN_RUNS", str(tmp_path / "no-runs"))
-    monkeypatch.setattr(ex2_cam, "published_dir", lambda exercise: str(tmp_path / "no-results"))
+    monkeypatch.setattr(ex2_cam.runs, "published_dir", lambda exercise: str(tmp_path / "no-results"))
     ckpt = save_checkpoint(str(tmp_path / "ok" / "best.pt"))
     mismatch = tmp_path / "mismatch.pt"
     saved = torch.load(ckpt, weights_only=True)
@@ -326,7 +326,7 @@ def test_a_saved_cam_result_is_checked_whole_against_its_schema(argv, name, edit
     edit(saved["content"])
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(saved))
-    monkeypatch.setattr(ex2_cam, "analysis_path", lambda *a, **k: str(path))
+    monkeypatch.setattr(ex2_cam.outputs, "analysis_path", lambda *a, **k: str(path))
     code, err = cli_in_process(ex2_cam, argv + ["--plot-only", "--fig-dir", str(tmp_path / "figs")], capsys)
     assert_one_line_error(code, err, says)
     assert str(path) in err and not os.listdir(tmp_path / "figs")

@@ -148,9 +148,11 @@ def test_layer_stats_fields_are_checked(mnist_dir, tmp_path, capsys):
                    "--fig-dir", str(tmp_path / "fig")]
     ex1_mlp.main(ex1_mlp.get_args(argv))
     stats = next((tmp_path / "runs").glob(f"*/{ex1_mlp.STATS_FILE}"))
-    stats.write_text(json.dumps({"init": {"weight": "big"}, "trained": {}}))
+    saved = json.loads(stats.read_text())
+    saved["content"] = {"init": {"weight": "big"}, "trained": {}}
+    stats.write_text(json.dumps(saved))
     code, err = cli_in_process(ex1_mlp, argv + ["--plot-only"], capsys)
-    assert_one_line_error(code, err, "not a layer-statistics file of this code")
+    assert_one_line_error(code, err, "is not a saved layer statistics result of this code ('init': 'weight'")
 
 
 def test_a_saved_result_replaced_with_other_numbers_is_named(tmp_path, capsys):

@@ -175,7 +175,7 @@ def test_a_distilled_student_is_set_against_the_student_alone_on_its_own_schedul
         (folder / "metrics.json").write_text(json.dumps({**record, "config": config, "test_acc": test_acc}))
 
     write(config, 0.5)
-    students = {"residual": ex2_distill.collect([config], [str(runs)], ex2_distill.run_name)}
+    students = {"residual": ex2_distill.runs.collect([config], [str(runs)], ex2_distill.run_name)}
     table = ex2_distill.main_table(students, [config], [str(runs)])
     assert "no run of the student alone on this schedule" in table
     alone_row = next(line for line in table.splitlines() if line.startswith("| residual-32 alone"))

@@ -1,6 +1,7 @@
 from lab import datafiles
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -280,15 +281,17 @@ def test_saved_layer_statistics_are_checked_whole_before_use(edit, says, tmp_pat
     import re
     pattern = os.path.join(ROOT, "results", "ex1_mlp", "plain_d32_*_s0_*", "layer_stats.json")
     committed = sorted(glob.glob(pattern))[0]
-    stats = json.loads(open(committed).read())
+    saved = json.loads(open(committed).read())
     folder = tmp_path / "run"
     folder.mkdir()
-    found = [(stats["config"], None, str(folder))]
+    shutil.copy(os.path.join(os.path.dirname(committed), "best.pt"), folder)  # the stats name its SHA-256
+    found = [(saved["settings"], None, str(folder))]
     args = ex1_mlp.get_args(["--sweep", "--depths", "32"])
-    (folder / "layer_stats.json").write_text(json.dumps(stats))
+    (folder / "layer_stats.json").write_text(json.dumps(saved))
+    stats = saved["content"]
     assert ex1_mlp.gradient_stats(args, torch.device("cpu"), found)[("plain", 32)] == stats  # as committed
     edit(stats)
-    (folder / "layer_stats.json").write_text(json.dumps(stats))
+    (folder / "layer_stats.json").write_text(json.dumps(saved))
     with pytest.raises(UserError, match=re.escape(says)):
         ex1_mlp.gradient_stats(args, torch.device("cpu"), found)
 

@@ -171,10 +171,11 @@ def test_the_script_fine_tunes_benchmarks_and_redraws_byte_for_byte(classifier, 
     folder = next((tmp_path / "runs").glob("detector_*_s0_*"))
     assert len(list((tmp_path / "runs").glob("detector_*_s1_*"))) == 1
     assert " ± " in open(table).read() and "over 2 runs (seeds 0-1)" in open(table).read()
-    saved = json.loads((folder / "benchmark.json").read_text())
+    saved = json.loads((folder / "benchmark.json").read_text())["content"]
     assert set(saved["detectors"]) == {"surgery", "finetuned"}
     assert len(saved["detectors"]["surgery"]["ap"]) == 10
-    assert (folder / "best.pt").exists() and (folder / "examples.png").exists()
+    assert saved["examples"]["canvases"]["shape"] == [3, 56, 56]  # the figure's canvases, saved with it
+    assert (folder / "best.pt").exists()
     ckpt = torch.load(folder / "best.pt", weights_only=True)
     assert ckpt["arch"]["kwargs"]["num_classes"] == 11
     # --plot-only, without MNIST: the same table and figure, byte for byte
@@ -194,8 +195,8 @@ def test_a_benchmark_interrupted_after_the_fine_tuning_is_measured_on_the_next_r
     first = (folder / "benchmark.json").read_text()
     (folder / "benchmark.json").unlink()
     run(TINY + where)
-    again = json.loads((folder / "benchmark.json").read_text())
-    first = json.loads(first)
+    again = json.loads((folder / "benchmark.json").read_text())["content"]
+    first = json.loads(first)["content"]
     assert again["detectors"]["finetuned"]["ap"] == first["detectors"]["finetuned"]["ap"]
 
 
@@ -213,16 +214,17 @@ def test_detect_reads_an_image_and_prints_its_digits(classifier, mnist_dir, tmp_
     assert "digits at score >=" in capsys.readouterr().out
 
 
-def test_examples_swapped_between_two_detector_folders_are_refused(classifier, mnist_dir, tmp_path, capsys):
-    """Both strips have the same size: only the benchmark's signature of its own tells them apart."""
+def test_benchmarks_swapped_between_two_detector_folders_are_refused(classifier, mnist_dir, tmp_path, capsys):
+    """Both benchmarks (and their example canvases) have the same shape: only the settings each
+    names, its run's, tell them apart."""
     where = ["--classifier", classifier, "--data-dir", mnist_dir, "--out-dir", str(tmp_path / "runs"),
              "--fig-dir", str(tmp_path / "figs"), "--seeds", "2"]
     run(TINY + where)
-    a, b = (next((tmp_path / "runs").glob(f"detector_*_s{s}_*")) / ex2_fcn.EXAMPLES_FILE for s in (0, 1))
+    a, b = (next((tmp_path / "runs").glob(f"detector_*_s{s}_*")) / ex2_fcn.BENCHMARK_FILE for s in (0, 1))
     first, second = a.read_bytes(), b.read_bytes()
     a.write_bytes(second), b.write_bytes(first)
     code, err = cli_in_process(ex2_fcn, TINY + where + ["--plot-only"], capsys)
-    assert_one_line_error(code, err, "is not the strip of canvases its benchmark was measured on")
+    assert_one_line_error(code, err, "holds detector benchmark results of other settings")
 
 
 DEAD_PID = 2 ** 22 + 1  # above Linux's pid_max: no process has it
@@ -289,7 +291,7 @@ def test_the_published_detector_beats_the_surgery_alone():
     if not found:
         pytest.skip("no published Exercise 2.2 results yet")
     for path in found:
-        detectors = json.loads(path.read_text())["detectors"]
+        detectors = json.loads(path.read_text())["content"]["detectors"]
         assert detectors["finetuned"]["map"] > detectors["surgery"]["map"], path
 
 
@@ -312,10 +314,12 @@ def test_a_saved_benchmark_is_checked_whole_before_use(detector, field, value, s
     from lab.errors import UserError
     committed = sorted(glob.glob(os.path.join(ROOT, "results", "ex2_fcn", "*", "benchmark.json")))[0]
     saved = json.loads(open(committed).read())
-    path = tmp_path / "benchmark.json"
+    path = tmp_path / ex2_fcn.BENCHMARK_FILE
     path.write_text(json.dumps(saved))
-    assert ex2_fcn.read_benchmark(str(path), saved["config"]) == saved  # as committed: read
-    saved["detectors"][detector][field] = value
+    read = ex2_fcn.benchmark_of(str(tmp_path), saved["settings"])  # as committed: read
+    assert read["detectors"] == saved["content"]["detectors"]
+    assert read["examples"]["canvases"].shape == (3, 96, 96)
+    saved["content"]["detectors"][detector][field] = value
     path.write_text(json.dumps(saved))
     with pytest.raises(UserError, match=re.escape(says)):
-        ex2_fcn.read_benchmark(str(path), saved["config"])
+        ex2_fcn.benchmark_of(str(tmp_path), saved["settings"])

@@ -144,7 +144,7 @@ def test_layer_stats_swapped_between_two_runs_are_refused(mnist_dir, tmp_path, c
     a.write_bytes(second), b.write_bytes(first)
     figures = {p: p.read_bytes() for p in (tmp_path / "fig").iterdir()}
     code, err = cli_in_process(ex1_mlp, argv + ["--plot-only"], capsys)
-    assert_one_line_error(code, err, "holds the statistics of another run")
+    assert_one_line_error(code, err, "holds layer statistics results of other settings")
     assert {p: p.read_bytes() for p in (tmp_path / "fig").iterdir()} == figures
 
 
@@ -227,7 +227,7 @@ def test_a_last_pt_left_in_a_finished_run_is_removed_by_the_next_run(mnist_dir, 
 
 
 def test_a_packed_tensor_comes_back_exact_and_a_short_one_is_refused():
-    from lab.outputs import packed, unpacked
+    from lab.kinds import packed, unpacked
     t = torch.randn(3, 5)
     assert torch.equal(unpacked(packed(t)), t)
     images = torch.randint(0, 256, (2, 4, 4, 3), dtype=torch.uint8)

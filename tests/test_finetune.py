@@ -86,7 +86,7 @@ def test_probe_runs_leave_the_network_and_its_features_unchanged(tmp_path, monke
     assert len(loaded) == 1  # the second run read the saved features
     assert all(torch.equal(before[k], v) for k, v in loaded[0].state_dict().items())
     folder = ex2_finetune.features_folder(str(tmp_path), probe_config(tmp_path, "knn"))
-    saved = torch.load(os.path.join(folder, "train.pt"), weights_only=True)
+    saved = torch.load(os.path.join(folder, "train.pt"), weights_only=True)["content"]
     _, transform = ex2_finetune.cifar_transforms(None, torch.channels_last, SIZE, ex2_finetune.LITE_MEAN,
                                                  ex2_finetune.LITE_STD)
     again = ex2_finetune.extract_features(real(CPU), data.train, transform)
@@ -103,7 +103,7 @@ def test_features_of_other_images_are_refused_in_one_line(tmp_path):
     ex2_finetune.frozen_features(config, data, CPU, str(tmp_path), False)
     flipped = Split(data.test.x, data.test.y.flip(0))
     shuffled = Dataset(data.train, data.val, flipped, "synthetic", data.classes)
-    with pytest.raises(UserError, match="features of other images.*delete it"):
+    with pytest.raises(UserError, match="features of other images.*delete .*test.pt"):
         ex2_finetune.frozen_features(config, shuffled, CPU, str(tmp_path), False)
 
 
@@ -123,12 +123,13 @@ def test_a_feature_file_cut_short_or_with_an_odd_time_is_refused_in_one_line(tmp
     ex2_finetune.frozen_features(config, data, CPU, str(tmp_path), False)
     path = os.path.join(ex2_finetune.features_folder(str(tmp_path), config), "test.pt")
     saved = torch.load(path, weights_only=True)
-    for edit, says in ((lambda s: s.update(features=s["features"][:, :1000]), "1000 torch.float32 features"),
+    for edit, says in ((lambda s: s.update(features=s["features"][:, :1000]),
+                        r"shape \[8, 1000\], not float32 8x1280"),
                        (lambda s: s.update(seconds=-5000.0), "'seconds': must be a number")):
-        changed = dict(saved)
+        changed = dict(saved["content"])
         edit(changed)
-        torch.save(changed, path)
-        with pytest.raises(UserError, match=f"does not hold this network's features.*{says}"):
+        torch.save({**saved, "content": changed}, path)
+        with pytest.raises(UserError, match=f"is not a saved test features result of this code.*{says}"):
             ex2_finetune.frozen_features(config, data, CPU, str(tmp_path), False)
 
 
@@ -231,9 +232,9 @@ def test_a_row_from_another_copy_of_the_data_is_not_captioned_with_the_baselines
     record = json.loads((chosen / "metrics.json").read_text())
     record["meta"]["data_signature"] = "0123456789abcdef"
     (chosen / "metrics.json").write_text(json.dumps(record))
-    probes = ex2_finetune.collect(ex2_finetune.probe_configs(ex2_finetune.get_args([])), [str(runs)],
+    probes = ex2_finetune.runs.collect(ex2_finetune.probe_configs(ex2_finetune.get_args([])), [str(runs)],
                                   ex2_finetune.run_name)
-    grid = ex2_finetune.collect(ex2_finetune.grid_configs(ex2_finetune.get_args([])), [str(runs)],
+    grid = ex2_finetune.runs.collect(ex2_finetune.grid_configs(ex2_finetune.get_args([])), [str(runs)],
                                 ex2_finetune.run_name)
     table = ex2_finetune.main_table(probes, grid, [], [], 10)
     caption = table.strip().splitlines()[-1]

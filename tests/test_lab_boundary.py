@@ -101,6 +101,35 @@ def test_lab_names_no_flag_or_metric_of_a_script():
     assert not named
 
 
+COMMANDS = SCRIPTS + ("reproduce",)
+MAX_FACE_NAMES = 12
+
+
+def lab_imports(tree):
+    """[(module, name)] of a module's imports from lab."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lab":
+            out += [(node.module, a.name) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, "*") for a in node.names if a.name.split(".")[0] == "lab"]
+    return out
+
+
+def test_lab_has_a_small_face_and_the_scripts_import_only_it():
+    """lab/__init__.py lists its public face; each exercise script imports those names and no
+    other of lab, and no command imports more than MAX_FACE_NAMES names from lab."""
+    import lab
+    assert 8 <= len(lab.__all__) <= MAX_FACE_NAMES + 2 and all(hasattr(lab, n) for n in lab.__all__)
+    for script in COMMANDS:
+        with open(os.path.join(ROOT, script + ".py")) as f:
+            imports = lab_imports(ast.parse(f.read()))
+        assert len(imports) <= MAX_FACE_NAMES, (script, imports)
+        if script in SCRIPTS:
+            below = [f"{m}.{n}" for m, n in imports if m != "lab" or n not in lab.__all__]
+            assert not below, f"{script} imports from below lab's face: {below}"
+
+
 def test_each_training_script_main_calls_its_own_train_by_name():
     """No callback record between `main` and the loop: a reader follows main -> train -> fit.
     (A sweep hands `train` itself to its worker processes, named in main.)"""

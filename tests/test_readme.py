@@ -188,7 +188,7 @@ def test_no_caption_names_a_machines_data_folder():
     import argparse
     import glob
     import re
-    from lab.cli import command_line
+    from lab.outputs import command_line
     args = argparse.Namespace(analyses="gradients", data_dir="/some/where", fig_dir="/x", seed=2)
     defaults = argparse.Namespace(analyses=["gradients"], data_dir="data", fig_dir=None, seed=0)
     assert command_line("ex2_why.py", {"analyses": "gradients"}, args, defaults) == \

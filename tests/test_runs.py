@@ -9,7 +9,9 @@ import pytest
 from conftest import ROOT
 from lab.runs import (CHECKPOINT_FILE, checkpointed_runs, find_finished, folder_name, is_published,
                       published_dir)
-from lab.sweeps import parse_shard, shard, unique
+from lab.kinds import parse_shard
+from lab.runs import unique
+from lab.sweeps import shard
 from lab.errors import UserError
 from lab.files import write_json_atomic
 

@@ -207,7 +207,7 @@ def test_lesion_accuracies_from_shared_prefixes_are_those_of_full_forward_passes
 
 def test_a_missing_published_network_is_named_and_nothing_goes_to_the_readme(monkeypatch, capsys, tmp_path):
     """The published checkpoints less residual-56: the tables would lose its row without a word."""
-    real_runs, chosen = ex2_why.checkpointed_runs, []
+    real_runs, chosen = ex2_why.runs.checkpointed_runs, []
 
     def without_res56(root, pattern):
         return [] if pattern.startswith("res_n9_") else real_runs(root, pattern)
@@ -219,8 +219,8 @@ def test_a_missing_published_network_is_named_and_nothing_goes_to_the_readme(mon
     def stop(*args, **kwargs):
         raise KeyboardInterrupt  # before CIFAR-10 is read
 
-    monkeypatch.setattr(ex2_why, "checkpointed_runs", without_res56)
-    monkeypatch.setattr(ex2_why, "destination", destination)
+    monkeypatch.setattr(ex2_why.runs, "checkpointed_runs", without_res56)
+    monkeypatch.setattr(ex2_why.outputs, "destination", destination)
     monkeypatch.setattr(ex2_why, "load_cifar10", stop)
     with pytest.raises(KeyboardInterrupt):
         ex2_why.main(ex2_why.get_args(["gradients", "--device", "cpu"]))

@@ -23,7 +23,7 @@ from report import (cnn_name, cnn_style, depth_gap, epoch_times, fastest_epoch_s
                     print_result, run_result, save_figure)
 from training import CNN_CPU_EPOCHS, Recipe, fit, sgd_warmup_cosine
 from utils import get_device, run_meta, seed_everything
-from lab import ArgumentParser, Sweep, UserError, count, kinds, outputs, prepared_run, run_cli, runs
+from lab import ArgumentParser, Sweep, count, kinds, outputs, prepared_run, run_cli, runs
 
 PROG = "ex1_cnn.py"
 EXERCISE = "ex1_cnn"
@@ -79,8 +79,6 @@ def make_parser():
     p.add_argument("--checkpoints", action="store_true",
                    help="with --sweep: also train again, into --out-dir, the finished runs whose best.pt "
                         "is not at hand (the published seeds 1 and 2: their checkpoints are not in git)")
-    p.add_argument("--workers", type=kinds.count_flag(kinds.MAX_WORKERS, low=0), default=0,
-                   help="sweep processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
     return p
 
 
@@ -96,6 +94,8 @@ def get_args(argv=None):
         p.error(f"--blocks-list takes comma-separated integers, got {args.blocks_list!r}")
     if any(not 1 <= b <= MAX_BLOCKS for b in args.blocks_list):
         p.error(f"--blocks-list must be from 1 to {MAX_BLOCKS}")
+    if (args.plot_only or args.shard) and not args.sweep:
+        p.error("--plot-only and --shard go with --sweep")
     return args
 
 
@@ -133,6 +133,8 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator, scheduler,
                     train_transform=train_transform, eval_transform=eval_transform)
     meta = run_meta(data, device, memory_format="channels_last")
+    if progress:  # a single run says what it trains on
+        print(f"{run_name(config)}: {data.source}, {count(len(data.train), 'training image')}")
     with runs.RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
@@ -280,26 +282,28 @@ def warn_long_cpu_run(args, device):
               "CPU preset", file=sys.stderr)
 
 
-def main(args):
-    device = get_device(args.device)
-    if not args.sweep:
-        if args.plot_only or args.shard:
-            raise UserError("--plot-only and --shard go with --sweep")
-        warn_long_cpu_run(args, device)
-        config = run_config(args, args.blocks, args.residual, args.seed)
-        # a single CNN run takes every core (threads None)
-        name = run_name(config)
-        record, folder, data = prepared_run(EXERCISE, name, config, args, device, None, load_data)
-        if record is None:
-            print(f"{name}: {data.source}, {count(len(data.train), 'training image')}")
-            _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)
-        return print_result(record, folder)
+def sweep(args, device):
+    """--sweep: train the runs not finished yet (of --shard), then draw the tables and figures of all
+    that are."""
     configs = sweep_configs(args)
     if not args.plot_only:
         outputs.destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
-        Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, args.workers,
-              args.tensorboard).run(device, configs, lambda c: c["blocks"], need_checkpoints=args.checkpoints)
+        Sweep(EXERCISE, run_name, load_data, train, args).run(device, configs, lambda c: c["blocks"],
+                                                              need_checkpoints=args.checkpoints)
     return make_figures(args, configs)
+
+
+def main(args):
+    device = get_device(args.device)
+    if args.sweep:
+        return sweep(args, device)
+    config = run_config(args, args.blocks, args.residual, args.seed)
+    # a single CNN run takes every core (threads None)
+    record, folder, data = prepared_run(EXERCISE, run_name(config), config, args, device, None, load_data)
+    if record is None:
+        warn_long_cpu_run(args, device)
+        _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)
+    return print_result(record, folder)
 
 
 if __name__ == "__main__":

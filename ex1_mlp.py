@@ -72,8 +72,6 @@ def make_parser():
     p.add_argument("--depths", default=",".join(map(str, SWEEP_DEPTHS)), help="sweep depths")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"sweep variants, of {', '.join(VARIANTS)}")
     p.add_argument("--seeds", type=kinds.SEEDS, default=3, help="sweep seeds: 0..N-1")
-    p.add_argument("--workers", type=kinds.WORKERS, default=os.cpu_count() or 1,
-                   help="sweep processes, of one thread each (one per core is fastest)")
     return p
 
 
@@ -100,6 +98,8 @@ def get_args(argv=None):
         p.error(f"--depth {args.depth} is not a multiple of --layers-per-block {args.layers_per_block}")
     if args.rezero and not args.residual:
         p.error("--rezero gates residual branches: add --residual")
+    if (args.plot_only or args.shard) and not args.sweep:
+        p.error("--plot-only and --shard go with --sweep")
     return args
 
 
@@ -143,6 +143,8 @@ def train(config, data, device, out_dir, progress=True, tensorboard=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
     recipe = Recipe(optimizer, config["epochs"], config["batch_size"], generator)
     meta = run_meta(data, device)
+    if progress:  # a single run says what it trains on
+        print(f"{run_name(config)}: {data.source}, {count(len(data.train), 'training image')}")
     with runs.RunFolder(os.path.join(out_dir, run_name(config)), config, meta, arch, tensorboard) as run:
         return fit(model, data, recipe, run, progress)
 
@@ -399,24 +401,25 @@ def make_figures(args, configs, device):
     print(f"table and figures written to {fig_dir}/")
 
 
-def main(args):
-    device = get_device(args.device)
-    if not args.sweep:
-        if args.plot_only or args.shard:
-            raise UserError("--plot-only and --shard go with --sweep")
-        config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
-        name = run_name(config)
-        record, folder, data = prepared_run(EXERCISE, name, config, args, device, THREADS, load_data)
-        if record is None:
-            print(f"{name}: {data.source}, {count(len(data.train), 'training image')}")
-            _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)
-        return print_result(record, folder)
+def sweep(args, device):
+    """--sweep: train the runs not finished yet (of --shard), then draw the tables and figures of all
+    that are."""
     configs = sweep_configs(args)
     if not args.plot_only:
         outputs.destination(args, get_args(README_SWEEP))  # an unwritable figure folder fails before training
-        Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, args.workers,
-              args.tensorboard).run(device, configs, cost, THREADS)
+        Sweep(EXERCISE, run_name, load_data, train, args).run(device, configs, cost, THREADS)
     return make_figures(args, configs, device)
+
+
+def main(args):
+    device = get_device(args.device)
+    if args.sweep:
+        return sweep(args, device)
+    config = run_config(args, args.depth, args.seed, args.residual, args.layers_per_block, args.rezero)
+    record, folder, data = prepared_run(EXERCISE, run_name(config), config, args, device, THREADS, load_data)
+    if record is None:
+        _, record = train(config, data, device, args.out_dir, tensorboard=args.tensorboard)
+    return print_result(record, folder)
 
 
 if __name__ == "__main__":

@@ -403,15 +403,10 @@ def make_parser():
     p.add_tensorboard_flag()
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR-10 files, or an ImageFolder copy here or in data/cifar10-jpeg")
-    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
-    p.add_argument("--fig-dir", default=None,
-                   help="where tables go (default: figures/ for the README's settings, else "
-                        "<out-dir>/figures)")
-    p.add_argument("--workers", type=kinds.count_flag(kinds.MAX_WORKERS, low=0), default=0,
-                   help="processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
+    p.add_output_flags(EXERCISE)
+    p.add_workers_flag()
     p.add_argument("--shard", type=kinds.SHARD, default=None, metavar="K/N",
                    help="train only the K-th of N parts of the runs")
-    p.add_argument("--plot-only", action="store_true", help="redraw the tables from saved runs")
     return p
 
 
@@ -423,8 +418,7 @@ def main(args):
     if not args.plot_only:
         device = get_device(args.device)
         configs = wanted_configs(args)
-        Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, args.shard, args.workers,
-              args.tensorboard).run(device, configs, cost=lambda c: c["epochs"])
+        Sweep(EXERCISE, run_name, load_data, train, args).run(device, configs, lambda c: c["epochs"])
     return make_tables(args)
 
 

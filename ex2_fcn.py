@@ -80,13 +80,9 @@ def make_parser():
     p.add_device_flag()
     p.add_tensorboard_flag()
     p.add_argument("--data-dir", default="data", help="where MNIST is")
-    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE), help="one folder per run below this")
-    p.add_argument("--fig-dir", default=None,
-                   help="where the table and figure go (default: figures/ for the README's settings, "
-                        "else <out-dir>/figures)")
+    p.add_output_flags(EXERCISE)
     p.add_argument("--force", action="store_true",
                    help="run a finished experiment again (its result is deleted)")
-    p.add_argument("--plot-only", action="store_true", help="redraw the table and figure from saved results")
     p.add_argument("--detect", default=None, metavar="IMAGE",
                    help="print the digits the fine-tuned detector finds in this image (PNG or JPEG)")
     return p

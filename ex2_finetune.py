@@ -564,14 +564,8 @@ def make_parser():
     p.add_argument("--data-dir", default="data",
                    help="torchvision's CIFAR files, or an ImageFolder copy of CIFAR-10 here or in "
                         "data/cifar10-jpeg")
-    p.add_argument("--out-dir", default=os.path.join("runs", EXERCISE),
-                   help="one folder per run below this (and the extracted features)")
-    p.add_argument("--fig-dir", default=None,
-                   help="where tables go (default: figures/ for the README's settings, else "
-                        "<out-dir>/figures)")
-    p.add_argument("--workers", type=kinds.count_flag(kinds.MAX_WORKERS, low=0), default=0,
-                   help="processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
-    p.add_argument("--plot-only", action="store_true", help="redraw the tables from saved runs")
+    p.add_output_flags(EXERCISE)  # the extracted features go below --out-dir too
+    p.add_workers_flag()
     return p
 
 
@@ -581,9 +575,8 @@ def get_args(argv=None):
 
 def main(args):
     if not args.plot_only:
+        jobs = Sweep(EXERCISE, run_name, load_data, train, args)
         device = get_device(args.device)
-        jobs = Sweep(EXERCISE, run_name, load_data, train, args, args.out_dir, workers=args.workers,
-                     tensorboard=args.tensorboard)
         if args.part in ("probe", "all"):
             jobs.run(device, probe_configs(args), cost)
         if args.part in ("finetune", "all"):

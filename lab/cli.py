@@ -6,7 +6,7 @@ import signal
 import sys
 
 from lab.errors import DataError, UserError
-from lab.kinds import SHARD
+from lab.kinds import MAX_WORKERS, SHARD, count_flag
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -43,19 +43,30 @@ class ArgumentParser(argparse.ArgumentParser):
                           help="also log each run's per-epoch losses, accuracies and learning rate for "
                                "TensorBoard, in DIR/<run folder name>/ (watch: tensorboard --logdir DIR)")
 
-    def add_run_flags(self, exercise):
-        """Where a sweep's runs, tables and figures go, and which part of it to run."""
+    def add_output_flags(self, exercise):
+        """Where runs, tables and figures go, and --plot-only, which redraws them."""
         self.add_argument("--out-dir", default=os.path.join("runs", exercise),
                           help="one folder per run below this")
         self.add_argument("--fig-dir", default=None,
-                          help="where tables and figures go (default: figures/ for the README's sweep, "
+                          help="where tables and figures go (default: figures/ for the README's settings, "
                                "else <out-dir>/figures)")
+        self.add_argument("--plot-only", action="store_true",
+                          help="redraw the tables and figures from saved runs")
+
+    def add_workers_flag(self):
+        """--workers: the processes of a sweep (lab.sweeps.default_workers reads 0)."""
+        self.add_argument("--workers", type=count_flag(MAX_WORKERS, low=0), default=0,
+                          help="processes (0: one single-thread process per core on a CPU, 1 on a GPU)")
+
+    def add_run_flags(self, exercise):
+        """The flags of a script of single runs and sweeps: add_output_flags, --force, --shard,
+        --workers and --tensorboard."""
+        self.add_output_flags(exercise)
         self.add_argument("--force", action="store_true",
                           help="retrain a finished single run (its result is deleted)")
         self.add_argument("--shard", type=SHARD, default=None, metavar="K/N",
                           help="train only the K-th (0-based) of N disjoint parts of the sweep")
-        self.add_argument("--plot-only", action="store_true",
-                          help="redraw a sweep's tables and figures from saved runs")
+        self.add_workers_flag()
         self.add_tensorboard_flag()
 
 

@@ -10,7 +10,7 @@ A script's `main` reads as the experiment:
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 from lab.cli import check_writable, count
 from lab.errors import UserError
@@ -93,17 +93,23 @@ def remove_if_empty(folders):
 @dataclass(frozen=True)
 class Sweep:
     """The runs of one script that a sweep trains, as its worker processes receive them: the
-    script's module-level functions (sent by name) and where the runs go."""
+    script's module-level functions (sent by name) and its arguments, of which lab reads the
+    shared flags --out-dir, --shard (K/N: the K-th of N disjoint parts), --workers (0:
+    lab.sweeps.default_workers) and --tensorboard, those a script declares."""
     exercise: str                   # its committed results are results/<exercise>/
     run_name: Callable              # config -> run folder name
-    load_data: Callable             # (data_args, device) -> the data every run trains on
+    load_data: Callable             # (args, device) -> the data every run trains on
     # (config, data, device, out_dir, progress, tensorboard folder or None) -> (outcome, record)
     train: Callable
-    data_args: object               # what load_data reads (the script's own arguments)
-    out_dir: str
-    shard: Optional[tuple] = None   # (K, N): train only the K-th of N disjoint parts
-    workers: int = 0                # processes (0: lab.sweeps.default_workers)
-    tensorboard: Optional[str] = None
+    args: object                    # the script's arguments (load_data reads its own too)
+
+    @property
+    def out_dir(self):
+        return self.args.out_dir
+
+    @property
+    def tensorboard(self):
+        return getattr(self.args, "tensorboard", None)
 
     def run(self, device, configs, cost, threads=None, need_checkpoints=False):
         """Train the pending runs of `configs` (of the sweep's shard) on worker processes of
@@ -112,13 +118,14 @@ class Sweep:
         balances shards and puts the longest runs of a seed first."""
         costs = [cost(c) for c in configs]
         roots = lookup_roots(self.out_dir, self.exercise)
-        todo = plan(configs, costs, self.run_name, roots, self.out_dir, self.shard, need_checkpoints)
+        todo = plan(configs, costs, self.run_name, roots, self.out_dir, getattr(self.args, "shard", None),
+                    need_checkpoints)
         if not todo:
             return None
         check_writable(self.out_dir)
         check_tensorboard(self.tensorboard)
-        self.load_data(self.data_args, device)  # a data error: one line here, not one per worker
-        workers = default_workers(device, self.workers)
+        self.load_data(self.args, device)  # a data error: one line here, not one per worker
+        workers = default_workers(device, getattr(self.args, "workers", 0))
         threads = threads or max(1, (os.cpu_count() or 1) // workers)
         results, wall, used = run_jobs(_job, todo, workers, device, threads, "sweep", _setup, (self, device))
         done = (f"sweep: {summarize_jobs(results)} in {wall / 60:.1f} min wall time "
@@ -129,7 +136,7 @@ class Sweep:
 
 def _setup(setup_args):
     spec, device = setup_args
-    return spec, device, spec.load_data(spec.data_args, device)
+    return spec, device, spec.load_data(spec.args, device)
 
 
 def _job(config, context):

@@ -515,69 +515,58 @@ class Inputs:
     source: object
 
 
-# Each analysis: compute(Inputs) -> (result, caption, facts) (main skips one with no network),
-# `result` {(residual, blocks): what it measured of that network}, `facts` what its table says of
-# the data (e.g. how many images); then draw(result, caption, path) and table(result, facts,
-# made_by). The result is saved (results/ex2_why/ for the README's command), and the figure and
-# table are drawn from the saved file, so --plot-only redraws them byte for byte.
-
-def compute_gradients(inputs):
-    stats = gradients(inputs.nets, inputs.data, inputs.device)
-    return stats, inputs.source(stats), {}
+# What each analysis computes (main skips one with no network): {(residual, blocks): what it measured
+# of that network}, the caption of its figure and the facts its table says of the data (e.g. how
+# many images). The result is saved (results/ex2_why/ for the README's command), and the figure
+# and table are drawn from the saved file (lab.outputs), so --plot-only redraws them byte for byte.
+FLAGS = {"gradients": (), "responses": ("response_images",),  # the flags that decide its numbers
+         "lesion": ("lesion_images", "lesion_draws", "lesion_max_k"),
+         "landscape": ("grid", "span", "landscape_images")}
 
 
-def compute_responses(inputs):
-    args, data = inputs.args, inputs.data
-    stds = responses(inputs.nets, data, args.response_images)
-    n_images = min(args.response_images, len(data.val))
-    return stds, f"{inputs.source(stds)}; {n_images} validation images", {"images": args.response_images}
-
-
-def compute_lesion(inputs):
-    args, data = inputs.args, inputs.data
-    total = sum(1 + 3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b)
-                for _, b in lesion_networks(inputs.nets))
-    with tqdm(total=total, desc="lesion", unit="eval") as bar:
-        result = lesion(inputs.nets, data, args, bar)
-    n_images = min(args.lesion_images, len(data.test))
-    return result, (f"{inputs.source(result)}; {n_images} test images (a seeded sample), "
-                    f"{args.lesion_draws} draws per k"), {"images": n_images}
-
-
-def compute_landscape(inputs):
-    args, data = inputs.args, inputs.data
-    points = len(lesion_networks(inputs.nets)) * args.grid ** 2
-    with tqdm(total=points, desc="landscape", unit="point") as bar:
-        coords, surfaces = landscape(inputs.nets, data, args, bar)
+def compute(analysis, inputs):
+    """(result, caption, facts) of `analysis` on the networks and data of `inputs`."""
+    args, data, nets = inputs.args, inputs.data, inputs.nets
+    if analysis == "gradients":
+        stats = gradients(nets, data, inputs.device)
+        return stats, inputs.source(stats), {}
+    if analysis == "responses":
+        stds = responses(nets, data, args.response_images)
+        n_images = min(args.response_images, len(data.val))
+        return stds, f"{inputs.source(stds)}; {n_images} validation images", {"images": args.response_images}
+    if analysis == "lesion":
+        total = sum(1 + 3 * b + args.lesion_draws * min(args.lesion_max_k, 3 * b)
+                    for _, b in lesion_networks(nets))
+        with tqdm(total=total, desc="lesion", unit="eval") as bar:
+            result = lesion(nets, data, args, bar)
+        n_images = min(args.lesion_images, len(data.test))
+        return result, (f"{inputs.source(result)}; {n_images} test images (a seeded sample), "
+                        f"{args.lesion_draws} draws per k"), {"images": n_images}
+    with tqdm(total=len(lesion_networks(nets)) * args.grid ** 2, desc="landscape", unit="point") as bar:
+        coords, surfaces = landscape(nets, data, args, bar)
     result = {key: {"coords": coords, "loss": s.tolist()} for key, s in surfaces.items()}
     return result, (f"{inputs.source(surfaces)}; {args.grid}x{args.grid} grid over ±{args.span:g}, "
                     f"{min(args.landscape_images, len(data.train))} training images (a seeded subset), "
                     "BN in eval mode"), {}
 
 
-def _surfaces(result):
-    """(coords, {key: loss tensor}) of a saved landscape result."""
-    return next(iter(result.values()))["coords"], {k: torch.tensor(v["loss"]) for k, v in result.items()}
-
-
-@dataclass
-class Analysis:
-    compute: object  # Inputs -> (result, caption, facts)
-    draw: object     # (result, caption, path): the figure
-    table: object    # (result, facts, made_by) -> the table's markdown
-    flags: tuple     # the flags that decide its numbers (beside --epochs and --seed)
-
-
-ANALYSE = {
-    "gradients": Analysis(compute_gradients, plot_gradients, lambda r, f, m: gradient_table(r, m), ()),
-    "responses": Analysis(compute_responses, plot_responses,
-                          lambda r, f, m: response_table(r, f["images"], m), ("response_images",)),
-    "lesion": Analysis(compute_lesion, plot_lesion, lambda r, f, m: lesion_table(r, f["images"], m),
-                       ("lesion_images", "lesion_draws", "lesion_max_k")),
-    "landscape": Analysis(compute_landscape, lambda r, c, path: plot_landscape(*_surfaces(r), c, path),
-                          lambda r, f, m: landscape_table(*_surfaces(r), m),
-                          ("grid", "span", "landscape_images")),
-}
+def draw(analysis, saved, path):
+    """The figure of a saved analysis, written to `path`, and its table's markdown."""
+    result, caption, facts = saved["result"], saved["caption"], saved["facts"]
+    made_by = f"From {saved['source']}. Made by `{saved['made_by']}`."
+    if analysis == "gradients":
+        plot_gradients(result, caption, path)
+        return gradient_table(result, made_by)
+    if analysis == "responses":
+        plot_responses(result, caption, path)
+        return response_table(result, facts["images"], made_by)
+    if analysis == "lesion":
+        plot_lesion(result, caption, path)
+        return lesion_table(result, facts["images"], made_by)
+    coords = next(iter(result.values()))["coords"]
+    surfaces = {key: torch.tensor(r["loss"]) for key, r in result.items()}
+    plot_landscape(coords, surfaces, caption, path)
+    return landscape_table(coords, surfaces, made_by)
 
 
 def key_name(key):
@@ -592,7 +581,7 @@ def _key(name):
 
 def analysis_settings(analysis, args):
     """What decides an analysis's numbers: its flags, the runs' epochs and seed."""
-    return {k: getattr(args, k) for k in ("epochs", "seed") + ANALYSE[analysis].flags}
+    return {k: getattr(args, k) for k in ("epochs", "seed") + FLAGS[analysis]}
 
 
 def network_inputs(analysis, digests):
@@ -601,14 +590,12 @@ def network_inputs(analysis, digests):
     return {key_name(k): digests[k] for k in reads}
 
 
-def save_result(analysis, computed, source, made_by, args, digests, path):
-    """Save what an analysis computed, with what its table and figure say of it (`source`: the
-    checkpoints, data and hardware; the caption, facts and command)."""
+def content_of(computed, source, made_by):
+    """What is saved of an analysis: its result by network name, with what its table and figure say
+    of it (`source`: the checkpoints, data and hardware; the caption, facts and command)."""
     result, caption, facts = computed
-    content = {"source": source, "caption": caption, "facts": facts, "made_by": made_by,
-               "result": {key_name(k): v for k, v in sorted(result.items())}}
-    settings, inputs = analysis_settings(analysis, args), network_inputs(analysis, digests)
-    outputs.save_analysis(path, analysis, settings, inputs, content)
+    return {"source": source, "caption": caption, "facts": facts, "made_by": made_by,
+            "result": {key_name(k): v for k, v in sorted(result.items())}}
 
 
 NORM = kinds.Number(float, 0, float("inf"))  # a response's std, a loss
@@ -645,9 +632,9 @@ def content_schema(analysis, settings, networks):
 
 
 def read_result(analysis, args, digests, path):
-    """(result, source, caption, facts, made_by) saved by an earlier run of `analysis` with these
-    settings on these very checkpoints (lab.outputs.read_analysis refuses anything else)."""
-    inputs = network_inputs(analysis, digests)
+    """The content saved by an earlier run of `analysis` with these settings on these very
+    checkpoints (lab.outputs.read_analysis refuses anything else), its results by network again."""
+    inputs, settings = network_inputs(analysis, digests), analysis_settings(analysis, args)
 
     def decode(saved):
         if set(saved["result"]) != set(inputs):
@@ -656,10 +643,9 @@ def read_result(analysis, args, digests, path):
         if analysis == "lesion":  # JSON keys are strings: k back to an int
             result = {key: {**r, "random": {int(k): v for k, v in r["random"].items()}}
                       for key, r in result.items()}
-        return result, saved["source"], saved["caption"], saved["facts"], saved["made_by"]
+        return {**saved, "result": result}
 
-    command, settings = f"python {PROG} {analysis}", analysis_settings(analysis, args)
-    return outputs.read_analysis(path, analysis, settings, inputs, command, decode,
+    return outputs.read_analysis(path, analysis, settings, inputs, f"python {PROG} {analysis}", decode,
                                  content_schema(analysis, settings, inputs))
 
 
@@ -749,20 +735,20 @@ def main(args):
     inputs = None if args.plot_only else load_inputs(args, paths, device)
     written = []
     for analysis in args.analyses:
-        start, how = time.perf_counter(), ANALYSE[analysis]
+        start = time.perf_counter()
         if not network_inputs(analysis, digests):
             print(f"{analysis} skipped: no network of depth {LESION_DEPTHS}")
             continue
         saved = outputs.analysis_path(analysis, fig_dir, publish, "ex2_why", args.plot_only)
         if not args.plot_only:
-            computed = how.compute(inputs)
+            computed = compute(analysis, inputs)
             made_by = outputs.command_line(PROG, {"analyses": analysis}, args, defaults)
-            save_result(analysis, computed, inputs.source(computed[0]), made_by, args, digests, saved)
+            outputs.save_analysis(saved, analysis, analysis_settings(analysis, args),
+                                  network_inputs(analysis, digests),
+                                  content_of(computed, inputs.source(computed[0]), made_by))
         # drawn from the saved file, computed now or before: --plot-only draws the same bytes
-        result, source, caption, facts, made_by = read_result(analysis, args, digests, saved)
         written.append(os.path.join(fig_dir, f"ex2_why_{analysis}.png"))
-        how.draw(result, caption, written[-1])
-        text = how.table(result, facts, f"From {source}. Made by `{made_by}`.")
+        text = draw(analysis, read_result(analysis, args, digests, saved), written[-1])
         written.append(outputs.write_table(text, f"ex2_why_{analysis}", fig_dir, publish))
         print(f"{analysis}: {time.perf_counter() - start:.0f} s, {written[-1]} (from {saved})")
     return written

@@ -20,23 +20,20 @@ def _loss_and_correct(logits, y):
     return loss, (logits.argmax(-1) == y).sum()
 
 
-def cross_entropy(logits, y, x):
-    """The default training loss: cross-entropy on the labels (`x`, the inputs, unused)."""
-    return F.cross_entropy(logits, y)
-
-
-def train_one_epoch(model, batches, optimizer, scheduler=None, progress=None, criterion=cross_entropy):
+def train_one_epoch(model, batches, optimizer, scheduler=None, progress=None, criterion=None):
     """One pass over `batches` of (x, y); returns {'loss', 'acc'} as floats.
 
     Sums stay on the device (no .item() per step) so the loop never waits on them.
-    `scheduler` is stepped every batch; `progress` is a tqdm bar or None; `criterion(logits,
-    y, x)` is the loss minimized (a distillation loss reads the inputs to ask its teacher).
+    `scheduler` is stepped every batch; `progress` is a tqdm bar or None. The loss minimized is
+    cross-entropy on the labels, or `criterion(logits, y, x)` if given (a distillation loss
+    reads the inputs to ask its teacher).
     """
     model.train()
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in batches:
         logits = model(x)
-        loss, right = criterion(logits, y, x), (logits.argmax(-1) == y).sum()
+        loss = F.cross_entropy(logits, y) if criterion is None else criterion(logits, y, x)
+        right = (logits.argmax(-1) == y).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -71,7 +68,7 @@ class Recipe:
     batch_size: int
     generator: torch.Generator        # the batch order and the augmentation draw from it
     scheduler: object = None          # stepped every batch
-    criterion: Callable = cross_entropy
+    criterion: Optional[Callable] = None  # (logits, y, x) -> loss; None: cross-entropy
     train_transform: Optional[Callable] = None  # uint8 batch -> the model's input (augmented)
     eval_transform: Optional[Callable] = None
     read_test: bool = True            # False for a candidate of a selection grid: validation only

@@ -118,6 +118,22 @@ def make_cifar_official(root):
     return root
 
 
+def assert_resumes_to_the_uninterrupted_run(train, config, data, tmp_path, monkeypatch, epochs=2):
+    """train(config, data, device, out_dir, progress) of `epochs` epochs, killed in its last epoch
+    and rerun, ends with the epochs (times aside) and test accuracy of an uninterrupted run."""
+    device = torch.device("cpu")
+    _, whole = train(config, data, device, str(tmp_path / "whole"), progress=False)
+    kill_in_epoch(monkeypatch, epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, device, str(tmp_path / "cut"), progress=False)
+    monkeypatch.undo()
+    _, resumed = train(config, data, device, str(tmp_path / "cut"), progress=False)
+    untimed = [[{k: v for k, v in e.items() if not k.endswith("seconds")} for e in r["epochs"]]
+               for r in (whole, resumed)]
+    assert len(untimed[0]) == epochs and untimed[0] == untimed[1]
+    assert whole["test_acc"] == resumed["test_acc"]
+
+
 def kill_in_epoch(monkeypatch, n):
     """Make training.train_one_epoch raise KeyboardInterrupt in its n-th call: it stands for kill -9,
     nothing after that point runs (monkeypatch.undo() restores it)."""

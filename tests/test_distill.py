@@ -10,7 +10,7 @@ import ex1_cnn
 import ex2_distill
 import training
 from data import Dataset, Split
-from conftest import kill_in_epoch, ROOT, cifar_images
+from conftest import ROOT, assert_resumes_to_the_uninterrupted_run, cifar_images
 from ex2_distill import Distillation, distillation_loss
 from models import CifarResNet
 
@@ -109,18 +109,7 @@ def test_a_distilled_run_starts_from_its_baselines_initialization_and_batches(tm
 
 def test_a_distillation_run_resumed_after_a_kill_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
     config, _ = tiny_config()
-    data = tiny_data()
-    device = torch.device("cpu")
-    _, whole = ex2_distill.train(config, data, device, str(tmp_path / "whole"), progress=False)
-    kill_in_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        ex2_distill.train(config, data, device, str(tmp_path / "cut"), progress=False)
-    monkeypatch.undo()
-    _, resumed = ex2_distill.train(config, data, device, str(tmp_path / "cut"), progress=False)
-    untimed = [[{k: v for k, v in e.items() if not k.endswith("seconds")} for e in r["epochs"]]
-               for r in (whole, resumed)]
-    assert len(untimed[0]) == 2 and untimed[0] == untimed[1]
-    assert whole["test_acc"] == resumed["test_acc"]
+    assert_resumes_to_the_uninterrupted_run(ex2_distill.train, config, tiny_data(), tmp_path, monkeypatch)
 
 
 def test_plot_only_redraws_the_committed_tables_without_data(tmp_path):

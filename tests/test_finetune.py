@@ -8,7 +8,8 @@ import torch
 
 import ex2_finetune
 import training
-from conftest import kill_in_epoch, ROOT, assert_one_line_error, cifar_images, cli_in_process
+from conftest import (ROOT, assert_one_line_error, assert_resumes_to_the_uninterrupted_run, cifar_images,
+                      cli_in_process)
 from data import Dataset, Split, load_cifar100
 from ex2_finetune import PARTS, fit_linear_probe, knn_predict, nearest_neighbours
 from lab.errors import UserError
@@ -172,17 +173,8 @@ def test_a_fine_tuning_starts_from_the_imagenet_weights_with_a_new_head(tmp_path
 
 
 def test_a_fine_tuning_resumed_after_a_kill_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
-    config, data = tiny_finetune_config(tmp_path, "last", "adamw"), tiny_data()
-    _, whole = ex2_finetune.train(config, data, CPU, str(tmp_path / "whole"), progress=False)
-    kill_in_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        ex2_finetune.train(config, data, CPU, str(tmp_path / "cut"), progress=False)
-    monkeypatch.undo()
-    _, resumed = ex2_finetune.train(config, data, CPU, str(tmp_path / "cut"), progress=False)
-    untimed = [[{k: v for k, v in e.items() if not k.endswith("seconds")} for e in r["epochs"]]
-               for r in (whole, resumed)]
-    assert len(untimed[0]) == 2 and untimed[0] == untimed[1]
-    assert whole["test_acc"] == resumed["test_acc"]
+    config = tiny_finetune_config(tmp_path, "last", "adamw")
+    assert_resumes_to_the_uninterrupted_run(ex2_finetune.train, config, tiny_data(), tmp_path, monkeypatch)
 
 
 # ----------------------------------------------------------------------------- CIFAR-100

@@ -1,9 +1,10 @@
 """The machinery that keeps results safe, below the science. A script imports its face, these
 names, and nothing else of lab:
 
-    ArgumentParser, run_cli   argparse with one-line errors and the flags every script shares
-                              (add_device_flag, add_run_flags, add_tensorboard_flag); run_cli
-                              runs main, any user-facing error one line with exit code 2
+    ArgumentParser, run_cli   argparse with one-line errors and the flags scripts share, declared
+                              once (add_device_flag, add_output_flags, add_workers_flag,
+                              add_run_flags, add_tensorboard_flag); run_cli runs main, any
+                              user-facing error one line with exit code 2
     kinds                     what a value may be: flag types (kinds.EPOCHS, kinds.SEED, ...)
                               and the schema of a saved file's fields (Number, ListOf, Packed)
     UserError, DataError      the errors said in one line (the user's to fix; the dataset's)

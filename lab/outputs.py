@@ -1,5 +1,7 @@
 """Where tables and figures may go: the README's figures/ and README.md only for the README's
-exact commands on the published results; anything else beside its runs or to --fig-dir."""
+exact commands on the published results; anything else beside its runs or to --fig-dir. And
+the one idiom of a result computed from data: saved with what it was computed from, read back
+checked (save_analysis, read_analysis, computed_once)."""
 import contextlib
 import json
 import os

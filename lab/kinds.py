@@ -164,7 +164,7 @@ def value_problem(value, schema):
     dict, see fields_problem), a ListOf, or another schema with a `problem(value)` method."""
     if isinstance(schema, dict):
         problem = fields_problem(value, schema)
-    elif hasattr(schema, "problem"):  # a Number, a ListOf, a lab.outputs.Packed
+    elif hasattr(schema, "problem"):  # a Number, a ListOf, a Packed
         problem = schema.problem(value)
     else:
         types = schema if isinstance(schema, tuple) else (schema,)

@@ -283,14 +283,16 @@ def gradient_stats(args, device, found):
     The stats are saved beside each run (layer_stats.json, with its config and its checkpoint's
     SHA-256), so they are computed once, with MNIST, and redrawn without it."""
     wanted = [d for d in args.depths if d in GRADIENT_DEPTHS] or [max(args.depths)]
-    out, data = {}, []
+    out, data = {}, None
     for c, _, folder in found:
         if c["seed"] != 0 or c["depth"] not in wanted:
             continue
 
         def compute(config=c, folder=folder):
-            data[:] = data or [load_mnist(args.data_dir, device, args.val_size)]  # loaded once, if needed
-            return layer_stats_of_run(config, folder, data[0], device)
+            nonlocal data
+            if data is None:  # MNIST is read only if some statistics are not saved yet
+                data = load_mnist(args.data_dir, device, args.val_size)
+            return layer_stats_of_run(config, folder, data, device)
 
         inputs = outputs.inputs_of({runs.CHECKPOINT_FILE: os.path.join(folder, runs.CHECKPOINT_FILE)})
         stats = outputs.computed_once(os.path.join(folder, STATS_FILE), "layer statistics", c, inputs,

@@ -99,15 +99,17 @@ def frozen_features(config, data, device, out_dir, progress=True):
     extraction took: each split extracted once (lab.outputs.computed_once: an interrupted extraction
     resumes at the split it was in, a worker asking for features another is extracting waits for
     them), saved with the network's identity and read back checked."""
-    folder, fconfig, model = features_folder(out_dir, config), feature_config(config), []
+    folder, fconfig, model = features_folder(out_dir, config), feature_config(config), None
     _, transform = cifar_transforms(None, torch.channels_last, config["size"], LITE_MEAN, LITE_STD)
 
     def extract(name, split):
-        model[:] = model or [load_efficientnet_lite0(device).to(memory_format=torch.channels_last)]
+        nonlocal model
+        if model is None:  # the network is loaded only if some features are not saved yet
+            model = load_efficientnet_lite0(device).to(memory_format=torch.channels_last)
         started = time.process_time()  # this process's CPU time: not inflated by other load
         with tqdm(total=len(split), desc=f"features {name} {config['size']}px", unit="img",
                   disable=not progress, dynamic_ncols=True) as bar:
-            out = extract_features(model[0], split, transform, bar).cpu()
+            out = extract_features(model, split, transform, bar).cpu()
         return {"features": out, "labels": split.y.cpu(), "seconds": time.process_time() - started}
 
     feats, seconds = {}, 0.0

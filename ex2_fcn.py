@@ -181,7 +181,7 @@ def detector_arch(source_arch):
 
 
 def fine_tune(source, config, splits, run, generator, device):
-    """The classifier with an 11th output, background, trained on windows in the runs.RunFolder `run`
+    """The classifier with an 11th output, background, trained on windows in the RunFolder `run`
     (not yet entered): (outcome, record)."""
     model = MLP(**run.arch["kwargs"]).to(device)
     state = source.state_dict()

@@ -116,9 +116,9 @@ def parse_shard(text):
     try:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard takes K/N, e.g. 0/4, got {text!r}")
+        raise ValueError(f"takes K/N, e.g. 0/4, got {text!r}")
     if not 0 <= k < n <= MAX_SHARDS:
-        raise ValueError(f"--shard K/N needs 0 <= K < N <= {MAX_SHARDS}, got {text!r}")
+        raise ValueError(f"K/N needs 0 <= K < N <= {MAX_SHARDS}, got {text!r}")
     return k, n
 
 

@@ -125,7 +125,7 @@ def test_sweep_then_plot_only(cifar_folder, tmp_path):
     (["--batch-size", "0"], "--batch-size: must be an integer from 1"),
     (["--data-dir", "{tmp}/none"], "CIFAR-10 not found"),
     (["--sweep", "--plot-only", "--epochs", "3"], "results: `python ex1_cnn.py --sweep --cpu --plot-only`"),
-    (["--sweep", "--shard", "2/2"], "--shard K/N needs 0 <= K < N"),
+    (["--sweep", "--shard", "2/2"], "--shard: K/N needs 0 <= K < N"),
     (["--shard", "0/2"], "--plot-only and --shard go with --sweep"),
     (["--data-dir", "{cifar}", "--val-size", "10", "--train-subset", "1000"], "exceeds"),
 ])

@@ -38,7 +38,7 @@ def test_shards_partition_the_runs():
 
 @pytest.mark.parametrize("text", ["1", "2/2", "-1/2", "a/b", "1/0"])
 def test_bad_shards_are_refused(text):
-    with pytest.raises(ValueError, match="--shard"):
+    with pytest.raises(ValueError, match="K/N"):
         parse_shard(text)
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from data import CIFAR10_VAL_SIZE, batches, cifar_transforms, load_cifar10, load_cifar100
 from models import LITE0_FEATURES, PartlyFrozenLite0
 from pretrained import LITE_MEAN, LITE_STD, PADDING, WEIGHTS_PACKAGE, WEIGHTS_SHA256, load_efficientnet_lite0
-from report import cnn_name, fastest_epoch_seconds, format_result, published_cnn_run, run_result, save_figure
+from report import cnn_name, format_result, published_cnn_run, run_result, run_seconds, save_figure
 from training import Recipe, fit, warmup_cosine
 from utils import get_device, run_meta, seed_everything
 from lab import ArgumentParser, Sweep, UserError, count, kinds, outputs, run_cli, runs
@@ -356,14 +356,8 @@ def cost(config):
 # ----------------------------------------------------------------------------- tables
 
 def cpu_minutes(record):
-    """A run's CPU time in minutes: a baseline's feature extraction and fit, a training's epochs,
-    in process CPU time (which other work on the machine does not inflate); a training recorded
-    before its epochs carried it, its fastest epoch's wall time times its epochs."""
-    if isinstance(record.get("seconds"), dict):
-        return sum(record["seconds"].values()) / 60
-    if all("cpu_seconds" in e for e in record["epochs"]):
-        return sum(e["cpu_seconds"] for e in record["epochs"]) / 60
-    return fastest_epoch_seconds(record) * len(record["epochs"]) / 60
+    """A run's cost in minutes (report.run_seconds)."""
+    return run_seconds(record) / 60
 
 
 def trained_parameters(config, n_classes):

@@ -83,6 +83,19 @@ def fastest_epoch_seconds(record):
     return min(epoch_times(record), default=None)
 
 
+def run_seconds(record):
+    """What a run cost, in seconds: a baseline's feature extraction and fit; a training's epochs in
+    process CPU time (which other work on the machine does not inflate), or, for a record made
+    before its epochs carried that, its fastest epoch's wall time times its epochs (0 if none)."""
+    if isinstance(record.get("seconds"), dict):
+        return float(sum(record["seconds"].values()))
+    epochs = record["epochs"]
+    if epochs and all("cpu_seconds" in e for e in epochs):
+        return float(sum(e["cpu_seconds"] for e in epochs))
+    fastest = fastest_epoch_seconds(record)
+    return 0.0 if fastest is None else float(fastest * len(epochs))
+
+
 def finished_results(records, key=run_result):
     """(values, number diverged): the one rule every table and figure uses for diverged runs.
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from lab.files import write_json_atomic
+from report import run_seconds
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(ROOT, "results")
@@ -63,17 +64,14 @@ STEPS = (
 
 
 def record_seconds(path, selection=None):
-    """The process seconds a run's record accounts for: its fastest epoch times its epochs, or a
-    baseline's extraction and fit (0 for a record `selection` leaves out)."""
+    """The seconds a run's record accounts for (report.run_seconds; 0 for a record `selection`
+    leaves out)."""
     try:
         with open(path) as f:
             record = json.load(f)
         if selection is not None and bool(record["config"].get("selection")) != selection:
             return 0.0
-        if isinstance(record.get("seconds"), dict):
-            return float(sum(record["seconds"].values()))
-        times = [e["seconds"] for e in record.get("epochs", []) if "seconds" in e]
-        return float(min(times) * len(record["epochs"])) if times else 0.0  # unslowed by other work
+        return run_seconds(record)  # unslowed by other work
     except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return 0.0  # a damaged record costs nothing here; the script itself names it
 

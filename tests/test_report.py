@@ -1,7 +1,7 @@
 import os
 import pytest
 
-from report import epoch_seconds, fastest_epoch_seconds, format_mean_std, format_result
+from report import epoch_seconds, fastest_epoch_seconds, format_mean_std, format_result, run_seconds
 
 
 def record(status="complete", test_acc=0.5, seconds=()):
@@ -24,6 +24,15 @@ def test_the_fastest_epoch_ignores_epochs_slowed_by_other_work():
     assert fastest_epoch_seconds(slowed) == 230
     assert epoch_seconds(slowed) == pytest.approx(1436 / 3)
     assert fastest_epoch_seconds(record()) is None and epoch_seconds(record()) is None
+
+
+def test_a_runs_cost_is_its_cpu_time_where_recorded_else_its_fastest_epoch_times_its_epochs():
+    slowed = record(seconds=(230, 971, 235))
+    assert run_seconds(slowed) == 3 * 230  # wall times only: the fastest, unslowed by other work
+    slowed["epochs"] = [{**e, "cpu_seconds": c} for e, c in zip(slowed["epochs"], (200, 210, 205))]
+    assert run_seconds(slowed) == 615  # the process's own CPU time, whatever ran beside it
+    assert run_seconds({"seconds": {"features": 40.0, "fit": 2.5}, "epochs": []}) == 42.5  # a baseline
+    assert run_seconds(record()) == 0.0
 
 
 def test_one_rule_for_where_outputs_go(tmp_path):

@@ -133,11 +133,6 @@ def save_atomic(obj, path):
     _atomic(path, lambda f: f.write(buffer.getbuffer()))
 
 
-def save_image_atomic(image, path):
-    """A PIL image written whole or not at all, as a PNG."""
-    _atomic(path, lambda f: image.save(f, format="PNG"))
-
-
 def savefig_atomic(fig, path, **kwargs):
     """A matplotlib figure written like every other result: whole, or not at all. A failed write
     (full disk, file-size limit) leaves the figure that was there before."""

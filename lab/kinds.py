@@ -218,11 +218,11 @@ class Packed:
                 n is not None and n != m for n, m in zip(self.shape, t.shape)):
             want = "x".join("N" if n is None else str(n) for n in self.shape)
             return f"a {dtype} tensor of shape {list(t.shape)}, not {self.dtype} {want}"
-        values = t.double()
-        if self.finite and not torch.isfinite(values).all():
+        finite = torch.isfinite(t)  # all True for an integer tensor
+        if self.finite and not finite.all():
             return "a tensor with values that are not finite"
-        finite = values[torch.isfinite(values)]
-        if finite.numel() and (finite.min() < self.low or finite.max() > self.high):
+        values = t if finite.all() else t[finite]  # no copy of a whole feature matrix to check it
+        if values.numel() and (values.min() < self.low or values.max() > self.high):
             return f"a tensor with values outside [{self.low:g}, {self.high:g}]"
         return None
 
